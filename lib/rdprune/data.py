@@ -1,0 +1,248 @@
+"""Datasets, loaders and calibration sets.
+
+Fashion-MNIST is the default and works offline: it is read from ``data/`` if the IDX files are
+there, else from Debian's ``dataset-fashion-mnist`` package, else torchvision downloads it into
+``data/``. Small datasets are held as normalised tensors in memory (no per-sample PIL work), so a
+loader is a tensor shuffle and the calibration set is an exact, reproducible slice.
+
+Calibration sets are always taken from the *training* split with the *test-time* transform (the RD
+authors' CIFAR code accidentally kept the random crop/flip there, so its distortion is not zero at
+amount 0; ours is).
+"""
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DATASETS = ("fashion_mnist", "cifar10", "imagenet", "synthetic")
+DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
+_FMNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_STATS = {  # per-channel mean, std of the training split
+    "fashion_mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+def data_dir() -> Path:
+    """Where datasets, checkpoints and curves are cached: ``$RDPRUNE_DATA`` or ``<repo>/data``."""
+    env = os.environ.get("RDPRUNE_DATA")
+    root = Path(env) if env else Path(__file__).resolve().parents[2] / "data"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@dataclass(frozen=True)
+class Info:
+    """What a model needs to know about a dataset."""
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+
+
+def info(name: str) -> Info:
+    _check(name)
+    return {
+        "fashion_mnist": Info(name, 10, 1, 28),
+        "cifar10": Info(name, 10, 3, 32),
+        "imagenet": Info(name, 1000, 3, 224),
+        "synthetic": Info(name, 10, 1, 28),
+    }[name]
+
+
+def _check(name: str) -> None:
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+# ----------------------------------------------------------------------------- Fashion-MNIST
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    arr = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(dims)):
+        raise ValueError(f"{path} is truncated or corrupt: expected {dims}, got {arr.size} bytes; "
+                         "delete it and run again")
+    return arr.reshape(dims)
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _fashion_mnist_folder() -> Path:
+    """The first folder holding all four IDX files: data/, torchvision's layout in data/, Debian."""
+    root = data_dir()
+    candidates = [root / "fashion_mnist", root / "FashionMNIST" / "raw", DEBIAN_FMNIST]
+    stems = [s for pair in _FMNIST_FILES.values() for s in pair]
+    for folder in candidates:
+        if all(_find_idx(folder, s) for s in stems):
+            return folder
+    try:  # last resort: torchvision's download (needs the internet)
+        from torchvision.datasets import FashionMNIST
+        FashionMNIST(str(root), train=True, download=True)
+        FashionMNIST(str(root), train=False, download=True)
+        return root / "FashionMNIST" / "raw"
+    except Exception as e:  # noqa: BLE001 - any failure means "not available offline"
+        raise FileNotFoundError(
+            "Fashion-MNIST is not available and could not be downloaded "
+            f"({type(e).__name__}: {e}). Fix it one of three ways:\n"
+            f"  1. put the four IDX files (*-ubyte or *-ubyte.gz) in {root / 'fashion_mnist'};\n"
+            "  2. on Debian/Ubuntu: sudo apt-get install dataset-fashion-mnist "
+            f"(files in {DEBIAN_FMNIST});\n"
+            "  3. connect to the internet once so torchvision can download it into data/."
+        ) from e
+
+
+_TENSOR_CACHE: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def tensors(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(normalised images N×C×H×W float32, labels int64) of a small dataset, held in memory."""
+    _check(name)
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    key = (name, split)
+    if key not in _TENSOR_CACHE:
+        if name == "fashion_mnist":
+            folder = _fashion_mnist_folder()
+            img_stem, lab_stem = _FMNIST_FILES[split]
+            x = torch.from_numpy(_read_idx(_find_idx(folder, img_stem)).copy()).unsqueeze(1)
+            y = torch.from_numpy(_read_idx(_find_idx(folder, lab_stem)).astype(np.int64))
+        elif name == "cifar10":
+            from torchvision.datasets import CIFAR10
+            try:
+                ds = CIFAR10(str(data_dir()), train=split == "train", download=True)
+            except Exception as e:  # noqa: BLE001
+                raise FileNotFoundError(
+                    f"CIFAR-10 is not in {data_dir()} and could not be downloaded ({e}); put "
+                    "torchvision's cifar-10-batches-py folder there or connect once.") from e
+            x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+            y = torch.tensor(ds.targets, dtype=torch.int64)
+        else:
+            raise ValueError(f"{name!r} is not held in memory; use loaders({name!r}, ...)")
+        mean, std = (torch.tensor(s).view(1, -1, 1, 1) for s in _STATS[name])
+        _TENSOR_CACHE[key] = ((x.float() / 255 - mean) / std, y)
+    return _TENSOR_CACHE[key]
+
+
+# ----------------------------------------------------------------------------- loaders
+class TensorLoader:
+    """A minimal, fast DataLoader over in-memory tensors: shuffles with its own seeded generator
+    and, for CIFAR, applies random crop (pad 4) and horizontal flip on whole batches."""
+
+    def __init__(self, x, y, batch_size, shuffle, augment=False, seed=0):
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.shuffle, self.augment = shuffle, augment
+        self.gen = torch.Generator().manual_seed(seed)
+        self.dataset = x  # len(loader.dataset) works as with torch loaders
+
+    def __len__(self):
+        return (len(self.x) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self):
+        n = len(self.x)
+        order = torch.randperm(n, generator=self.gen) if self.shuffle else torch.arange(n)
+        for i in range(0, n, self.batch_size):
+            idx = order[i:i + self.batch_size]
+            xb = self.x[idx]
+            if self.augment:
+                xb = _crop_flip(xb, self.gen)
+            yield xb, self.y[idx]
+
+
+def _crop_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    dx, dy = torch.randint(0, 9, (2,), generator=gen).tolist()
+    out = padded[:, :, dy:dy + h, dx:dx + w]
+    flip = torch.rand(n, generator=gen) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), out.flip(3), out)
+
+
+def loaders(name: str = "fashion_mnist", batch_size: int = 128, *, seed: int = 0,
+            subset: int | None = None, imagenet_root: str | None = None):
+    """(train_loader, test_loader). ``subset`` keeps the first n test and an even-stride n*6
+    training images, for quick experiments. ImageNet needs ``imagenet_root`` with train/ and val/
+    ImageFolders."""
+    _check(name)
+    if name == "imagenet":
+        return _imagenet_loaders(imagenet_root, batch_size)
+    if name == "synthetic":
+        raise ValueError("'synthetic' has no labels; use calibration('synthetic', ...) instead")
+    xtr, ytr = tensors(name, "train")
+    xte, yte = tensors(name, "test")
+    if subset:
+        stride = max(1, len(xtr) // (6 * subset))
+        xtr, ytr = xtr[::stride][: 6 * subset], ytr[::stride][: 6 * subset]
+        xte, yte = xte[:subset], yte[:subset]
+    train = TensorLoader(xtr, ytr, batch_size, shuffle=True, augment=name == "cifar10", seed=seed)
+    test = TensorLoader(xte, yte, max(batch_size, 512), shuffle=False)
+    return train, test
+
+
+def _imagenet_loaders(root, batch_size):
+    if not root or not Path(root).is_dir():
+        raise FileNotFoundError("ImageNet needs imagenet_root=<folder with train/ and val/ "
+                                "ImageFolders>; torchvision cannot download it.")
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms as T
+    norm = T.Normalize(*_STATS["imagenet"])
+    tr = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(), norm])
+    te = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), norm])
+    train = datasets.ImageFolder(str(Path(root) / "train"), tr)
+    val = datasets.ImageFolder(str(Path(root) / "val"), te)
+    return (DataLoader(train, batch_size, shuffle=True, num_workers=8),
+            DataLoader(val, batch_size, shuffle=False, num_workers=8))
+
+
+def calibration(name: str = "fashion_mnist", n: int = 1024, seed: int = 0, *,
+                shape: tuple[int, ...] | None = None, imagenet_root: str | None = None
+                ) -> torch.Tensor:
+    """A fixed calibration tensor of ``n`` training inputs with the test-time transform.
+
+    Images are taken at even strides through the training split, starting at an offset drawn
+    from ``seed`` (the authors' protocol), so the same arguments give the same tensor bit for bit.
+    ``synthetic`` gives i.i.d. N(0, 1) inputs (zero-data mode) of ``shape`` (default 1×28×28).
+    """
+    _check(name)
+    if n <= 0:
+        raise ValueError(f"calibration size must be positive, got n={n}")
+    gen = torch.Generator().manual_seed(seed)
+    if name == "synthetic":
+        shape = tuple(shape or (1, 28, 28))
+        return torch.randn((n, *shape), generator=gen)
+    if name == "imagenet":
+        return _imagenet_calibration(imagenet_root, n, gen)
+    x, _ = tensors(name, "train")
+    if n > len(x):
+        raise ValueError(f"asked for {n} calibration images but {name} has {len(x)}")
+    stride = len(x) // n
+    start = int(torch.randint(0, stride, (1,), generator=gen))
+    return x[start::stride][:n].clone()
+
+
+def _imagenet_calibration(root, n, gen):
+    if not root:
+        raise FileNotFoundError("ImageNet calibration needs imagenet_root=<folder with train/>")
+    from torchvision import datasets, transforms as T
+    te = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(*_STATS["imagenet"])])
+    ds = datasets.ImageFolder(str(Path(root) / "train"), te)
+    stride = len(ds) // n
+    start = int(torch.randint(0, stride, (1,), generator=gen))
+    return torch.stack([ds[start + i * stride][0] for i in range(n)])

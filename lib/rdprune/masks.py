@@ -1,0 +1,184 @@
+"""Prunable layers, unstructured magnitude masks, and sparsity / FLOPs accounting.
+
+Masks are plain boolean buffers (``weight_mask``) on each pruned Conv2d/Linear, and the masked
+weights are zeroed in place. We chose this over ``torch.nn.utils.prune`` because the model's
+``state_dict`` stays an ordinary dense one (a checkpoint loads into a fresh model), the forward
+pass costs nothing extra, and the RD curve code can edit ``weight`` directly. Training keeps
+masks by calling :func:`enforce` after every optimizer step (``rdprune.train`` does this).
+
+Within a layer, pruning to absolute amount ``a`` zeroes the ``floor(a·n)`` smallest |w|, weights
+already masked counting first, so on a masked model it prunes within the remaining weights and
+never revives a weight.
+"""
+from __future__ import annotations
+
+import fnmatch
+import math
+from typing import Iterable, Mapping
+
+import pandas as pd
+import torch
+from torch import nn
+
+PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
+_EPS = 1e-9  # floor(a*n) guard against 0.29*100 == 28.999999999999996
+
+
+def prunable(model: nn.Module, exclude: Iterable[str] = ()) -> dict[str, nn.Module]:
+    """Every Conv2d/Linear of ``model`` by name, in forward order (registration order, which is
+    forward order for every model in :mod:`rdprune.models`; a test checks it). ``exclude`` takes
+    names or glob patterns, e.g. ``("conv1", "*.shortcut.*")``."""
+    exclude = tuple(exclude)
+    return {name: m for name, m in model.named_modules()
+            if isinstance(m, PRUNABLE_TYPES)
+            and not any(fnmatch.fnmatchcase(name, pat) for pat in exclude)}
+
+
+def n_pruned(amount: float, n: int) -> int:
+    """Number of weights zeroed at absolute amount ``amount`` of an ``n``-weight layer."""
+    return min(n, math.floor(amount * n + _EPS))
+
+
+def mask_of(module: nn.Module) -> torch.Tensor:
+    """The layer's boolean keep-mask (all True when it was never pruned)."""
+    mask = getattr(module, "weight_mask", None)
+    return mask if mask is not None else torch.ones_like(module.weight, dtype=torch.bool)
+
+
+def prune_order(module: nn.Module) -> torch.Tensor:
+    """Flat weight indices in the order magnitude pruning removes them: masked weights first,
+    then ascending |w| (stable, so ties break by index and results are deterministic)."""
+    w = module.weight.detach().abs().flatten().float()
+    score = torch.where(mask_of(module).flatten(), w, torch.full_like(w, -1.0))
+    return torch.argsort(score, stable=True)
+
+
+def _set_mask(module: nn.Module, mask: torch.Tensor) -> None:
+    if hasattr(module, "weight_mask"):
+        module.weight_mask.copy_(mask)
+    else:
+        module.register_buffer("weight_mask", mask)
+    with torch.no_grad():
+        module.weight.masked_fill_(~mask, 0.0)
+
+
+def _check_amounts(model, amounts):
+    layers = prunable(model)
+    for name, a in amounts.items():
+        if name not in layers:
+            raise ValueError(f"{name!r} is not a prunable layer of this model; "
+                             f"prunable layers: {', '.join(layers)}")
+        if not 0.0 <= float(a) <= 1.0:
+            raise ValueError(f"amount for {name!r} is {a}; amounts are fractions in [0, 1]")
+        if not torch.isfinite(layers[name].weight).all():
+            raise ValueError(f"layer {name!r} has NaN or infinite weights; cannot rank by magnitude")
+    return layers
+
+
+def apply(model: nn.Module, amounts: Mapping[str, float]) -> nn.Module:
+    """Prune each named layer to its absolute sparsity ``amounts[name]`` by magnitude (never
+    un-pruning: an amount below the current sparsity leaves the layer as it is). In place."""
+    layers = _check_amounts(model, amounts)
+    for name, a in amounts.items():
+        module = layers[name]
+        mask = mask_of(module)
+        k = max(n_pruned(float(a), mask.numel()), int((~mask).sum()))
+        new = torch.ones(mask.numel(), dtype=torch.bool, device=mask.device)
+        new[prune_order(module)[:k]] = False
+        _set_mask(module, new.view_as(mask))
+    return model
+
+
+def enforce(model: nn.Module) -> None:
+    """Re-zero every masked weight (call after each optimizer step)."""
+    with torch.no_grad():
+        for m in model.modules():
+            mask = getattr(m, "weight_mask", None)
+            if mask is not None:
+                m.weight.masked_fill_(~mask, 0.0)
+
+
+def masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Current keep-masks of all prunable layers (copies)."""
+    return {n: mask_of(m).clone() for n, m in prunable(model).items()}
+
+
+def layer_sparsity(model: nn.Module) -> dict[str, float]:
+    return {n: 1.0 - mask_of(m).float().mean().item() for n, m in prunable(model).items()}
+
+
+def sparsity(model: nn.Module) -> float:
+    """Fraction of masked weights over all prunable weights."""
+    layers = prunable(model).values()
+    total = sum(m.weight.numel() for m in layers)
+    return sum(int((~mask_of(m)).sum()) for m in layers) / total
+
+
+def load_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Module:
+    """Load a state dict that may carry ``weight_mask`` buffers (a pruned checkpoint)."""
+    for name, module in prunable(model).items():
+        key = f"{name}.weight_mask" if name else "weight_mask"
+        if key in state and not hasattr(module, "weight_mask"):
+            module.register_buffer("weight_mask", torch.ones_like(module.weight, dtype=torch.bool))
+    model.load_state_dict(state)
+    enforce(model)
+    return model
+
+
+# ----------------------------------------------------------------------------- FLOPs
+def layer_flops(model: nn.Module) -> dict[str, int]:
+    """Dense multiply-adds of each prunable layer for one input of ``model.input_size``, counted
+    with ``torch.utils.flop_counter.FlopCounterMode`` (its FLOPs are 2 per multiply-add).
+    Cached on the model: masks do not change dense FLOPs."""
+    size = tuple(getattr(model, "input_size", ()))
+    cached = getattr(model, "_rdprune_flops", None)
+    if cached and cached[0] == size:
+        return dict(cached[1])
+    if not size:
+        raise ValueError("model has no input_size; build it with rdprune.models.build or set "
+                         "model.input_size = (C, H, W)")
+    counts = module_flops(model, torch.zeros(1, *size))
+    out = {name: counts.get(name, 0) // 2 for name in prunable(model)}
+    model._rdprune_flops = (size, out)
+    return dict(out)
+
+
+def module_flops(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
+    """FLOPs (2 per multiply-add) per module name for input ``x``, plus ``""`` for the total."""
+    from torch.utils.flop_counter import FlopCounterMode
+    was_training = model.training
+    model.eval()
+    p = next(model.parameters())
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x.to(p.device, p.dtype))
+    finally:
+        model.train(was_training)
+    out = {}
+    for key, ops in counter.get_flop_counts().items():
+        if key == "Global":
+            out[""] = sum(ops.values())
+        else:  # keys look like "ClassName.layer1.0.conv1"
+            out[key.partition(".")[2]] = sum(ops.values())
+    return out
+
+
+def flops(model: nn.Module) -> float:
+    """Multiply-adds of the prunable layers with unstructured masks counted as density × dense
+    (the RD authors' accounting)."""
+    dense = layer_flops(model)
+    return sum(dense[n] * mask_of(m).float().mean().item() for n, m in prunable(model).items())
+
+
+def report(model: nn.Module) -> pd.DataFrame:
+    """One row per prunable layer: layer, type, shape, n_weights, n_kept, sparsity,
+    flops_dense, flops (density-scaled multiply-adds)."""
+    dense = layer_flops(model)
+    rows = []
+    for name, m in prunable(model).items():
+        mask = mask_of(m)
+        kept = int(mask.sum())
+        rows.append(dict(layer=name, type=type(m).__name__, shape=tuple(m.weight.shape),
+                         n_weights=mask.numel(), n_kept=kept, sparsity=1 - kept / mask.numel(),
+                         flops_dense=dense[name], flops=dense[name] * kept / mask.numel()))
+    return pd.DataFrame(rows)

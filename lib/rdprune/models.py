@@ -1,0 +1,291 @@
+"""Model zoo: the CIFAR-style networks of the RD authors' code, LeNet-5, MobileNets, and
+torchvision's ImageNet models. Every model accepts any input-channel count and class count and
+carries ``arch`` and ``input_size`` (C, H, W) attributes so accounting needs no extra arguments.
+
+``build("resnet32")`` has 34 prunable layers (31 convs in the trunk, 2 downsample 1×1 convs, the
+classifier), as in the authors' code.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+# ----------------------------------------------------------------------------- LeNet-5
+class LeNet5(nn.Module):
+    def __init__(self, num_classes=10, in_channels=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 6, 5, padding=2)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.pool = nn.AdaptiveAvgPool2d(5)
+        self.fc1 = nn.Linear(16 * 25, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, num_classes)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = self.pool(F.relu(self.conv2(x)))
+        x = torch.flatten(x, 1)
+        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+
+
+# ----------------------------------------------------------------------------- CIFAR ResNets
+class BasicBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:  # 1×1 conv + BN downsample, as in the authors' code
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                          nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    def __init__(self, depth, num_classes=10, in_channels=3, widths=(16, 32, 64)):
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError("CIFAR ResNet depth must be 6n+2")
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        layers, cin = [], widths[0]
+        for i, w in enumerate(widths):
+            blocks = []
+            for j in range(n):
+                blocks.append(BasicBlock(cin, w, 2 if (i > 0 and j == 0) else 1))
+                cin = w
+            layers.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = layers
+        self.fc = nn.Linear(widths[-1], num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+# ----------------------------------------------------------------------------- VGG-16 (BN)
+_VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+
+
+class VGG(nn.Module):
+    def __init__(self, cfg=_VGG16, num_classes=10, in_channels=3):
+        super().__init__()
+        layers, cin = [], in_channels
+        for v in cfg:
+            if v == "M":  # ceil_mode keeps 28×28 inputs alive through five poolings
+                layers.append(nn.MaxPool2d(2, ceil_mode=True))
+            else:
+                layers += [nn.Conv2d(cin, v, 3, padding=1, bias=False), nn.BatchNorm2d(v),
+                           nn.ReLU(inplace=True)]
+                cin = v
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        x = F.adaptive_avg_pool2d(self.features(x), 1)
+        return self.classifier(torch.flatten(x, 1))
+
+
+# ----------------------------------------------------------------------------- DenseNet-121 (CIFAR)
+class DenseLayer(nn.Module):
+    def __init__(self, cin, growth):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, 4 * growth, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(4 * growth)
+        self.conv2 = nn.Conv2d(4 * growth, growth, 3, padding=1, bias=False)
+
+    def forward(self, x):
+        out = self.conv1(F.relu(self.bn1(x)))
+        out = self.conv2(F.relu(self.bn2(out)))
+        return torch.cat([out, x], 1)
+
+
+class Transition(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(cin)
+        self.conv = nn.Conv2d(cin, cout, 1, bias=False)
+
+    def forward(self, x):
+        return F.avg_pool2d(self.conv(F.relu(self.bn(x))), 2)
+
+
+class DenseNet(nn.Module):
+    def __init__(self, blocks=(6, 12, 24, 16), growth=12, reduction=0.5, num_classes=10,
+                 in_channels=3):
+        super().__init__()
+        c = 2 * growth
+        self.conv1 = nn.Conv2d(in_channels, c, 3, padding=1, bias=False)
+        stages = []
+        for i, nb in enumerate(blocks):
+            layers = []
+            for _ in range(nb):
+                layers.append(DenseLayer(c, growth))
+                c += growth
+            stages.append(nn.Sequential(*layers))
+            if i < len(blocks) - 1:
+                cout = int(c * reduction)
+                stages.append(Transition(c, cout))
+                c = cout
+        self.features = nn.Sequential(*stages)
+        self.bn = nn.BatchNorm2d(c)
+        self.linear = nn.Linear(c, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.features(self.conv1(x))))
+        return self.linear(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+# ----------------------------------------------------------------------------- MobileNets (CIFAR)
+def _cbr(cin, cout, k, stride, groups=1, act=nn.ReLU):
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+                         nn.BatchNorm2d(cout), act(inplace=True))
+
+
+class MobileNetV1(nn.Module):
+    _cfg = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)] + [(512, 1)] * 5 + \
+           [(1024, 2), (1024, 1)]
+
+    def __init__(self, num_classes=10, in_channels=3, width=1.0):
+        super().__init__()
+        c = max(8, int(32 * width))
+        layers = [_cbr(in_channels, c, 3, 1)]  # stride 1 stem for 28/32-pixel inputs
+        for cout, s in self._cfg:
+            cout = max(8, int(cout * width))
+            layers += [_cbr(c, c, 3, s, groups=c), _cbr(c, cout, 1, 1)]
+            c = cout
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(c, num_classes)
+
+    def forward(self, x):
+        x = F.adaptive_avg_pool2d(self.features(x), 1)
+        return self.classifier(torch.flatten(x, 1))
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, cin, cout, stride, expand):
+        super().__init__()
+        hidden = cin * expand
+        self.use_res = stride == 1 and cin == cout
+        layers = [] if expand == 1 else [_cbr(cin, hidden, 1, 1, act=nn.ReLU6)]
+        layers += [_cbr(hidden, hidden, 3, stride, groups=hidden, act=nn.ReLU6),
+                   nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return x + self.conv(x) if self.use_res else self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    # (expansion, channels, repeats, stride); CIFAR variant: stride 1 in the stem and 2nd stage
+    _cfg = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+            (6, 160, 3, 2), (6, 320, 1, 1)]
+
+    def __init__(self, num_classes=10, in_channels=3, width=1.0):
+        super().__init__()
+        c = _divisible(32 * width)
+        layers = [_cbr(in_channels, c, 3, 1, act=nn.ReLU6)]
+        for t, ch, n, s in self._cfg:
+            cout = _divisible(ch * width)
+            for i in range(n):
+                layers.append(InvertedResidual(c, cout, s if i == 0 else 1, t))
+                c = cout
+        last = _divisible(1280 * max(1.0, width))
+        layers.append(_cbr(c, last, 1, 1, act=nn.ReLU6))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(last, num_classes)
+
+    def forward(self, x):
+        x = F.adaptive_avg_pool2d(self.features(x), 1)
+        return self.classifier(torch.flatten(x, 1))
+
+
+def _divisible(v, d=8):
+    return max(d, int(v + d / 2) // d * d)
+
+
+# ----------------------------------------------------------------------------- torchvision
+_TV_WEIGHTS = {"tv_resnet50": "ResNet50_Weights", "tv_vgg16_bn": "VGG16_BN_Weights",
+               "tv_mobilenet_v2": "MobileNet_V2_Weights"}
+
+
+def _torchvision(name, num_classes, in_channels, pretrained):
+    import torchvision.models as tvm
+    arch = name[3:]
+    enum = getattr(tvm, _TV_WEIGHTS[name]).IMAGENET1K_V1
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
+    use = pretrained and num_classes == 1000 and in_channels == 3 and cached.is_file()
+    if pretrained and not use:
+        import warnings
+        warnings.warn(f"{name}: no cached torchvision weights usable at {cached} "
+                      f"(classes={num_classes}, channels={in_channels}); random init")
+    model = getattr(tvm, arch)(weights=enum if use else None,
+                               num_classes=1000 if use else num_classes)
+    if in_channels != 3:
+        first = _first_conv(model)
+        parent, attr = _parent(model, first)
+        old = getattr(parent, attr)
+        setattr(parent, attr, nn.Conv2d(in_channels, old.out_channels, old.kernel_size,
+                                        old.stride, old.padding, bias=old.bias is not None))
+    return model
+
+
+def _first_conv(model):
+    return next(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+
+
+def _parent(model, dotted):
+    *path, attr = dotted.split(".")
+    parent = model
+    for p in path:
+        parent = getattr(parent, p)
+    return parent, attr
+
+
+# ----------------------------------------------------------------------------- registry
+_BUILDERS = {
+    "lenet5": lambda c, i, w: LeNet5(c, i),
+    "resnet20": lambda c, i, w: CifarResNet(20, c, i),
+    "resnet32": lambda c, i, w: CifarResNet(32, c, i),
+    "resnet56": lambda c, i, w: CifarResNet(56, c, i),
+    "vgg16": lambda c, i, w: VGG(_VGG16, c, i),
+    "densenet121": lambda c, i, w: DenseNet((6, 12, 24, 16), 12, 0.5, c, i),
+    "mobilenet_v1": lambda c, i, w: MobileNetV1(c, i, w),
+    "mobilenet_v2": lambda c, i, w: MobileNetV2(c, i, w),
+}
+_TV = tuple(_TV_WEIGHTS)
+
+
+def available() -> list[str]:
+    """Names accepted by :func:`build`."""
+    return list(_BUILDERS) + list(_TV)
+
+
+def build(name: str, num_classes: int = 10, in_channels: int = 1, *, image_size: int | None = None,
+          width: float = 1.0, pretrained: bool = True) -> nn.Module:
+    """Build a model by name. ``image_size`` defaults to 28 for one channel, 32 for three
+    (224 for the torchvision ImageNet models); ``width`` is the MobileNets' multiplier;
+    torchvision models load their ImageNet weights when cached locally and shapes allow."""
+    if name not in available():
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(available())}")
+    if name in _TV:
+        model = _torchvision(name, num_classes, in_channels, pretrained)
+        default_size = 224
+    else:
+        model = _BUILDERS[name](num_classes, in_channels, width)
+        default_size = 28 if in_channels == 1 else 32
+    model.arch = name
+    model.input_size = (in_channels, image_size or default_size, image_size or default_size)
+    return model
