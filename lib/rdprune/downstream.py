@@ -1,0 +1,145 @@
+"""Recompute only what pruning one layer changes.
+
+The network is traced once with ``torch.fx``. A dense pass keeps every intermediate value; to
+perturb layer *l*, only the nodes that depend on *l*'s output (its downstream "cone") are
+re-evaluated, reading every other input (a residual branch, the earlier features of a dense
+block's concatenation) from the kept values. Residual and dense connections need no special case:
+the graph says exactly what depends on what.
+
+Several perturbations of the same layer go through the cone as one batch: the layer's outputs
+for ``m`` weight variants are stacked along the batch axis (m·N samples), and every kept
+activation that meets the cone is tiled m times.
+"""
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from . import masks as M
+
+
+def layer_forward(module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` with ``weight`` in place of its own (Conv2d or Linear)."""
+    if isinstance(module, nn.Conv2d):
+        return module._conv_forward(x, weight, module.bias)
+    return F.linear(x, weight, module.bias)
+
+
+class Downstream:
+    """A traced model that can re-run the part of the network downstream of a prunable layer."""
+
+    def __init__(self, model: nn.Module):
+        try:
+            self.gm = fx.symbolic_trace(model)
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"{type(model).__name__} cannot be traced by torch.fx ({e}); use "
+                             "rdprune.rd.curves(..., method='reference')") from e
+        self.modules = dict(self.gm.named_modules())
+        self.nodes = list(self.gm.graph.nodes)
+        self.index = {n: i for i, n in enumerate(self.nodes)}
+        calls: dict[str, list[fx.Node]] = {}
+        for n in self.nodes:
+            if n.op == "call_module":
+                calls.setdefault(n.target, []).append(n)
+        self.layer_node = {}
+        for name in M.prunable(model):
+            found = calls.get(name, [])
+            if len(found) != 1:
+                raise ValueError(f"layer {name!r} is called {len(found)} times in the forward "
+                                 "pass; use method='reference'")
+            self.layer_node[name] = found[0]
+        inputs = [n for n in self.nodes if n.op == "placeholder"]
+        self.batchy = self._descendants(inputs)  # values that carry the batch axis
+        self._cones: dict[str, list[fx.Node]] = {}
+
+    def _descendants(self, roots):
+        seen, stack = set(roots), list(roots)
+        while stack:
+            for user in stack.pop().users:
+                if user not in seen:
+                    seen.add(user)
+                    stack.append(user)
+        return seen
+
+    def cone(self, name: str) -> list[fx.Node]:
+        """Nodes strictly downstream of layer ``name``, in execution order."""
+        if name not in self._cones:
+            node = self.layer_node[name]
+            down = self._descendants([node]) - {node}
+            self._cones[name] = sorted(down, key=self.index.__getitem__)
+        return self._cones[name]
+
+    @torch.no_grad()
+    def run(self, x: torch.Tensor) -> dict[fx.Node, object]:
+        """Dense pass; returns every node's value (the output node holds the logits)."""
+        env: dict[fx.Node, object] = {}
+        for node in self.nodes:
+            if node.op == "placeholder":
+                env[node] = x
+            else:
+                env[node] = self._eval(node, env.__getitem__)
+        return env
+
+    def output(self, env):
+        return env[self.nodes[-1]]
+
+    def layer_input(self, env, name):
+        node = self.layer_node[name]
+        return env[node.args[0]]
+
+    @torch.no_grad()
+    def rerun(self, env, name: str, new_out: torch.Tensor, copies: int = 1) -> torch.Tensor:
+        """Logits when layer ``name`` outputs ``new_out`` (``copies`` perturbations stacked along
+        the batch axis), all else as in ``env``."""
+        local: dict[fx.Node, object] = {self.layer_node[name]: new_out}
+
+        def get(node):
+            if node in local:
+                return local[node]
+            value = env[node]
+            if copies > 1 and node in self.batchy and isinstance(value, torch.Tensor):
+                return value.repeat(copies, *([1] * (value.dim() - 1)))
+            return value
+
+        cone, frees = self.cone(name), self._frees(name)
+        for node in cone:
+            local[node] = self._eval(node, get)
+            for dead in frees.get(node, ()):
+                local.pop(dead, None)  # free activations no later node reads
+        return local[self.nodes[-1]]
+
+    def _frees(self, name):
+        """For each cone node, the local values whose last reader it is."""
+        key = ("frees", name)
+        if key not in self._cones:
+            last = {}
+            for node in [self.layer_node[name]] + self.cone(name):
+                for arg in node.all_input_nodes:
+                    last[arg] = node
+            frees: dict = {}
+            for value, reader in last.items():
+                if reader.op != "output":
+                    frees.setdefault(reader, []).append(value)
+            self._cones[key] = frees
+        return self._cones[key]
+
+    def _eval(self, node: fx.Node, get):
+        args = fx.node.map_arg(node.args, get)
+        kwargs = fx.node.map_arg(node.kwargs, get)
+        if node.op == "call_module":
+            return self.modules[node.target](*args, **kwargs)
+        if node.op == "call_function":
+            return node.target(*args, **kwargs)
+        if node.op == "call_method":
+            obj, *rest = args
+            return getattr(obj, node.target)(*rest, **kwargs)
+        if node.op == "get_attr":
+            value = self.gm
+            for part in node.target.split("."):
+                value = getattr(value, part)
+            return value
+        if node.op == "output":
+            return args[0]
+        raise ValueError(f"unsupported fx node {node.op}")
