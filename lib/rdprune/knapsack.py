@@ -2,8 +2,9 @@
 summed distortion with the summed cost within a budget.
 
 Dynamic programming over a *binned* cost axis, layer by layer (linear in the number of layers).
-Costs are rounded **up** to whole bins and the budget **down**, so a solution that fits the bins
-always fits the real budget. When every cost is an integer and ``budget / gcd(costs)`` is at most
+Each layer's cheapest option is paid exactly; the excess over it is rounded **up** to whole bins
+and the spare budget **down**, so a solution that fits the bins always fits the real budget, and
+the binned problem is feasible whenever the real one is. When every cost is an integer and ``budget / gcd(costs)`` is at most
 ``max_states``, the bin width is that gcd and the answer is the exact optimum. Memory is one
 float row and an ``L × bins`` table of option indices (uint16): ~3 MB for 54 layers at 32k bins,
 against the authors' per-kept-weight states (~13 GB for ResNet-50).
@@ -51,15 +52,21 @@ def solve(costs, distortions, budget: float, *, bin_width_: float | None = None,
         raise ValueError("costs and distortions must not contain NaN")
     if (c < 0).any():
         raise ValueError("costs must be non-negative")
-    budget = float(budget)
-    w = bin_width_ or bin_width(c, budget, max_states)
     allowed = np.isfinite(c) & np.isfinite(d)
-    # Integer bins, cost rounded up; the tiny tolerance keeps exact multiples exact.
-    cb = np.where(allowed, np.ceil(np.where(allowed, c, 0) / w - 1e-9), -1).astype(np.int64)
-    n_bins = int(np.floor(budget / w + 1e-9))
-    if n_bins < 0 or (allowed & (cb <= n_bins)).sum(1).min() == 0:
-        raise ValueError(f"no choice fits the budget {budget:g}: the cheapest choice costs "
-                         f"{np.where(allowed, c, np.inf).min(1).sum():g}")
+    if not allowed.any(1).all():
+        raise ValueError("every layer needs at least one allowed option")
+    # Each layer's cheapest option is paid exactly; only the excess over it is binned, so the
+    # problem stays feasible whenever the real one is.
+    base = np.where(allowed, c, np.inf).min(1)
+    spare = float(budget) - base.sum()
+    if spare < 0:
+        raise ValueError(f"no choice fits the budget {float(budget):g}: the cheapest choice costs "
+                         f"{base.sum():g}")
+    extra = np.where(allowed, c - base[:, None], np.inf)
+    w = bin_width_ or bin_width(extra, spare, max_states)
+    # Integer bins, excess cost rounded up; the tiny tolerance keeps exact multiples exact.
+    cb = np.where(allowed, np.ceil(np.where(allowed, extra, 0) / w - 1e-9), -1).astype(np.int64)
+    n_bins = int(np.floor(spare / w + 1e-9))
     S = n_bins + 1
     n_layers, n_opts = c.shape
     if n_opts > np.iinfo(np.uint16).max:
@@ -78,8 +85,6 @@ def solve(costs, distortions, budget: float, *, bin_width_: float | None = None,
             seg[better] = cand[better]
             arg[k:][better] = opt
         best = new
-    if not np.isfinite(best).any():
-        raise ValueError(f"no choice fits the budget {budget:g}")
     s = int(S - 1 - np.argmin(best[::-1]))  # the last (largest-cost) minimiser
     picks = np.empty(n_layers, dtype=np.int64)
     for layer in range(n_layers - 1, -1, -1):

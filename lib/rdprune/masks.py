@@ -104,7 +104,7 @@ def masks(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def layer_sparsity(model: nn.Module) -> dict[str, float]:
-    return {n: 1.0 - mask_of(m).float().mean().item() for n, m in prunable(model).items()}
+    return {n: int((~mask_of(m)).sum()) / m.weight.numel() for n, m in prunable(model).items()}
 
 
 def sparsity(model: nn.Module) -> float:
@@ -167,7 +167,8 @@ def flops(model: nn.Module) -> float:
     """Multiply-adds of the prunable layers with unstructured masks counted as density × dense
     (the RD authors' accounting)."""
     dense = layer_flops(model)
-    return sum(dense[n] * mask_of(m).float().mean().item() for n, m in prunable(model).items())
+    return sum(dense[n] * int(mask_of(m).sum()) / m.weight.numel()
+               for n, m in prunable(model).items())
 
 
 def report(model: nn.Module) -> pd.DataFrame:

@@ -1,0 +1,174 @@
+"""Pruning schedules: one-shot, zero-shot, iterative and zero-data, for any allocator.
+
+- **one-shot**: one round to the target, then an optional fine-tune (``finetune_steps``);
+- **zero-shot**: one-shot without fine-tuning (``finetune_steps=0``);
+- **iterative**: each round removes ``per_round`` (20 %) of the remaining weights, so the target
+  after ``t`` rounds is ``1 − 0.8^t``; RD curves are recomputed every round on the current model
+  and a layer never becomes less sparse than before; fine-tune between rounds;
+- **zero-data**: ``calibration="synthetic"`` replaces the calibration images by N(0, 1) inputs.
+
+Every round appends a row (method, schedule, round, target, sparsity, flops_left, top1, loss,
+predicted and actual distortion, seconds) to ``<out>/results.csv`` and saves the pruned weights,
+so an interrupted run resumes after the last finished round.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from . import data as D
+from . import masks as M
+from . import rd, train
+from .allocation import allocate
+
+SCHEDULES = ("oneshot", "iterative")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every schedule knob; :data:`PRESETS` holds the quick CPU and paper defaults."""
+    calib_n: int = 256
+    grid: int = 51
+    distortion: str = "mse"
+    per_round: float = 0.2
+    finetune_steps: int = 200
+    finetune_lr: float = 3e-4
+    batch_size: int = 128
+    eval_subset: int | None = None  # test images used for top-1 (None: all)
+
+
+PRESETS = {
+    "quick": Settings(),
+    # the RD authors' CIFAR settings (rd-authors-code.md); finetune steps per model in train.py
+    "paper": Settings(calib_n=1024, grid=101, distortion="worst_case", finetune_steps=80_000,
+                      batch_size=100),
+}
+
+
+def settings(preset: str = "quick", model_name: str | None = None, **overrides) -> Settings:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    s = PRESETS[preset]
+    if preset == "paper" and model_name:
+        s = replace(s, finetune_steps=train.get_recipe("paper", model_name).finetune_steps)
+    unknown = set(overrides) - set(asdict(s))
+    if unknown:
+        raise ValueError(f"unknown settings {sorted(unknown)}; known: {sorted(asdict(s))}")
+    return replace(s, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def schedule_targets(schedule: str, target: float, per_round: float = 0.2) -> list[float]:
+    """Cumulative sparsity targets of each round: one-shot ``[target]``; iterative
+    ``1 − (1 − per_round)^t`` for t = 1, 2, … up to and including ``target``."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    if not 0.0 <= target < 1.0:
+        raise ValueError(f"target must be a sparsity in [0, 1), got {target}")
+    if schedule == "oneshot":
+        return [target]
+    if not 0.0 < per_round < 1.0:
+        raise ValueError(f"per_round must be in (0, 1), got {per_round}")
+    out, t = [], 0.0
+    while t < target - 1e-9:
+        t = min(target, 1 - (1 - t) * (1 - per_round))
+        out.append(t)
+    return out
+
+
+def prune_round(model, method: str, target: float, calib: torch.Tensor, *, budget="params",
+                grid=51, distortion="mse", progress=True) -> dict:
+    """Allocate and apply one round in place. Returns predicted (RD curves' sum) and actual
+    output distortion against the model as it was before the round."""
+    before = copy.deepcopy(model).eval()
+    curves = None
+    if method.startswith("rd"):
+        curves = rd.curves(model, calib, grid=grid, distortion=distortion, progress=progress)
+    amounts = allocate(method, model, target, budget, curves=curves)
+    M.apply(model, amounts)
+    out = {"actual": rd.distortion(before, model, calib, distortion)}
+    out["predicted"] = rd.predicted(curves, amounts) if curves is not None else float("nan")
+    return out
+
+
+def run(model_name: str = "resnet20", dataset: str = "fashion_mnist", method: str = "rd",
+        schedule: str = "oneshot", target: float = 0.9, *, budget: str = "params",
+        preset: str = "quick", calibration: str = "train", seed: int = 0, out: str | Path | None = None,
+        resume: bool = True, progress: bool = True, dev="auto", **overrides) -> pd.DataFrame:
+    """Train (or load) the dense model, then prune it on a schedule. Returns the per-round table
+    and writes it to ``out`` (default ``results/runs/<name>``). ``overrides`` set any
+    :class:`Settings` field."""
+    s = settings(preset, model_name, **overrides)
+    targets = schedule_targets(schedule, target, s.per_round)
+    if calibration not in ("train", "synthetic"):
+        raise ValueError("calibration must be 'train' (training images) or 'synthetic' (zero-data)")
+    name = f"{model_name}-{dataset}-{method}-{budget}-{schedule}-{target:g}-{preset}-{calibration}-s{seed}"
+    out = Path(out) if out else Path("results") / "runs" / name
+    out.mkdir(parents=True, exist_ok=True)
+    config = dict(model=model_name, dataset=dataset, method=method, schedule=schedule,
+                  target=target, budget=budget, preset=preset, calibration=calibration,
+                  seed=seed, settings=asdict(s))
+    model = train.pretrained(model_name, dataset, "quick" if preset == "quick" else "paper", seed,
+                             dev=dev, progress=progress, verbose=progress)
+    train_loader, test_loader = D.loaders(dataset, s.batch_size, seed=seed, subset=None)
+    if s.eval_subset:
+        _, test_loader = D.loaders(dataset, s.batch_size, seed=seed, subset=s.eval_subset)
+    if calibration == "synthetic":
+        calib = D.calibration("synthetic", s.calib_n, seed, shape=model.input_size)
+    else:
+        calib = D.calibration(dataset, s.calib_n, seed)
+    rows, start = _resume(out, config, model) if resume else ([], 0)
+    dense_flops = sum(M.layer_flops(model).values())
+    if start == 0:
+        rows = [dict(method=method, schedule=schedule, round=0, target=0.0, sparsity=M.sparsity(model),
+                     flops_left=1.0, **train.evaluate(model, test_loader), predicted=0.0, actual=0.0,
+                     seconds=0.0)]
+    for r, t in enumerate(targets, start=1):
+        if r <= start:
+            continue
+        tic = time.perf_counter()
+        dist = prune_round(model, method, t, calib, budget=budget, grid=s.grid,
+                           distortion=s.distortion, progress=progress)
+        if s.finetune_steps:
+            train.fine_tune(model, train_loader, s.finetune_steps, lr=s.finetune_lr, dev=dev,
+                            progress=progress)
+        rows.append(dict(method=method, schedule=schedule, round=r, target=t,
+                         sparsity=M.sparsity(model), flops_left=M.flops(model) / dense_flops,
+                         **train.evaluate(model, test_loader), **dist,
+                         seconds=time.perf_counter() - tic))
+        _checkpoint(out, config, model, rows)
+    table = pd.DataFrame(rows)
+    train.atomic_write_bytes(out / "results.csv", table.to_csv(index=False).encode())
+    return table
+
+
+def _checkpoint(out: Path, config, model, rows):
+    buf = io.BytesIO()
+    torch.save({"config": config, "rows": rows, "state": model.state_dict()}, buf)
+    train.atomic_write_bytes(out / "state.pt", buf.getvalue())
+    train.atomic_write_bytes(out / "results.csv", pd.DataFrame(rows).to_csv(index=False).encode())
+    train.atomic_write_bytes(out / "config.json", json.dumps(config, indent=2).encode())
+
+
+def _resume(out: Path, config, model):
+    path = out / "state.pt"
+    if not path.exists():
+        return [], 0
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+        if blob["config"] != config:
+            print(f"{path}: different settings, starting over")
+            return [], 0
+        M.load_state(model, blob["state"])
+    except Exception as e:  # noqa: BLE001
+        print(f"{path} is unreadable ({type(e).__name__}); starting over")
+        return [], 0
+    rows = blob["rows"]
+    print(f"resuming {out} after round {rows[-1]['round']}")
+    return rows, rows[-1]["round"]

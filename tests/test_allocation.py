@@ -1,0 +1,126 @@
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import rdprune as rp
+from rdprune import masks as M
+from rdprune.allocation import METHODS
+
+BASELINES = ["global", "uniform", "uniform_plus", "erk", "lamp"]
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    torch.manual_seed(0)
+    return rp.models.build("resnet20")
+
+
+def _removed(model, amounts, budget):
+    layers = M.prunable(model)
+    unit = {k: 1.0 for k in layers} if budget == "params" else \
+        {k: f / layers[k].weight.numel() for k, f in M.layer_flops(model).items()}
+    removed = sum(M.n_pruned(amounts.get(k, 0.0), m.weight.numel()) * unit[k]
+                  for k, m in layers.items())
+    total = sum(m.weight.numel() * unit[k] for k, m in layers.items())
+    return removed, total, max(unit.values())
+
+
+@pytest.mark.parametrize("method", BASELINES)
+@pytest.mark.parametrize("budget", ["params", "flops"])
+@pytest.mark.parametrize("target", [0.5, 0.9, 0.99])
+def test_allocators_meet_target_within_one_weight_per_layer(resnet, method, budget, target):
+    amounts = rp.allocate(method, resnet, target, budget)
+    assert set(amounts) == set(M.prunable(resnet))
+    assert all(0 <= a <= 1 for a in amounts.values())
+    removed, total, unit = _removed(resnet, amounts, budget)
+    if method == "uniform" and budget == "flops":  # same fraction of every layer
+        assert removed == pytest.approx(target * total, rel=1e-3)
+    else:
+        assert abs(removed - target * total) <= len(amounts) * unit + 1e-6
+    pruned = M.apply(copy.deepcopy(resnet), amounts)
+    achieved = M.sparsity(pruned) if budget == "params" else 1 - M.flops(pruned) / sum(M.layer_flops(resnet).values())
+    assert achieved == pytest.approx(target, abs=len(amounts) * unit / total + 1e-9)
+
+
+@pytest.mark.parametrize("target", [0.5, 0.9, 0.99])
+def test_uniform_plus_keeps_first_conv_dense_and_20pc_of_last(resnet, target):
+    a = rp.allocate("uniform_plus", resnet, target)
+    names = list(M.prunable(resnet))
+    assert a[names[0]] == 0.0
+    assert a[names[-1]] <= 0.8 + 1e-12
+    middle = {a[k] for k in names[1:-1]}
+    assert max(middle) - min(middle) < 0.01  # one shared amount (up to rounding to weights)
+
+
+@pytest.mark.parametrize("target", [0.5, 0.9, 0.99])
+def test_erk_densities_never_exceed_one_and_follow_erk_ratio(resnet, target):
+    a = rp.allocate("erk", resnet, target)
+    assert all(0 <= v <= 1 for v in a.values())
+    layers = M.prunable(resnet)
+    ratio = {k: sum(m.weight.shape) / m.weight.numel() for k, m in layers.items()}
+    sparse = [k for k in a if a[k] > 0.01]
+    scale = {k: (1 - a[k]) / ratio[k] for k in sparse}
+    assert max(scale.values()) / min(scale.values()) == pytest.approx(1, abs=0.05)
+
+
+def test_lamp_amounts_equal_direct_computation():
+    torch.manual_seed(1)
+    m = rp.models.build("lenet5")
+    scores = []
+    for name, mod in M.prunable(m).items():
+        w = mod.weight.detach().flatten().double()
+        for i in range(len(w)):  # straight from the definition, no sorting tricks
+            pass
+        sq = w ** 2
+        s = torch.tensor([sq[i] / sq[sq >= sq[i]].sum() for i in range(len(sq))]) \
+            if len(sq) < 3000 else None
+        if s is None:  # large layer: vectorised definition (still O(n log n)-free)
+            srt = torch.sort(sq).values
+            suffix = srt.flip(0).cumsum(0).flip(0)
+            idx = torch.searchsorted(srt, sq)
+            s = sq / suffix[idx]
+        scores += [(float(v), name) for v in s]
+    n_total = len(scores)
+    k = math.ceil(0.9 * n_total)
+    scores.sort(key=lambda t: t[0])
+    expected = {name: 0 for name in M.prunable(m)}
+    for _, name in scores[:k]:
+        expected[name] += 1
+    got = rp.allocate("lamp", m, 0.9)
+    for name, mod in M.prunable(m).items():
+        assert abs(got[name] * mod.weight.numel() - expected[name]) <= 1, name
+
+
+def test_iterative_rounds_never_make_a_layer_less_sparse(resnet):
+    m = copy.deepcopy(resnet)
+    M.apply(m, rp.allocate("global", m, 0.6))
+    before = M.layer_sparsity(m)
+    for method in BASELINES:
+        a = rp.allocate(method, m, 0.7)
+        assert all(a[k] >= before[k] - 1e-12 for k in a), method
+
+
+def test_exclusions_stay_as_they_are(resnet):
+    a = rp.allocate("global", resnet, 0.9, exclude=("conv1", "fc"))
+    assert "conv1" not in a and "fc" not in a
+    removed, total, _ = _removed(resnet, a, "params")
+    assert removed == pytest.approx(0.9 * total, abs=len(a))
+
+
+@pytest.mark.parametrize("target", [1.0, 1.5, -0.1, float("nan"), "0.5"])
+def test_target_outside_range(resnet, target):
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        rp.allocate("global", resnet, target)
+
+
+def test_unknown_method_and_budget(resnet):
+    with pytest.raises(ValueError, match="lamp"):
+        rp.allocate("snip", resnet, 0.5)
+    with pytest.raises(ValueError, match="flops"):
+        rp.allocate("global", resnet, 0.5, budget="bytes")
+    with pytest.raises(ValueError, match="curves"):
+        rp.allocate("rd", resnet, 0.5)
+    assert set(METHODS) >= set(BASELINES) | {"rd"}

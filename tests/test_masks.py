@@ -1,0 +1,99 @@
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import rdprune as rp
+from rdprune import masks as M
+
+
+class Tiny(nn.Module):
+    """conv 1→2 (3×3, pad 1) on 4×4, then flatten and a 32→3 linear: hand-countable."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1, bias=False)
+        self.fc = nn.Linear(32, 3)
+        self.input_size = (1, 4, 4)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(torch.relu(self.conv(x)), 1))
+
+
+def test_flops_of_hand_built_net_equal_hand_count():
+    m = Tiny()
+    # conv: 16 output pixels × 2 channels × 9 MACs; fc: 32 × 3 MACs
+    assert M.layer_flops(m) == {"conv": 16 * 2 * 9, "fc": 96}
+    M.apply(m, {"conv": 0.5})
+    assert M.flops(m) == pytest.approx(16 * 2 * 9 * 0.5 + 96)
+    rep = M.report(m)
+    assert list(rep.layer) == ["conv", "fc"] and rep.n_weights.tolist() == [18, 96]
+    assert rep.flops.tolist() == pytest.approx([144.0, 96.0])
+
+
+def test_apply_zeroes_floor_of_amount_times_n_smallest():
+    torch.manual_seed(0)
+    m = Tiny()
+    w = m.fc.weight.detach().clone().abs().flatten()
+    M.apply(m, {"fc": 0.29})
+    k = math.floor(0.29 * 96)
+    assert int((m.fc.weight == 0).sum()) == k == int((~m.fc.weight_mask).sum())
+    zeroed = (m.fc.weight.flatten() == 0)
+    assert w[zeroed].max() <= w[~zeroed].min()
+
+
+def test_already_zero_weights_go_first_and_pruning_never_revives():
+    torch.manual_seed(0)
+    m = Tiny()
+    M.apply(m, {"fc": 0.5})
+    first = M.mask_of(m.fc).clone()
+    with torch.no_grad():  # make a masked weight huge: it must stay pruned
+        m.fc.weight.view(-1)[(~first.view(-1)).nonzero()[0]] = 0.0
+    M.apply(m, {"fc": 0.75})
+    assert int((~M.mask_of(m.fc)).sum()) == 72
+    assert not (M.mask_of(m.fc) & ~first).any(), "a pruned weight came back"
+    M.apply(m, {"fc": 0.1})  # below current sparsity: unchanged
+    assert int((~M.mask_of(m.fc)).sum()) == 72
+    assert M.sparsity(m) == pytest.approx(72 / (18 + 96))
+
+
+def test_masks_survive_fine_tuning():
+    torch.manual_seed(0)
+    m = rp.models.build("lenet5")
+    M.apply(m, rp.allocate("uniform", m, 0.8))
+    train, _ = rp.data.loaders("fashion_mnist", 64, subset=100)
+    rp.train.fine_tune(m, train, steps=15, lr=1e-2, progress=False)
+    for name, mod in M.prunable(m).items():
+        assert (mod.weight[~mod.weight_mask] == 0).all(), name
+    assert M.sparsity(m) == pytest.approx(0.8, abs=0.01)
+
+
+def test_masked_state_dict_round_trip():
+    m = rp.models.build("lenet5")
+    M.apply(m, {"fc1": 0.9})
+    fresh = M.load_state(rp.models.build("lenet5"), copy.deepcopy(m.state_dict()))
+    assert torch.equal(fresh.fc1.weight_mask, m.fc1.weight_mask)
+
+
+def test_exclusions_by_name_and_pattern():
+    m = rp.models.build("resnet20")
+    names = M.prunable(m, exclude=("conv1", "*.shortcut.*"))
+    assert "conv1" not in names and not any("shortcut" in n for n in names)
+    assert "fc" in names
+
+
+@pytest.mark.parametrize("amounts,match", [({"nope": 0.5}, "not a prunable layer"),
+                                           ({"fc": 1.5}, r"\[0, 1\]"), ({"fc": -0.1}, r"\[0, 1\]")])
+def test_bad_amounts(amounts, match):
+    with pytest.raises(ValueError, match=match):
+        M.apply(Tiny(), amounts)
+
+
+def test_nan_weights_are_refused():
+    m = Tiny()
+    with torch.no_grad():
+        m.fc.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        M.apply(m, {"fc": 0.5})

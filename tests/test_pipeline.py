@@ -1,0 +1,49 @@
+import pandas as pd
+import pytest
+
+import rdprune as rp
+from rdprune import masks as M
+from rdprune import pipeline
+
+
+def test_iterative_targets_follow_the_authors_schedule():
+    t = pipeline.schedule_targets("iterative", 0.9885, 0.2)
+    assert len(t) == 20 and t[0] == pytest.approx(0.2) and t[1] == pytest.approx(0.36)
+    assert t[-1] == pytest.approx(0.9885)
+    assert pipeline.schedule_targets("oneshot", 0.9) == [0.9]
+    with pytest.raises(ValueError, match="schedule"):
+        pipeline.schedule_targets("cyclic", 0.9)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        pipeline.schedule_targets("oneshot", 1.2)
+
+
+def test_unknown_settings_are_refused():
+    with pytest.raises(ValueError, match="finetune_steps"):
+        pipeline.settings("quick", finetune_step=3)
+    with pytest.raises(ValueError, match="quick"):
+        pipeline.settings("slow")
+
+
+@pytest.mark.parametrize("calibration", ["train", "synthetic"])
+def test_iterative_rd_run_is_monotone_and_resumable(lenet, tmp_path, calibration, monkeypatch):
+    kw = dict(budget="params", calibration=calibration, out=tmp_path, progress=False,
+              finetune_steps=5, calib_n=64, grid=11, eval_subset=500)
+    table = pipeline.run("lenet5", "fashion_mnist", "rd", "iterative", 0.5, **kw)
+    assert table["round"].tolist() == [0, 1, 2, 3, 4]
+    assert (table.sparsity.diff().dropna() > 0).all()
+    assert table.sparsity.iloc[-1] == pytest.approx(0.5, abs=0.01)
+    assert table.top1.between(0, 1).all()
+    assert (table.predicted.iloc[1:] > 0).all() and (table.actual.iloc[1:] > 0).all()
+    on_disk = pd.read_csv(tmp_path / "results.csv")
+    assert len(on_disk) == 5
+    # a rerun with the same settings resumes after the last round instead of recomputing
+    monkeypatch.setattr(pipeline, "prune_round", lambda *a, **k: pytest.fail("recomputed"))
+    again = pipeline.run("lenet5", "fashion_mnist", "rd", "iterative", 0.5, **kw)
+    pd.testing.assert_frame_equal(again, table)
+
+
+def test_oneshot_zero_shot_baseline(lenet, tmp_path):
+    table = pipeline.run("lenet5", "fashion_mnist", "lamp", "oneshot", 0.8, out=tmp_path,
+                         progress=False, finetune_steps=0, calib_n=64, eval_subset=500)
+    assert len(table) == 2 and table.sparsity.iloc[-1] == pytest.approx(0.8, abs=0.01)
+    assert table.flops_left.iloc[-1] < 1

@@ -1,0 +1,140 @@
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import rdprune as rp
+from rdprune import masks as M
+from rdprune import rd
+
+
+def _some_layers(model, k=4):
+    names = list(M.prunable(model))
+    return [names[i] for i in np.linspace(0, len(names) - 1, k).round().astype(int)]
+
+
+@pytest.mark.parametrize("name", ["resnet20", "densenet121", "mobilenet_v2"])
+@pytest.mark.parametrize("kind", ["mse", "worst_case"])
+def test_fast_curves_equal_reference(name, kind):
+    torch.manual_seed(0)
+    model = rp.models.build(name).eval()
+    if name == "densenet121":  # one dense block is enough: keep the first stage and its transition
+        model.features = model.features[:2]
+        model.bn = torch.nn.BatchNorm2d(model.features[1].conv.out_channels)
+        model.linear = torch.nn.Linear(model.bn.num_features, 10)
+        model.eval()
+    x = torch.randn(40, 1, 28, 28)
+    layers = _some_layers(model)
+    M.apply(model, {layers[1]: 0.3})  # a layer already partly pruned
+    kw = dict(grid=11, distortion=kind, layers=layers, cache=False, progress=False, batch=16,
+              max_batch=48)
+    fast = rd.curves(model, x, **kw)
+    ref = rd.curves(model, x, method="reference", **kw)
+    assert list(fast.columns) == ["layer", "amount", "n_weights", "flops", "distortion"]
+    np.testing.assert_allclose(fast.distortion, ref.distortion, rtol=1e-5, atol=1e-12)
+    assert (fast.distortion.to_numpy()[fast.amount.to_numpy() == 0] == 0).all()
+    partly = fast[fast.layer == layers[1]]
+    assert (partly.distortion[partly.amount <= 0.3] == 0).all()
+    assert (partly.distortion[partly.amount > 0.3] > 0).all()
+
+
+def test_curves_are_cached_and_resume_after_interruption(tmp_path, monkeypatch):
+    monkeypatch.setenv("RDPRUNE_DATA", str(tmp_path))
+    torch.manual_seed(0)
+    model = rp.models.build("lenet5").eval()
+    x = torch.randn(32, 1, 28, 28)
+    calls = []
+    real = rd._fast
+
+    def interrupted(model, x_all, names, *a):
+        for i, item in enumerate(real(model, x_all, names, *a)):
+            calls.append(item[0])
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            yield item
+    monkeypatch.setattr(rd, "_fast", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        rd.curves(model, x, grid=6, progress=False)
+    monkeypatch.setattr(rd, "_fast", lambda model, x_all, names, *a: (calls.extend(names), real(model, x_all, names, *a))[1])
+    full = rd.curves(model, x, grid=6, progress=False)
+    names = list(M.prunable(model))
+    assert calls[2:] == names[1:], "only the unfinished layers are recomputed"
+    calls.clear()
+    again = rd.curves(model, x, grid=6, progress=False)
+    assert calls == [] and again.equals(full)
+
+
+def test_corrupt_cache_is_recomputed(tmp_path, monkeypatch):
+    monkeypatch.setenv("RDPRUNE_DATA", str(tmp_path))
+    model = rp.models.build("lenet5").eval()
+    x = torch.randn(16, 1, 28, 28)
+    good = rd.curves(model, x, grid=6, progress=False)
+    victim = next((tmp_path / "curves").rglob("fc1.csv"))
+    victim.write_text("layer,amount\nfc1,0.5\n")
+    with pytest.warns(UserWarning, match="corrupt"):
+        again = rd.curves(model, x, grid=6, progress=False)
+    pd.testing.assert_frame_equal(again, good)
+
+
+def test_cache_key_changes_with_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("RDPRUNE_DATA", str(tmp_path))
+    model = rp.models.build("lenet5").eval()
+    x = torch.randn(16, 1, 28, 28)
+    a = rd.curves(model, x, grid=6, progress=False)
+    M.apply(model, {"fc1": 0.5})
+    b = rd.curves(model, x, grid=6, progress=False)
+    assert not a.equals(b)
+
+
+def test_additivity_on_trained_model(lenet, calib):
+    curves = rd.curves(lenet, calib, grid=21, progress=False)
+    add = rd.additivity(lenet, calib, curves, n=30, seed=0, max_amount=0.6)
+    assert {"predicted", "actual"} <= set(add.columns) and len(add) == 30
+    stats = rd.additivity_stats(add)
+    assert stats["pearson_log"] > 0.9, stats
+    assert stats["spearman"] > 0.9, stats
+
+
+@pytest.mark.parametrize("target", [0.5, 0.8, 0.9])
+def test_rd_has_lowest_zero_shot_distortion(lenet, calib, target):
+    curves = rd.curves(lenet, calib, grid=101, progress=False)
+    got = {}
+    for method in ["rd", "global", "uniform", "uniform_plus", "erk", "lamp"]:
+        pruned = M.apply(copy.deepcopy(lenet), rp.allocate(method, lenet, target, curves=curves))
+        assert M.sparsity(pruned) >= target - 1e-3
+        got[method] = rd.distortion(lenet, pruned, calib)
+    assert got["rd"] <= min(got.values()) * (1 + 1e-9), got
+
+
+def test_rd_allocation_uses_flops_budget(lenet, calib):
+    curves = rd.curves(lenet, calib, grid=51, progress=False)
+    dense = M.flops(lenet)
+    for target in (0.5, 0.8):
+        pruned = M.apply(copy.deepcopy(lenet), rp.allocate("rd", lenet, target, "flops",
+                                                           curves=curves))
+        assert M.flops(pruned) <= (1 - target) * dense * (1 + 1e-9)
+        assert M.flops(pruned) >= (1 - target) * dense * 0.98
+
+
+def test_bad_input(lenet, calib):
+    curves = rd.curves(lenet, calib, grid=11, progress=False)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        rp.allocate("rd", lenet, 1.0, curves=curves)
+    other = rp.models.build("resnet20")
+    with pytest.raises(ValueError, match="another model"):
+        rp.allocate("rd", other, 0.5, curves=curves)
+    retrained = copy.deepcopy(lenet)
+    M.apply(retrained, {"fc1": 0.5})
+    with pytest.raises(ValueError, match="different weights"):
+        rp.allocate("rd", retrained, 0.6, curves=curves)
+    with pytest.raises(ValueError, match="non-empty"):
+        rd.curves(lenet, calib[:0], progress=False)
+    broken = copy.deepcopy(lenet)
+    with torch.no_grad():
+        broken.fc2.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        rd.curves(broken, calib, progress=False)
+    with pytest.raises(ValueError, match="mse"):
+        rd.curves(lenet, calib, distortion="l1", progress=False)

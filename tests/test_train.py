@@ -1,0 +1,54 @@
+import warnings
+
+import pytest
+import torch
+
+import rdprune as rp
+from rdprune import train as T
+
+TINY = T.Recipe(epochs=0.02, batch_size=64)
+
+
+@pytest.fixture
+def tiny_recipe(monkeypatch, tmp_path):
+    monkeypatch.setenv("RDPRUNE_DATA", str(tmp_path))
+    monkeypatch.setitem(T.RECIPES, "tiny", TINY)
+
+
+def test_seeded_training_reproduces(tiny_recipe):
+    a = T.pretrained("lenet5", recipe="tiny", seed=1, progress=False, verbose=False)
+    T.checkpoint_path("lenet5", "fashion_mnist", "tiny", 1).unlink()
+    b = T.pretrained("lenet5", recipe="tiny", seed=1, progress=False, verbose=False)
+    assert T.state_hash(a) == T.state_hash(b)
+
+
+def test_checkpoint_reused_then_corrupt_one_retrained(tiny_recipe, capsys):
+    a = T.pretrained("lenet5", recipe="tiny", seed=2, progress=False)
+    capsys.readouterr()
+    b = T.pretrained("lenet5", recipe="tiny", seed=2, progress=False)
+    assert "using cached checkpoint" in capsys.readouterr().out
+    assert T.state_hash(a) == T.state_hash(b)
+    path = T.checkpoint_path("lenet5", "fashion_mnist", "tiny", 2)
+    path.write_bytes(path.read_bytes()[:500])  # truncated file
+    with pytest.warns(UserWarning, match="unusable"):
+        c = T.pretrained("lenet5", recipe="tiny", seed=2, progress=False)
+    assert T.state_hash(c) == T.state_hash(a)  # retrained, same seed, same weights
+    assert torch.load(path, weights_only=True)["hash"] == T.state_hash(c)
+
+
+def test_mismatched_checkpoint_is_not_loaded(tiny_recipe, monkeypatch):
+    T.pretrained("lenet5", recipe="tiny", seed=3, progress=False, verbose=False)
+    monkeypatch.setitem(T.RECIPES, "tiny", T.Recipe(epochs=0.03, batch_size=64))
+    with pytest.warns(UserWarning, match="different settings"):
+        T.pretrained("lenet5", recipe="tiny", seed=3, progress=False, verbose=False)
+
+
+def test_quick_lenet_learns(lenet):
+    _, test = rp.data.loaders("fashion_mnist", 1000)
+    res = rp.train.evaluate(lenet, test)
+    assert 0.85 < res["top1"] <= 1 and res["loss"] < 0.5
+
+
+def test_unknown_recipe():
+    with pytest.raises(ValueError, match="quick"):
+        T.get_recipe("fast")
