@@ -124,3 +124,20 @@ def test_unknown_method_and_budget(resnet):
     with pytest.raises(ValueError, match="curves"):
         rp.allocate("rd", resnet, 0.5)
     assert set(METHODS) >= set(BASELINES) | {"rd"}
+
+
+def test_rd_solver_resolves_any_target_within_budget(resnet):
+    from rdprune.allocation import RDSolver
+    x = torch.randn(8, 1, 28, 28)
+    curves = rp.rd.curves(resnet.eval(), x, grid=11, cache=False, progress=False)
+    solver = RDSolver(resnet, curves)
+    for target in (0.3, 0.5, 0.9, 0.95):
+        amounts = solver.amounts(target)
+        removed, total, _ = _removed(resnet, amounts, "params")
+        assert removed >= target * total - 1e-6
+        direct = rp.allocate("rd", resnet, target, curves=curves)
+        direct_d = rp.rd.predicted(curves, direct)
+        assert solver.predicted(target) == pytest.approx(rp.rd.predicted(curves, amounts), rel=1e-3)
+        assert solver.predicted(target) <= direct_d * 1.02 + 1e-12
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        solver.amounts(1.0)

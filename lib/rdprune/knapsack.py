@@ -33,6 +33,73 @@ def bin_width(costs: np.ndarray, budget: float, max_states: int = DEFAULT_MAX_ST
     return max(float(budget) / max_states, np.finfo(float).tiny)
 
 
+class Table:
+    """The DP table for every budget up to ``max_budget``: built once (the expensive part), then
+    :meth:`pick` answers any smaller budget by a scan and a backtrack (microseconds), which is
+    what makes re-solving for a new target interactive."""
+
+    def __init__(self, costs, distortions, max_budget: float, *, bin_width_: float | None = None,
+                 max_states: int = DEFAULT_MAX_STATES):
+        c = np.asarray(costs, dtype=np.float64)
+        d = np.asarray(distortions, dtype=np.float64)
+        if c.ndim != 2 or c.shape != d.shape:
+            raise ValueError(f"costs and distortions must both be (layers, options); got {c.shape} "
+                             f"and {d.shape}")
+        if np.isnan(c).any() or np.isnan(d).any():
+            raise ValueError("costs and distortions must not contain NaN")
+        if (c < 0).any():
+            raise ValueError("costs must be non-negative")
+        if c.shape[1] > np.iinfo(np.uint16).max:
+            raise ValueError("at most 65535 options per layer")
+        allowed = np.isfinite(c) & np.isfinite(d)
+        if not allowed.any(1).all():
+            raise ValueError("every layer needs at least one allowed option")
+        # Each layer's cheapest option is paid exactly; only the excess over it is binned, so
+        # the binned problem is feasible whenever the real one is.
+        self.base = float(np.where(allowed, c, np.inf).min(1).sum())
+        base = np.where(allowed, c, np.inf).min(1)
+        spare = float(max_budget) - self.base
+        if spare < 0:
+            raise ValueError(f"no choice fits the budget {float(max_budget):g}: the cheapest "
+                             f"choice costs {self.base:g}")
+        extra = np.where(allowed, c - base[:, None], np.inf)
+        self.width = w = bin_width_ or bin_width(extra, spare, max_states)
+        # Integer bins, excess cost rounded up; the tiny tolerance keeps exact multiples exact.
+        self.cb = cb = np.where(allowed, np.ceil(np.where(allowed, extra, 0) / w - 1e-9),
+                                -1).astype(np.int64)
+        S = int(np.floor(spare / w + 1e-9)) + 1
+        best = np.full(S, np.inf)
+        best[0] = 0.0
+        self.choice = np.zeros((c.shape[0], S), dtype=np.uint16)
+        for layer in range(c.shape[0]):
+            new = np.full(S, np.inf)
+            arg = self.choice[layer]
+            for opt in np.flatnonzero(allowed[layer] & (cb[layer] < S)):
+                k = cb[layer, opt]
+                cand = best[: S - k] + d[layer, opt]
+                better = cand < new[k:]
+                np.copyto(new[k:], cand, where=better)
+                np.copyto(arg[k:], np.uint16(opt), where=better)
+            best = new
+        self.best = best
+
+    def pick(self, budget: float) -> np.ndarray:
+        """Option per layer minimising the summed distortion within ``budget`` (≤ max_budget).
+        Among equally good choices the one using more of the budget is returned."""
+        spare = float(budget) - self.base
+        if spare < 0:
+            raise ValueError(f"no choice fits the budget {float(budget):g}: the cheapest choice "
+                             f"costs {self.base:g}")
+        n = min(len(self.best), int(np.floor(spare / self.width + 1e-9)) + 1)
+        s = int(n - 1 - np.argmin(self.best[:n][::-1]))  # the last (largest-cost) minimiser
+        picks = np.empty(len(self.choice), dtype=np.int64)
+        for layer in range(len(self.choice) - 1, -1, -1):
+            picks[layer] = self.choice[layer, s]
+            s -= self.cb[layer, picks[layer]]
+        assert s == 0, "backtracking must end at the empty state"
+        return picks
+
+
 def solve(costs, distortions, budget: float, *, bin_width_: float | None = None,
           max_states: int = DEFAULT_MAX_STATES) -> np.ndarray:
     """One option index per layer minimising ``Σ distortions[l, i_l]`` subject to
@@ -40,55 +107,8 @@ def solve(costs, distortions, budget: float, *, bin_width_: float | None = None,
 
     ``costs`` and ``distortions`` have shape (layers, options); an infinite distortion or cost
     marks an option as not allowed. ``bin_width_`` sets the cost resolution (default: exact for
-    integer costs when affordable, else ``budget / max_states``). Raises ``ValueError`` when no
-    choice fits. Among equally good choices the one using more of the budget is returned.
+    integer costs when affordable, else the spare budget / ``max_states``). Raises
+    ``ValueError`` when no choice fits. Among equally good choices the one using more of the
+    budget is returned.
     """
-    c = np.asarray(costs, dtype=np.float64)
-    d = np.asarray(distortions, dtype=np.float64)
-    if c.ndim != 2 or c.shape != d.shape:
-        raise ValueError(f"costs and distortions must both be (layers, options); got {c.shape} "
-                         f"and {d.shape}")
-    if np.isnan(c).any() or np.isnan(d).any():
-        raise ValueError("costs and distortions must not contain NaN")
-    if (c < 0).any():
-        raise ValueError("costs must be non-negative")
-    allowed = np.isfinite(c) & np.isfinite(d)
-    if not allowed.any(1).all():
-        raise ValueError("every layer needs at least one allowed option")
-    # Each layer's cheapest option is paid exactly; only the excess over it is binned, so the
-    # problem stays feasible whenever the real one is.
-    base = np.where(allowed, c, np.inf).min(1)
-    spare = float(budget) - base.sum()
-    if spare < 0:
-        raise ValueError(f"no choice fits the budget {float(budget):g}: the cheapest choice costs "
-                         f"{base.sum():g}")
-    extra = np.where(allowed, c - base[:, None], np.inf)
-    w = bin_width_ or bin_width(extra, spare, max_states)
-    # Integer bins, excess cost rounded up; the tiny tolerance keeps exact multiples exact.
-    cb = np.where(allowed, np.ceil(np.where(allowed, extra, 0) / w - 1e-9), -1).astype(np.int64)
-    n_bins = int(np.floor(spare / w + 1e-9))
-    S = n_bins + 1
-    n_layers, n_opts = c.shape
-    if n_opts > np.iinfo(np.uint16).max:
-        raise ValueError("at most 65535 options per layer")
-    best = np.full(S, np.inf)
-    best[0] = 0.0
-    choice = np.zeros((n_layers, S), dtype=np.uint16)
-    for layer in range(n_layers):
-        new = np.full(S, np.inf)
-        arg = choice[layer]
-        for opt in np.flatnonzero(allowed[layer] & (cb[layer] <= n_bins)):
-            k = cb[layer, opt]
-            cand = best[: S - k] + d[layer, opt]
-            seg = new[k:]
-            better = cand < seg
-            seg[better] = cand[better]
-            arg[k:][better] = opt
-        best = new
-    s = int(S - 1 - np.argmin(best[::-1]))  # the last (largest-cost) minimiser
-    picks = np.empty(n_layers, dtype=np.int64)
-    for layer in range(n_layers - 1, -1, -1):
-        picks[layer] = choice[layer, s]
-        s -= cb[layer, picks[layer]]
-    assert s == 0, "backtracking must end at the empty state"
-    return picks
+    return Table(costs, distortions, budget, bin_width_=bin_width_, max_states=max_states).pick(budget)
