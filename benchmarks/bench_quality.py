@@ -1,0 +1,48 @@
+"""Quality: actual zero-shot (one-shot, no fine-tune) output distortion and top-1 of every
+allocator on the trained default model, at 50/80/90/95 % sparsity. Writes benchmarks/quality.csv.
+
+    python benchmarks/bench_quality.py [--model resnet20] [--calib 1024] [--grid 101]
+"""
+import argparse
+import copy
+from pathlib import Path
+
+import pandas as pd
+
+import rdprune as rp
+
+METHODS = ["rd", "lamp", "global", "uniform", "uniform_plus", "erk"]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--calib", type=int, default=1024)
+    p.add_argument("--grid", type=int, default=101)
+    p.add_argument("--budget", default="params")
+    p.add_argument("--targets", nargs="+", type=float, default=[0.5, 0.8, 0.9, 0.95])
+    args = p.parse_args()
+    model = rp.train.pretrained(args.model, progress=False)
+    calib = rp.data.calibration("fashion_mnist", args.calib, 0)
+    held_out = rp.data.calibration("fashion_mnist", args.calib, 1)  # distortion off the calib set
+    _, test = rp.data.loaders("fashion_mnist", 512)
+    curves = rp.rd.curves(model, calib, grid=args.grid)
+    rows = []
+    for target in args.targets:
+        for method in METHODS:
+            pruned = rp.masks.apply(copy.deepcopy(model),
+                                    rp.allocate(method, model, target, args.budget, curves=curves))
+            rows.append(dict(method=method, target=target, sparsity=rp.masks.sparsity(pruned),
+                             distortion_calib=rp.rd.distortion(model, pruned, calib),
+                             distortion_heldout=rp.rd.distortion(model, pruned, held_out),
+                             top1=rp.train.evaluate(pruned, test)["top1"]))
+    df = pd.DataFrame(rows)
+    for col in ["distortion_calib", "top1"]:
+        print(f"\n{col}:")
+        print(df.pivot(index="method", columns="target", values=col).loc[METHODS]
+              .to_string(float_format=lambda v: f"{v:.4g}"))
+    df.to_csv(Path(__file__).with_name("quality.csv"), index=False)
+
+
+if __name__ == "__main__":
+    main()
