@@ -113,12 +113,13 @@ def _read_layer(path: Path, name: str, n_amounts: int) -> pd.DataFrame | None:
 
 def curves(model: nn.Module, calib: torch.Tensor, grid: int = 101, distortion: str = "mse",
            layers: list[str] | None = None, *, method: str = "fast", batch: int = 256,
-           max_batch: int = 1024, cache: bool = True, progress: bool = True) -> pd.DataFrame:
+           max_batch: int = 256, cache: bool = True, progress: bool = True) -> pd.DataFrame:
     """Per-layer rate–distortion curves as a long-form DataFrame with columns
     ``layer, amount, n_weights, flops, distortion`` (one row per layer and grid amount).
 
     ``batch`` calibration samples go through the network at a time; up to ``max_batch``
-    samples (amounts × batch) through a layer's downstream part at once."""
+    samples (amounts × batch) through a layer's downstream part at once (on a 2-core CPU the
+    time per sample is flat up to ~256 and grows beyond, so larger batches do not pay)."""
     _check_inputs(model, calib, grid, distortion, method)
     all_layers = M.prunable(model)
     names = list(layers) if layers is not None else list(all_layers)
