@@ -9,6 +9,8 @@ JointPruning (Liu et al. 2021) and HBGS/HBGTS (Purohit et al. 2024) — as a not
 """
 from . import allocation, data, masks, models, rd, train
 from .allocation import allocate
+from . import plots, reproduce, widgets  # notebook lab: figures, CLI runner, explorer
 
-__all__ = ["allocate", "allocation", "data", "masks", "models", "rd", "train"]
+__all__ = ["allocate", "allocation", "data", "masks", "models", "plots", "rd", "reproduce", "train",
+           "widgets"]
 __version__ = "0.1.0"

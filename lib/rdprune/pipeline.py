@@ -99,11 +99,12 @@ def prune_round(model, method: str, target: float, calib: torch.Tensor, *, budge
 
 def run(model_name: str = "resnet20", dataset: str = "fashion_mnist", method: str = "rd",
         schedule: str = "oneshot", target: float = 0.9, *, budget: str = "params",
-        preset: str = "quick", calibration: str = "train", seed: int = 0, out: str | Path | None = None,
+        preset: str = "quick", recipe: str | None = None, calibration: str = "train",
+        seed: int = 0, out: str | Path | None = None,
         resume: bool = True, progress: bool = True, dev="auto", **overrides) -> pd.DataFrame:
     """Train (or load) the dense model, then prune it on a schedule. Returns the per-round table
     and writes it to ``out`` (default ``results/runs/<name>``). ``overrides`` set any
-    :class:`Settings` field."""
+    :class:`Settings` field. ``recipe`` trains the dense model (default: the preset's)."""
     s = settings(preset, model_name, **overrides)
     targets = schedule_targets(schedule, target, s.per_round)
     if calibration not in ("train", "synthetic"):
@@ -111,11 +112,12 @@ def run(model_name: str = "resnet20", dataset: str = "fashion_mnist", method: st
     name = f"{model_name}-{dataset}-{method}-{budget}-{schedule}-{target:g}-{preset}-{calibration}-s{seed}"
     out = Path(out) if out else Path("results") / "runs" / name
     out.mkdir(parents=True, exist_ok=True)
-    config = dict(model=model_name, dataset=dataset, method=method, schedule=schedule,
+    recipe = recipe or ("quick" if preset == "quick" else "paper")
+    config = dict(model=model_name, dataset=dataset, recipe=recipe, method=method, schedule=schedule,
                   target=target, budget=budget, preset=preset, calibration=calibration,
                   seed=seed, settings=asdict(s))
-    model = train.pretrained(model_name, dataset, "quick" if preset == "quick" else "paper", seed,
-                             dev=dev, progress=progress, verbose=progress)
+    model = train.pretrained(model_name, dataset, recipe, seed, dev=dev, progress=progress,
+                             verbose=progress)
     train_loader, test_loader = D.loaders(dataset, s.batch_size, seed=seed, subset=None)
     if s.eval_subset:
         _, test_loader = D.loaders(dataset, s.batch_size, seed=seed, subset=s.eval_subset)

@@ -1,7 +1,7 @@
 """Training, evaluation and mask-preserving fine-tuning, with cached pre-trained checkpoints.
 
 Recipes are named presets (:data:`RECIPES`): ``quick`` finishes in minutes on a 2-core CPU
-(ResNet-20 reaches ≥ 90 % on Fashion-MNIST), ``paper`` is the RD authors' CIFAR recipe (AdamW
+(ResNet-20 reaches ≥ 90 % on Fashion-MNIST), ``smoke`` in seconds (tests, a first look), ``paper`` is the RD authors' CIFAR recipe (AdamW
 lr 3e-4, batch 100, 50k steps for ResNets, 20k VGG-16, 80k DenseNet; fine-tune 80k/40k/60k).
 """
 from __future__ import annotations
@@ -38,6 +38,7 @@ class Recipe:
 
 RECIPES = {
     "quick": Recipe(),
+    "smoke": Recipe(epochs=0.1),  # seconds: for tests and a first look, not for results
     "paper": Recipe(lr=3e-4, batch_size=100, steps=50_000, finetune_steps=80_000,
                     finetune_lr=3e-4, schedule="cosine"),
 }

@@ -1,0 +1,187 @@
+"""Figures for the notebooks: RD curves, heat-map, allocation bars, additivity scatter and
+accuracy against sparsity. Every function returns a matplotlib ``Figure``; :func:`save` writes it
+as PNG and SVG. Distortion spans decades, so it is always drawn on a log scale (zero distortion,
+e.g. at amount 0, cannot be shown there and is left out).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+from . import masks as M
+
+
+def _plt():
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    sns.set_theme(style="whitegrid", context="notebook")
+    return plt, sns
+
+
+def _layer_order(curves: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(curves["layer"]))
+
+
+def rd_curves(curves: pd.DataFrame, layers: list[str] | None = None, title: str | None = None):
+    """Log distortion against amount, one line per layer (colour runs from the first layer to
+    the last)."""
+    plt, sns = _plt()
+    names = layers or _layer_order(curves)
+    df = curves[curves["layer"].isin(names) & (curves["distortion"] > 0)]
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    palette = sns.color_palette("viridis", len(names))
+    for color, name in zip(palette, names):
+        g = df[df["layer"] == name].sort_values("amount")
+        ax.plot(g["amount"], g["distortion"], color=color, lw=1.4,
+                label=f"{name} ({int(g['n_weights'].iloc[0]):,} w)" if len(g) else name)
+    ax.set_yscale("log")
+    ax.set_xlabel("amount pruned in the layer (fraction of its weights)")
+    ax.set_ylabel(f"output distortion ({curves.attrs.get('distortion', 'mse')}, log scale)")
+    ax.set_xlim(0, 1)
+    ax.set_title(title or "Rate–distortion curves: output distortion when one layer is pruned")
+    ncol = 1 if len(names) <= 18 else 2
+    ax.legend(title="layer (weights)", fontsize=7, title_fontsize=8, ncol=ncol,
+              loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def rd_heatmap(curves: pd.DataFrame, title: str | None = None):
+    """Layer × amount heat-map of log10 distortion (blank where the distortion is 0)."""
+    plt, sns = _plt()
+    names = _layer_order(curves)
+    table = curves.pivot_table(index="layer", columns="amount", values="distortion",
+                               aggfunc="first").reindex(names)
+    logd = np.log10(table.where(table > 0))
+    fig, ax = plt.subplots(figsize=(10, 0.28 * len(names) + 2))
+    amounts = np.asarray(table.columns, dtype=float)
+    step = max(1, len(amounts) // 10)
+    sns.heatmap(logd, ax=ax, cmap="magma", cbar_kws={"label": "log10 output distortion"},
+                xticklabels=[f"{a:.2f}" if i % step == 0 else "" for i, a in enumerate(amounts)],
+                yticklabels=True)
+    ax.set_xlabel("amount pruned in the layer")
+    ax.set_ylabel("layer (forward order)")
+    ax.tick_params(axis="y", labelsize=7, labelrotation=0)
+    ax.grid(False)
+    ax.set_title(title or "Which layers are sensitive: log10 distortion per layer and amount")
+    fig.tight_layout()
+    return fig
+
+
+def allocation_bars(amounts_by_method: Mapping[str, Mapping[str, float]], model,
+                    title: str | None = None):
+    """Per-layer amounts of several allocations (e.g. ``{"rd": ..., "lamp": ...}``) as grouped
+    bars, layers in forward order; the x labels carry each layer's weight count."""
+    plt, sns = _plt()
+    layers = M.prunable(model)
+    rows = [dict(layer=name, method=method, amount=float(amounts.get(name, 0.0)))
+            for method, amounts in amounts_by_method.items() for name in layers]
+    df = pd.DataFrame(rows)
+    fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(layers) + 3), 4.8))
+    sns.barplot(df, x="layer", y="amount", hue="method", order=list(layers), ax=ax)
+    ax.set_xticks(range(len(layers)))
+    ax.set_xticklabels([f"{k} ({m.weight.numel():,})" for k, m in layers.items()], rotation=75,
+                       ha="right", fontsize=7)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("layer (number of weights)")
+    ax.set_ylabel("amount pruned (fraction of the layer)")
+    ax.set_title(title or "Per-layer pruning amounts by allocation method")
+    ax.legend(title="method", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def additivity_scatter(df: pd.DataFrame, title: str | None = None):
+    """Log–log predicted (sum of single-layer curves) against measured joint distortion, with the
+    identity line; the Pearson correlation of the logs is in the title. A ``model`` column, when
+    present, colours the points by architecture."""
+    plt, sns = _plt()
+    from .rd import additivity_stats
+    ok = df[(df["predicted"] > 0) & (df["actual"] > 0)]
+    fig, ax = plt.subplots(figsize=(6.2, 5.6))
+    hue = "model" if "model" in ok.columns else None
+    style = "kind" if "kind" in ok.columns else None
+    sns.scatterplot(ok, x="predicted", y="actual", hue=hue, style=style, ax=ax, s=36, alpha=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    if len(ok):
+        lo = min(ok["predicted"].min(), ok["actual"].min()) / 1.5
+        hi = max(ok["predicted"].max(), ok["actual"].max()) * 1.5
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="identity (perfectly additive)")
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+    ax.set_xlabel("predicted distortion: sum of single-layer curves (log)")
+    ax.set_ylabel("measured joint distortion (log)")
+    parts = []
+    groups = ok.groupby("model") if hue else [("all", ok)]
+    for name, g in groups:
+        s = additivity_stats(g) if len(g) > 1 else {"pearson_log": float("nan")}
+        r = f"r = {s['pearson_log']:.3f}"
+        parts.append(f"{name}: {r}" if hue else r)
+    ax.set_title((title or "Additivity of layer distortions") + "\nPearson r of logs — "
+                 + ", ".join(parts), fontsize=11)
+    ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_vs_sparsity(table: pd.DataFrame, reference: pd.DataFrame | None = None,
+                         title: str | None = None, label: str | None = None):
+    """Top-1 against achieved sparsity, one line per method (line style per ``schedule`` when
+    the table has one). ``reference``: the papers' numbers in long form
+    (``rdprune.reproduce.paper_numbers()``); its sparsity/top-1 pairs are drawn in a separate
+    panel, labelled by dataset and model, because they are not comparable with ours."""
+    plt, sns = _plt()
+    ref = _reference_points(reference) if reference is not None else None
+    ncols = 2 if ref is not None and len(ref) else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(8.5 * ncols, 5.2), squeeze=False)
+    ax = axes[0, 0]
+    dense = table[table["method"] == "dense"]
+    runs = table[table["method"] != "dense"]
+    style = "schedule" if "schedule" in runs.columns and runs["schedule"].nunique() > 1 else None
+    sns.lineplot(runs.sort_values("sparsity"), x="sparsity", y="top1", hue="method", style=style,
+                 markers=True, dashes=True, ax=ax, estimator=None, sort=False)
+    if len(dense):
+        ax.axhline(float(dense["top1"].iloc[0]), color="k", ls=":", lw=1, label="dense")
+    ax.set_xlabel("sparsity (fraction of prunable weights removed)")
+    ax.set_ylabel("top-1 accuracy")
+    ax.set_title(title or f"Our runs{f' — {label}' if label else ''}")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    if ncols == 2:
+        ax2 = axes[0, 1]
+        sns.scatterplot(ref, x="sparsity", y="top1", hue="setting", style="schedule", s=70, ax=ax2)
+        ax2.set_xlabel("sparsity (fraction)")
+        ax2.set_ylabel("top-1 accuracy")
+        ax2.set_title("Reported by the RD authors (CIFAR-10 / ImageNet)\nnot comparable with "
+                      "the left panel", fontsize=11)
+        ax2.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def _reference_points(ref: pd.DataFrame) -> pd.DataFrame:
+    """Sparsity/top-1 pairs (fractions) from the long-form paper numbers, one per setting."""
+    keys = ["paper", "dataset", "model", "method", "schedule"]
+    sub = ref[ref["metric"].isin(["sparsity_pct", "top1_pct"])]
+    if sub.empty:
+        return sub
+    wide = sub.pivot_table(index=keys, columns="metric", values="value", aggfunc="first")
+    wide = wide.dropna(subset=[c for c in ("sparsity_pct", "top1_pct") if c in wide]).reset_index()
+    if not {"sparsity_pct", "top1_pct"} <= set(wide.columns):
+        return wide.iloc[0:0]
+    return pd.DataFrame({"sparsity": wide["sparsity_pct"] / 100, "top1": wide["top1_pct"] / 100,
+                         "setting": wide["model"] + ", " + wide["dataset"],
+                         "schedule": wide["schedule"].replace("", "unstated")})
+
+
+def save(fig, folder: str | Path, name: str) -> list[Path]:
+    """Write ``fig`` as ``<folder>/<name>.png`` (150 dpi) and ``.svg``; returns both paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{name}.png", folder / f"{name}.svg"]
+    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight")
+    return paths

@@ -1,0 +1,242 @@
+"""``python -m rdprune reproduce``: execute every notebook in ``notebooks/`` with papermill.
+
+Each notebook runs with the parameters of a preset (:data:`PRESETS`, the one place where they
+live; the notebooks' own defaults are the ``quick`` preset, a test keeps them in step) into
+``results/<preset>/<notebook>/``: the executed notebook, its CSVs and its figures (PNG + SVG).
+A notebook whose dataset is not available (its ``dataset`` parameter; e.g. CIFAR-10 offline) is
+skipped with the reason, a failing notebook does not stop the others, and the command exits
+non-zero naming the failures. Parameters can be overridden: ``-p KEY VALUE`` for every notebook
+that declares KEY, ``-p NOTEBOOK:KEY VALUE`` for one (values are read as Python/JSON literals,
+else kept as strings).
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[2]
+NOTEBOOKS = REPO / "notebooks"
+
+# Preset → {"*": parameters for every notebook, "<notebook stem>": its own}. Later wins.
+PRESETS: dict[str, dict[str, dict]] = {
+    "quick": {  # minutes on a 2-core CPU; Fashion-MNIST ships offline
+        "*": dict(dataset="fashion_mnist", model="resnet20", recipe="quick", calib_n=128, grid=21,
+                  eval_subset=2000,
+                  distortion="mse", seed=0, device="auto", interactive=False),
+        "01_rd_curves": dict(targets=[0.8, 0.9, 0.95]),
+        "02_additivity": dict(model=["lenet5", "resnet20"], targets=[0.8, 0.9, 0.95], n_configs=30,
+                              max_amount=0.5),
+        "03_rd_vs_baselines": dict(targets=[0.5, 0.6, 0.7, 0.8, 0.9],
+                                   iterative_methods=["rd", "lamp"], iterative_target=0.9,
+                                   per_round=0.5, finetune_steps=30),
+    },
+    "paper": {  # the RD authors' CIFAR-10 protocol (rd-authors-code.md); needs CIFAR-10 and a GPU
+        "*": dict(dataset="cifar10", model="resnet32", recipe="paper", calib_n=1024, grid=101,
+                  eval_subset=None,
+                  distortion="worst_case", seed=0, device="auto", interactive=False),
+        "01_rd_curves": dict(targets=[0.9, 0.955, 0.98847]),
+        "02_additivity": dict(model=["resnet32", "vgg16"], targets=[0.9, 0.955, 0.98847],
+                              n_configs=200, max_amount=0.8),
+        "03_rd_vs_baselines": dict(targets=[0.5, 0.8, 0.9, 0.955, 0.98847],
+                                   iterative_methods=["rd", "lamp", "global", "erk"],
+                                   iterative_target=0.98847, per_round=0.2, finetune_steps=None),
+    },
+}
+
+
+def repo_file(*parts) -> Path:
+    return REPO.joinpath(*parts)
+
+
+def paper_numbers() -> pd.DataFrame:
+    """The papers' reported numbers in long form (``data/paper_numbers.csv``): columns paper,
+    dataset, model, method, schedule, metric, value, source. Never our measurements."""
+    from .data import data_dir
+    for path in (repo_file("data", "paper_numbers.csv"), data_dir() / "paper_numbers.csv"):
+        if path.is_file():
+            return pd.read_csv(path, keep_default_na=False, dtype={"value": float})
+    raise FileNotFoundError("data/paper_numbers.csv is missing from the repository checkout")
+
+
+def notebooks(folder: str | Path | None = None) -> list[Path]:
+    folder = Path(folder) if folder else NOTEBOOKS
+    found = sorted(p for p in folder.glob("*.ipynb") if not p.name.startswith("."))
+    if not found:
+        raise FileNotFoundError(f"no notebooks in {folder}")
+    return found
+
+
+def declared(path: Path) -> dict:
+    """The notebook's ``parameters`` cell: {name: default}."""
+    import papermill as pm
+    out = {}
+    for name, p in pm.inspect_notebook(str(path)).items():
+        try:
+            out[name] = ast.literal_eval(p["default"])
+        except (ValueError, SyntaxError):
+            out[name] = p["default"]
+    return out
+
+
+def parameters(stem: str, preset: str, overrides: dict | None = None) -> dict:
+    """Preset parameters of one notebook, with ``overrides`` ({"*": {...}, stem: {...}})."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    out = {"preset": preset}
+    for layer in (PRESETS[preset], overrides or {}):
+        out.update(layer.get("*", {}))
+        out.update(layer.get(stem, {}))
+    return out
+
+
+def dataset_problem(name: str, params: dict | None = None) -> str | None:
+    """Why ``name`` cannot be used offline right now, or None when it can."""
+    from . import data as D
+    if name in (None, "synthetic"):
+        return None
+    if name == "fashion_mnist":
+        root = D.data_dir()
+        stems = [s for pair in D._FMNIST_FILES.values() for s in pair]
+        for folder in (root / "fashion_mnist", root / "FashionMNIST" / "raw", D.DEBIAN_FMNIST):
+            if all(D._find_idx(folder, s) for s in stems):
+                return None
+        return (f"Fashion-MNIST not found in {root / 'fashion_mnist'} or {D.DEBIAN_FMNIST} "
+                "(apt-get install dataset-fashion-mnist)")
+    if name == "cifar10":
+        folder = D.data_dir() / "cifar-10-batches-py"
+        files = ["test_batch"] + [f"data_batch_{i}" for i in range(1, 6)]
+        if all((folder / f).is_file() for f in files):
+            return None
+        return ("CIFAR-10 not present offline (put torchvision's cifar-10-batches-py in "
+                f"{D.data_dir()})")
+    if name == "imagenet":
+        root = (params or {}).get("imagenet_root")
+        if root and (Path(root) / "train").is_dir() and (Path(root) / "val").is_dir():
+            return None
+        return "ImageNet needs the parameter imagenet_root=<folder with train/ and val/>"
+    return f"unknown dataset {name!r}"
+
+
+def _select(paths: list[Path], only) -> list[Path]:
+    if not only:
+        return paths
+    chosen = [p for p in paths if any(p.stem == o or p.stem.startswith(o) or o in p.stem
+                                      for o in only)]
+    if not chosen:
+        raise ValueError(f"--only {' '.join(only)} matches no notebook; choose from "
+                         + ", ".join(p.stem for p in paths))
+    return chosen
+
+
+def run(preset: str = "quick", only: list[str] | None = None, overrides: dict | None = None,
+        results: str | Path | None = None, folder: str | Path | None = None,
+        progress: bool = True, cell_progress: bool = False) -> pd.DataFrame:
+    """Execute the selected notebooks; returns the summary (notebook, status, seconds, output,
+    reason) and writes it to ``results/<preset>/summary.csv``."""
+    import papermill as pm
+    from tqdm.auto import tqdm
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    paths = _select(notebooks(folder), only)
+    decl = {p: declared(p) for p in paths}
+    unknown = {k for layer in (overrides or {}).values() for k in layer} - \
+        {k for d in decl.values() for k in d}
+    if unknown:
+        raise ValueError(f"parameters {sorted(unknown)} are declared by none of the notebooks "
+                         f"{[p.stem for p in paths]}")
+    root = Path(results) if results else Path.cwd() / "results"
+    root = (root / preset).resolve()
+    rows = []
+    bar = tqdm(paths, desc=f"reproduce {preset}", unit="notebook", disable=not progress)
+    for path in bar:
+        bar.set_postfix_str(path.stem)
+        out = root / path.stem
+        params = {k: v for k, v in parameters(path.stem, preset, overrides).items()
+                  if k in decl[path]}
+        params["out_dir"] = str(out)
+        row = dict(notebook=path.stem, status="ok", seconds=0.0, output=str(out), reason="")
+        problem = dataset_problem(params.get("dataset", decl[path].get("dataset")),
+                                  {**decl[path], **params})
+        if problem:
+            row.update(status="skipped", reason=problem)
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            tic = time.perf_counter()
+            try:
+                pm.execute_notebook(str(path), str(out / path.name), parameters=params,
+                                    kernel_name="python3", progress_bar=cell_progress,
+                                    cwd=str(REPO), log_output=False)
+            except Exception as e:  # noqa: BLE001 - any failure is reported, the rest go on
+                msg = f"{getattr(e, 'ename', type(e).__name__)}: {getattr(e, 'evalue', e)}"
+                row.update(status="failed", reason=msg.strip().splitlines()[0][:300])
+            row["seconds"] = round(time.perf_counter() - tic, 1)
+        rows.append(row)
+        if progress:
+            why = f" — {row['reason']}" if row["reason"] else ""
+            tqdm.write(f"{path.stem}: {row['status']} ({row['seconds']:.0f} s){why}")
+    summary = pd.DataFrame(rows, columns=["notebook", "status", "seconds", "output", "reason"])
+    root.mkdir(parents=True, exist_ok=True)
+    summary.to_csv(root / "summary.csv", index=False)
+    return summary
+
+
+def parse_value(text: str):
+    """``-p`` values: JSON or Python literals (0.9, [0.5, 0.9], true, None), else the string."""
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            return parse(text)
+        except (ValueError, SyntaxError):
+            pass
+    return text
+
+
+def parse_overrides(pairs) -> dict:
+    out: dict[str, dict] = {}
+    for key, value in pairs or []:
+        stem, _, name = key.rpartition(":")
+        out.setdefault(stem or "*", {})[name] = parse_value(value)
+    return out
+
+
+def _cli(args) -> int:
+    if args.list:
+        for p in _select(notebooks(args.notebooks), args.only):
+            decl = declared(p)
+            params = {**decl, **parameters(p.stem, args.preset, parse_overrides(args.param))}
+            print(f"{p.stem}: " + ", ".join(f"{k}={v!r}" for k, v in params.items() if k in decl))
+        return 0
+    tic = time.perf_counter()
+    summary = run(args.preset, args.only, parse_overrides(args.param), args.results,
+                  args.notebooks, progress=not args.quiet, cell_progress=args.verbose)
+    with pd.option_context("display.width", 200, "display.max_colwidth", 90):
+        print(summary.to_string(index=False))
+    print(f"total {time.perf_counter() - tic:.0f} s; summary in "
+          f"{Path(summary['output'].iloc[0]).parent / 'summary.csv'}")
+    failed = summary.loc[summary["status"] == "failed", "notebook"].tolist()
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("reproduce", help="execute every notebook into results/<preset>/",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="quick", choices=list(PRESETS))
+    p.add_argument("--only", action="append", metavar="NAME",
+                   help="run only notebooks whose name is or contains NAME (repeatable)")
+    p.add_argument("-p", "--param", nargs=2, action="append", metavar=("KEY", "VALUE"),
+                   help="override a parameter (KEY or NOTEBOOK:KEY; repeatable)")
+    p.add_argument("--results", default=None, help="results root (default ./results)")
+    p.add_argument("--notebooks", default=None, help=f"notebook folder (default {NOTEBOOKS})")
+    p.add_argument("--list", action="store_true", help="print each notebook's parameters and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--verbose", action="store_true", help="papermill's per-cell progress bars")
+    p.set_defaults(func=_cli)
+

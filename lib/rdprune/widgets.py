@@ -1,0 +1,154 @@
+"""Interactive exploration of RD allocations from cached curves.
+
+:class:`Explorer` holds a model and its RD curves; :meth:`Explorer.solve` re-solves the knapsack
+for a new target in well under a millisecond (the DP table is built once per budget by
+:class:`rdprune.allocation.RDSolver`, ~1 s, and every target after that is a backtrack; never over
+the budget), and :meth:`Explorer.view` builds the figure
+and the summary text for one setting. Both are plain functions of their arguments, usable and
+testable without a browser; :meth:`Explorer.ui` is a thin ipywidgets layer over them.
+
+    ex = Explorer(model, curves)
+    amounts, predicted, sparsity, flops_left = ex.solve(0.9, budget="flops")
+    ex.ui()   # in Jupyter: target slider, params/FLOPs toggle, comparison dropdown
+"""
+from __future__ import annotations
+
+import time
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from . import masks as M
+from .allocation import METHODS, RDSolver, allocate, check_curves
+
+INTERACTIVE_MAX_STATES = 1 << 17
+COMPARE = ("none",) + tuple(m for m in METHODS if m != "rd")
+
+
+class Solution(NamedTuple):
+    """One allocation: per-layer absolute amounts, the predicted output distortion (sum of the
+    layers' curve values), the achieved sparsity over prunable weights and the fraction of
+    prunable-layer FLOPs left (unstructured: density × dense FLOPs)."""
+    amounts: dict
+    predicted: float
+    sparsity: float
+    flops_left: float
+
+
+class Explorer:
+    """Re-solve RD (and baseline) allocations for ``model`` from its cached ``curves``."""
+
+    def __init__(self, model, curves: pd.DataFrame, max_states: int = INTERACTIVE_MAX_STATES):
+        check_curves(model, curves)  # once: the weights hash is not recomputed on every call
+        self.model, self.max_states = model, max_states
+        self.curves = curves.copy()
+        self.curves.attrs = {k: v for k, v in curves.attrs.items() if k != "model_hash"}
+        layers = M.prunable(model)
+        self.names = list(layers)
+        self.n = np.array([m.weight.numel() for m in layers.values()], dtype=np.int64)
+        self.already = np.array([int((~M.mask_of(m)).sum()) for m in layers.values()])
+        flops = M.layer_flops(model)
+        self.flops = np.array([flops[k] for k in self.names], dtype=np.float64)
+        self._cache: dict[tuple, Solution] = {}
+        self._solvers: dict[str, RDSolver] = {}
+        grids = {k: g.sort_values("amount") for k, g in self.curves.groupby("layer", sort=False)}
+        self._grid = {k: (g["amount"].to_numpy(float), g["distortion"].to_numpy(float))
+                      for k, g in grids.items()}
+        self.last: dict[str, Solution] = {}
+        self.last_seconds = 0.0
+
+    def solve(self, target: float, budget: str = "params", method: str = "rd") -> Solution:
+        """Allocate with ``method`` at ``target`` sparsity of ``budget`` ("params" or "flops");
+        results are memoised per (method, target, budget)."""
+        key = (method, round(float(target), 6), budget)
+        tic = time.perf_counter()
+        if key not in self._cache:
+            if method == "rd":
+                amounts = self._rd(float(target), budget)
+            else:
+                amounts = allocate(method, self.model, float(target), budget, curves=self.curves)
+            self._cache[key] = self.describe(amounts)
+        self.last_seconds = time.perf_counter() - tic
+        return self._cache[key]
+
+    def _rd(self, target: float, budget: str) -> dict[str, float]:
+        """RD from a DP table built once per budget (:class:`rdprune.allocation.RDSolver`), so a
+        new target is a backtrack, not a new DP."""
+        if budget not in self._solvers:
+            self._solvers[budget] = RDSolver(self.model, self.curves, budget,
+                                             max_states=self.max_states)
+        return self._solvers[budget].amounts(target)
+
+    def describe(self, amounts: dict[str, float]) -> Solution:
+        """Predicted distortion, sparsity and FLOPs left of any per-layer amounts."""
+        a = np.array([float(amounts.get(k, 0.0)) for k in self.names])
+        pruned = np.maximum([M.n_pruned(x, n) for x, n in zip(a, self.n)], self.already)
+        density = 1.0 - pruned / self.n
+        pred = sum(float(np.interp(amounts[k], *self._grid[k])) for k in amounts if k in self._grid)
+        return Solution(dict(amounts), pred,
+                        float(pruned.sum() / self.n.sum()),
+                        float((self.flops * density).sum() / self.flops.sum()))
+
+    def view(self, target: float, budget: str = "params", compare: str = "lamp"):
+        """(figure, summary HTML, {method: Solution}) for one setting: RD's per-layer amounts
+        as bars beside ``compare``'s (``"none"`` for RD alone)."""
+        from . import plots
+        if compare not in COMPARE:
+            raise ValueError(f"unknown comparison {compare!r}; choose one of {', '.join(COMPARE)}")
+        methods = ["rd"] + ([compare] if compare != "none" else [])
+        sols = {m: self.solve(target, budget, m) for m in methods}
+        kind = "parameters" if budget == "params" else "FLOPs"
+        fig = plots.allocation_bars({m: s.amounts for m, s in sols.items()}, self.model,
+                                    title=f"Per-layer amounts at {target:.0%} fewer {kind}")
+        rows = "".join(f"<tr><td><b>{m}</b></td><td>{s.predicted:.4g}</td><td>{s.sparsity:.2%}"
+                       f"</td><td>{s.flops_left:.2%}</td></tr>" for m, s in sols.items())
+        html = ("<table><tr><th>method</th><th>predicted distortion</th><th>sparsity</th>"
+                f"<th>FLOPs left</th></tr>{rows}</table>"
+                f"<small>RD re-solved in {self.last_seconds * 1000:.0f} ms</small>")
+        self.last = sols
+        return fig, html, sols
+
+    def ui(self, target: float = 0.9, budget: str = "params", compare: str = "lamp"):
+        """An ipywidgets box: target slider, params/FLOPs toggle, comparison dropdown; the bars
+        and the predicted distortion redraw on every change. ``box.controls`` holds the widgets."""
+        import ipywidgets as W
+        import matplotlib.pyplot as plt
+        slider = W.FloatSlider(value=target, min=0.0, max=0.99, step=0.01, description="target",
+                               continuous_update=False, readout_format=".2f")
+        toggle = W.ToggleButtons(options=[("parameters", "params"), ("FLOPs", "flops")],
+                                 value=budget, description="budget")
+        dropdown = W.Dropdown(options=list(COMPARE), value=compare, description="compare with")
+        info, out = W.HTML(), W.Output()
+
+        def redraw(_change=None):
+            try:
+                fig, html, _ = self.view(slider.value, toggle.value, dropdown.value)
+            except ValueError as e:  # e.g. a target the constraints cannot reach
+                info.value = f"<b>cannot allocate:</b> {e}"
+                return
+            info.value = html
+            _show(out, fig)
+            plt.close(fig)
+
+        for w in (slider, toggle, dropdown):
+            w.observe(redraw, names="value")
+        redraw()
+        box = W.VBox([W.HBox([slider, toggle, dropdown]), info, out])
+        box.controls = dict(target=slider, budget=toggle, compare=dropdown, info=info, output=out)
+        box.redraw = redraw
+        return box
+
+
+def _show(out, fig):
+    """Draw ``fig`` into an Output widget when running in IPython (no-op elsewhere)."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        return
+    if get_ipython() is None:
+        return
+    with out:
+        out.clear_output(wait=True)
+        display(fig)

@@ -1,0 +1,190 @@
+"""The notebook collection and ``python -m rdprune reproduce``.
+
+Every notebook runs once through papermill (via :func:`rdprune.reproduce.run`, the code behind the
+CLI) with tiny parameters: LeNet-5 (and a ResNet-20 trained for seconds with the ``smoke`` recipe
+for the additivity check), a coarse grid, 128 calibration images and a few fine-tuning steps. The tables and figures they write are checked for sane values.
+"""
+import json
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+
+from rdprune import reproduce
+
+pytestmark = pytest.mark.slow
+
+NOTEBOOKS = reproduce.notebooks()
+REQUIRED = {"dataset", "model", "recipe", "targets", "calib_n", "grid", "preset", "seed", "device",
+            "out_dir", "interactive"}
+TARGETS = [0.5, 0.9]
+TINY = {
+    "*": dict(model="lenet5", calib_n=128, grid=11, targets=TARGETS, interactive=True),
+    "02_additivity": dict(model=["lenet5", "resnet20"], recipe="smoke", n_configs=8, calib_n=64,
+                          grid=6),
+    "03_rd_vs_baselines": dict(iterative_methods=["rd"], iterative_target=0.75, per_round=0.5,
+                               finetune_steps=10, eval_subset=500),
+}
+
+
+# ----------------------------------------------------------------------------- static checks
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_clean_and_parameterised(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    assert nb.nbformat == 4
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "parameters" in code[0].metadata.get("tags", [])
+    assert all(not c.outputs and c.execution_count is None for c in code), "strip the outputs"
+    assert any(c.cell_type == "markdown" for c in nb.cells)
+    assert REQUIRED <= set(reproduce.declared(path))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_defaults_are_the_quick_preset(path):
+    """Preset parameters live in reproduce.PRESETS; the notebooks' defaults mirror 'quick'."""
+    defaults = reproduce.declared(path)
+    quick = reproduce.parameters(path.stem, "quick")
+    assert {k: defaults[k] for k in quick if k in defaults} == \
+        {k: v for k, v in quick.items() if k in defaults}
+
+
+def test_paper_numbers_table():
+    df = reproduce.paper_numbers()
+    assert list(df.columns) == ["paper", "dataset", "model", "method", "schedule", "metric",
+                                "value", "source"]
+    assert np.isfinite(df["value"]).all() and (df["source"] != "").all()
+    rd = df[(df.model == "ResNet-32") & (df.metric == "top1_pct") & (df.method == "rd")]
+    assert rd["value"].tolist() == [90.83]
+    assert {"CIFAR-10", "CIFAR-100", "ImageNet"} <= set(df["dataset"])
+
+
+# ----------------------------------------------------------------------------- execution
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("results")
+    summary = reproduce.run("quick", overrides=TINY, results=root, progress=False)
+    return summary.set_index("notebook"), root / "quick"
+
+
+def test_all_notebooks_ran(executed):
+    summary, root = executed
+    assert set(summary.index) == {p.stem for p in NOTEBOOKS}
+    assert (summary["status"] == "ok").all(), summary.to_string()
+    assert (root / "summary.csv").is_file()
+    for p in NOTEBOOKS:
+        out = nbformat.read(root / p.stem / p.name, as_version=4)
+        injected = [c for c in out.cells if "injected-parameters" in c.metadata.get("tags", [])]
+        assert injected and "out_dir" in injected[0].source
+
+
+def _figures(folder, *names):
+    for name in names:
+        for ext in ("png", "svg"):
+            f = folder / f"{name}.{ext}"
+            assert f.is_file() and f.stat().st_size > 1000, f
+
+
+def test_rd_curves_outputs(executed):
+    out = executed[1] / "01_rd_curves"
+    _figures(out, "rd_curves", "rd_heatmap", *[f"allocation_{t * 100:g}pct" for t in TARGETS])
+    curves = pd.read_csv(out / "curves.csv")
+    assert (curves.loc[curves.amount == 0, "distortion"] == 0).all()
+    steps = curves.sort_values(["layer", "amount"]).groupby("layer")["distortion"].diff().dropna()
+    assert steps.mean() > 0 and (steps >= 0).mean() > 0.8  # non-decreasing on average
+    summary = pd.read_csv(out / "summary.csv")
+    assert set(summary.method) == {"rd", "lamp"} and set(summary.target) == set(TARGETS)
+    assert summary.top1.between(0, 1).all()
+    assert (summary.sparsity >= summary.target - 1e-9).all()
+    assert (summary.sparsity - summary.target).abs().max() < 0.02
+    assert ((summary.actual >= 0) & (summary.predicted >= 0)).all()
+    alloc = pd.read_csv(out / "allocation.csv")
+    assert alloc.amount.between(0, 1).all()
+
+
+def test_additivity_outputs(executed):
+    out = executed[1] / "02_additivity"
+    _figures(out, "additivity")
+    add = pd.read_csv(out / "additivity.csv")
+    assert set(add.model) == {"lenet5", "resnet20"}
+    assert {"predicted", "actual", "rel_error", "kind"} <= set(add.columns)
+    assert (add.actual >= 0).all() and (add.predicted >= 0).all()
+    corr = pd.read_csv(out / "correlation.csv")
+    assert list(corr.model) == ["lenet5", "resnet20"]
+    assert (corr.pearson_log > 0.5).all() and (corr.spearman > 0.5).all(), corr.to_string()
+
+
+def test_baselines_outputs(executed):
+    out = executed[1] / "03_rd_vs_baselines"
+    _figures(out, "accuracy_vs_sparsity")
+    res = pd.read_csv(out / "results.csv")
+    assert res.top1.between(0, 1).all() and res.sparsity.between(0, 1).all()
+    zs = res[res.schedule == "zero-shot"]
+    assert set(zs.method) == {"rd", "lamp", "global", "uniform", "uniform_plus", "erk"}
+    assert (zs.sparsity - zs.target).abs().max() < 0.02
+    it = res[res.schedule == "iterative"]
+    assert list(it.method.unique()) == ["rd"] and it.sparsity.is_monotonic_increasing
+    assert it.sparsity.iloc[-1] == pytest.approx(0.75, abs=0.02)
+    dense = res[res.method == "dense"].top1.iloc[0]
+    assert dense > 0.5
+    side = pd.read_csv(out / "side_by_side.csv", keep_default_na=False)
+    ours = side[side.source == "ours (this run)"]
+    theirs = side[side.source != "ours (this run)"]
+    assert set(ours.dataset) == {"fashion_mnist"} and set(ours.model) == {"lenet5"}
+    assert set(theirs.dataset) <= {"CIFAR-10", "ImageNet"} and len(theirs) >= 8
+    assert theirs.top1.between(0, 1).all()
+
+
+# ----------------------------------------------------------------------------- the runner
+def _tiny_notebook(path, body, dataset="fashion_mnist"):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    params = nbformat.v4.new_code_cell(f'dataset = "{dataset}"\nout_dir = "."\nseed = 0')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(body)]
+    nbformat.write(nb, path)
+
+
+def test_cli_skips_reports_failures_and_goes_on(tmp_path, capsys):
+    from rdprune.__main__ import main
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    _tiny_notebook(folder / "a_fails.ipynb", "raise RuntimeError('boom')")
+    _tiny_notebook(folder / "b_ok.ipynb",
+                   "from pathlib import Path\nPath(out_dir, 'done.json').write_text(str(seed))")
+    _tiny_notebook(folder / "c_no_data.ipynb", "raise SystemExit('must not run')", "imagenet")
+    rc = main(["reproduce", "--notebooks", str(folder), "--results", str(tmp_path / "res"),
+               "--quiet", "-p", "seed", "7", "-p", "c_no_data:dataset", "imagenet"])
+    captured = capsys.readouterr()
+    assert rc == 1 and "failed: a_fails" in captured.err
+    summary = pd.read_csv(tmp_path / "res" / "quick" / "summary.csv", keep_default_na=False)
+    status = dict(zip(summary.notebook, summary.status))
+    assert status == {"a_fails": "failed", "b_ok": "ok", "c_no_data": "skipped"}
+    reasons = dict(zip(summary.notebook, summary.reason))
+    assert "boom" in reasons["a_fails"] and "ImageNet" in reasons["c_no_data"]
+    assert json.loads((tmp_path / "res" / "quick" / "b_ok" / "done.json").read_text()) == 7
+    assert (tmp_path / "res" / "quick" / "a_fails" / "a_fails.ipynb").is_file()
+    for line in ("a_fails", "b_ok", "c_no_data"):
+        assert line in captured.out
+
+    assert main(["reproduce", "--notebooks", str(folder), "--only", "zzz"]) == 2
+    assert main(["reproduce", "--notebooks", str(folder), "-p", "nonexistent", "1"]) == 2
+    assert main(["reproduce", "--notebooks", str(folder), "--results", str(tmp_path / "r2"),
+                 "--quiet", "--only", "b_ok", "-p", "b_ok:seed", "[1, 2]"]) == 0
+
+
+def test_parse_values():
+    assert reproduce.parse_value("0.9") == 0.9
+    assert reproduce.parse_value("[0.5, 0.9]") == [0.5, 0.9]
+    assert reproduce.parse_value("true") is True and reproduce.parse_value("None") is None
+    assert reproduce.parse_value("resnet20") == "resnet20"
+    assert reproduce.parse_overrides([("grid", "11"), ("01_rd_curves:model", "lenet5")]) == \
+        {"*": {"grid": 11}, "01_rd_curves": {"model": "lenet5"}}
+    assert reproduce.dataset_problem("synthetic") is None
+    assert "CIFAR-10" in (reproduce.dataset_problem("cifar10") or "CIFAR-10")
+    with pytest.raises(ValueError, match="preset"):
+        reproduce.parameters("01_rd_curves", "nope")
