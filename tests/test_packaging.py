@@ -15,10 +15,12 @@ def _name(spec):
 def test_environment_yml_matches_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     pip = {_name(s) for s in project["dependencies"] + project["optional-dependencies"]["dev"]}
-    conda = set()
+    conda, section = set(), None
     for line in (ROOT / "environment.yml").read_text().splitlines():
-        m = re.match(r"\s+- ([A-Za-z][\w.-]*)", line)
-        if m and m.group(1) not in ("python", "pip"):
+        if re.match(r"\w", line):
+            section = line.split(":")[0]
+        m = re.match(r"  - ([A-Za-z][\w.-]*)", line)
+        if section == "dependencies" and m and m.group(1) not in ("python", "pip"):
             conda.add(CONDA_NAMES.get(m.group(1).lower(), m.group(1).lower()))
     assert pip == conda, f"only in pyproject: {pip - conda}; only in environment.yml: {conda - pip}"
 

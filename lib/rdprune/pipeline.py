@@ -77,7 +77,8 @@ def schedule_targets(schedule: str, target: float, per_round: float = 0.2) -> li
         raise ValueError(f"per_round must be in (0, 1), got {per_round}")
     out, t = [], 0.0
     while t < target - 1e-9:
-        t = min(target, 1 - (1 - t) * (1 - per_round))
+        t = 1 - (1 - t) * (1 - per_round)
+        t = target if t >= target - 1e-4 else t  # 0.9885 ends on round 20, not a tiny 21st
         out.append(t)
     return out
 
