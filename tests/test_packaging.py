@@ -19,7 +19,7 @@ def test_environment_yml_matches_pyproject():
     for line in (ROOT / "environment.yml").read_text().splitlines():
         if re.match(r"\w", line):
             section = line.split(":")[0]
-        m = re.match(r"  - ([A-Za-z][\w.-]*)", line)
+        m = re.match(r"  (?:    )?- ([A-Za-z][\w.-]*)", line)
         if section == "dependencies" and m and m.group(1) not in ("python", "pip"):
             conda.add(CONDA_NAMES.get(m.group(1).lower(), m.group(1).lower()))
     assert pip == conda, f"only in pyproject: {pip - conda}; only in environment.yml: {conda - pip}"

@@ -1,0 +1,237 @@
+"""Physical filter (output-channel) removal, cost counting, and the width baselines.
+
+    pruned = remove_filters(model, {"layer1.0.conv1": [0, 3, 7]})   # a smaller, runnable copy
+    count(pruned)                                   # {"params": ..., "flops": ...}
+    small = uniform_width(model, 0.5)               # same fraction removed in every group
+    small = l1_filters(model, 0.5, scope="global")  # L1-ranked filters, global threshold
+
+* **Surgery by Torch-Pruning.** Channels are removed with ``torch_pruning.DependencyGraph``
+  (traced on one input of ``model.input_size``), never by hand: every layer that consumes or
+  shares the removed channels (BN, the next conv or linear, residual additions, concatenations,
+  depthwise convs) is sliced to match, so the network keeps running.
+* **Groups.** Convs whose output channels are coupled (ResNet residual additions tie the stem and
+  every block's last conv and shortcut of a stage together; a depthwise conv shares its producer's
+  channels) form one *group*. :func:`groups` lists them as ``{root: [member convs]}``, the root
+  being the group's first conv in forward order. Removing channel ``i`` of any member removes it
+  from all members; :func:`remove_filters` therefore refuses two names of the same group.
+  Every group is prunable (the residual stage groups included) as long as one channel remains.
+* **Cost.** :func:`count` runs the real network: params = every parameter (BN included),
+  flops = multiply-adds = ``FlopCounterMode`` FLOPs / 2 for one input (convs and linears;
+  BN, ReLU, pooling and additions are not counted, as everywhere in rdprune).
+* **Targets.** ``target`` is the fraction of the original FLOPs (or params, ``budget="params"``)
+  to remove, in (0, 1). Both baselines return the *least* pruned network of their family whose
+  cost is ≤ (1 − target) × original, found by bisection over the finitely many breakpoints
+  (the family is monotone), so the target is always met.
+* **Baselines.** :func:`uniform_width` removes the same fraction ``floor(f·n)`` (at most n − 1)
+  of every group's channels and keeps the *leading* ones: a width-multiplier network, the
+  architecture-only baseline that ignores the weights. :func:`l1_filters` ranks filters by L1 norm
+  (Li et al., 2017). A channel's score is the sum, over the group's member convs, of its filter's
+  L1 norm divided by that conv's mean filter L1 norm (so convs of different fan-in compare).
+  ``scope="global"`` (default) removes the lowest-scored channels network-wide, which gives a
+  non-uniform allocation. ``scope="layer"`` removes the same fraction in each group, lowest scores
+  first. Both keep at least one channel per group.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .masks import module_flops
+
+__all__ = ["count", "groups", "remove_filters", "widths", "uniform_width", "l1_filters",
+           "BUDGETS"]
+BUDGETS = ("flops", "params")
+_EPS = 1e-9
+
+
+def _example(model: nn.Module, example: torch.Tensor | None = None) -> torch.Tensor:
+    if example is not None:
+        return example[:1]
+    size = tuple(getattr(model, "input_size", ()))
+    if not size:
+        raise ValueError("model has no input_size; build it with rdprune.models.build or set "
+                         "model.input_size = (C, H, W)")
+    p = next(model.parameters())
+    return torch.zeros(1, *size, device=p.device, dtype=p.dtype)
+
+
+def count(model: nn.Module, example: torch.Tensor | None = None) -> dict[str, int]:
+    """{"params": all parameters, "flops": multiply-adds of one input (FlopCounterMode / 2)}."""
+    flops = module_flops(model, _example(model, example))[""] // 2
+    return {"params": sum(p.numel() for p in model.parameters()), "flops": int(flops)}
+
+
+def _graph(model: nn.Module, example=None):
+    import torch_pruning as tp
+    was = model.training
+    model.eval()
+    with torch.enable_grad():
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=_example(model, example),
+                                                   verbose=False)
+    model.train(was)
+    return dg
+
+
+def _conv_items(dg, group):
+    """(module, plain idxs, root idxs) of every Conv2d whose output channels the group prunes."""
+    return [(item.dep.target.module, list(item.idxs), list(item.root_idxs)) for item in group
+            if isinstance(item.dep.target.module, nn.Conv2d)
+            and dg.is_out_channel_pruning_fn(item.dep.handler)]
+
+
+def _groups(model: nn.Module, dg) -> dict[str, tuple]:
+    """{root name: (root module, [(member name, module, idxs, root_idxs)])} in forward order."""
+    names = {m: n for n, m in model.named_modules()}
+    order = {n: i for i, n in enumerate(names.values())}
+    seen, out = set(), {}
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.Conv2d) or m in seen or m not in dg.module2node:
+            continue
+        g = dg.get_pruning_group(m, dg.get_pruner_of_module(m).prune_out_channels,
+                                 list(range(m.out_channels)))
+        members = sorted(((names[c], c, i, r) for c, i, r in _conv_items(dg, g)),
+                         key=lambda t: order[t[0]])
+        seen.update(c for _, c, _, _ in members)
+        out[name] = (m, members)
+    return out
+
+
+def groups(model: nn.Module, example: torch.Tensor | None = None) -> dict[str, list[str]]:
+    """Coupled output-channel groups: {root conv: [member convs, root first]} in forward order."""
+    m = copy.deepcopy(model)
+    return {root: [n for n, *_ in members]
+            for root, (_, members) in _groups(m, _graph(m, example)).items()}
+
+
+def widths(model: nn.Module) -> dict[str, int]:
+    """Output channels of every Conv2d, by name."""
+    return {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+def remove_filters(model: nn.Module, removal: Mapping[str, Sequence[int]], *,
+                   example: torch.Tensor | None = None, inplace: bool = False) -> nn.Module:
+    """Remove the listed output channels (filters) of each named conv, and the matching channels
+    of every coupled layer (module doc). Returns the pruned network (a copy unless ``inplace``)."""
+    model = model if inplace else copy.deepcopy(model)
+    dg = _graph(model, example)
+    convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    todo = {}
+    for name, idxs in removal.items():
+        if name not in convs:
+            raise ValueError(f"{name!r} is not a Conv2d of this model; convs: {', '.join(convs)}")
+        idxs, n = sorted({int(i) for i in idxs}), convs[name].out_channels
+        if idxs and not (0 <= idxs[0] and idxs[-1] < n):
+            raise ValueError(f"filter indices of {name!r} must lie in [0, {n}), got {idxs}")
+        if len(idxs) >= n:
+            raise ValueError(f"cannot remove all {n} filters of {name!r}; keep at least one")
+        if idxs:
+            todo[name] = idxs
+    for name in todo:  # validate every group before touching the network
+        m = convs[name]
+        g = dg.get_pruning_group(m, dg.get_pruner_of_module(m).prune_out_channels, [0])
+        members = [c for c, *_ in _conv_items(dg, g)]
+        shared = [o for o in todo if o != name and any(c is convs[o] for c in members)]
+        if shared:
+            raise ValueError(f"{name!r} and {shared[0]!r} share output channels (one coupled "
+                             "group); name only one of them")
+    for name, idxs in todo.items():  # regroup each time: index maps of concatenations shift
+        m = convs[name]
+        dg.get_pruning_group(m, dg.get_pruner_of_module(m).prune_out_channels, idxs).prune()
+    if hasattr(model, "_rdprune_flops"):  # masks.layer_flops cache: shapes changed
+        del model._rdprune_flops
+    return model
+
+
+# ----------------------------------------------------------------------------- baselines
+def _check_target(target: float, budget: str) -> float:
+    if budget not in BUDGETS:
+        raise ValueError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
+    if not 0.0 < float(target) < 1.0:
+        raise ValueError(f"target is the fraction of {budget} to remove and must lie in (0, 1), "
+                         f"got {target!r}")
+    return float(target)
+
+
+def _search(model, target, budget, n_plans, plan, example):
+    """Binary search over a monotone family of removal plans ``plan(0..n_plans-1)`` (least to most
+    pruned) for the first whose cost meets the target; returns that pruned network."""
+    full = count(model, example)[budget]
+    limit, memo = (1.0 - target) * full, {}
+
+    def build(i):
+        if i not in memo:
+            net = remove_filters(model, plan(i), example=example)
+            memo[i] = (net, count(net, example)[budget])
+        return memo[i]
+
+    if build(n_plans - 1)[1] > limit:
+        raise ValueError(f"a {budget} reduction of {target:.3g} is out of reach: even one channel "
+                         f"per group leaves {memo[n_plans - 1][1]} of {full}")
+    lo, hi = 0, n_plans - 1  # invariant: plan(hi) meets the target
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if build(mid)[1] <= limit:
+            hi = mid
+        else:
+            lo = mid + 1
+    return build(hi)[0]
+
+
+def _scores(model, example):
+    """{root: (n channels, per-root-channel normalised L1 score)} (module doc)."""
+    m = copy.deepcopy(model)
+    out = {}
+    for root, (mod, members) in _groups(m, _graph(m, example)).items():
+        s = torch.zeros(mod.out_channels, dtype=torch.float64)
+        for _, conv, idxs, ridxs in members:
+            l1 = conv.weight.detach().abs().flatten(1).sum(1).double()
+            s[ridxs] += l1[idxs] / l1.mean().clamp_min(1e-30)
+        out[root] = (mod.out_channels, s)
+    return out
+
+
+def _fraction_plans(sizes: dict[str, int], pick):
+    """(count, plan): plan(i) removes floor(f·n) (≤ n − 1) channels per group at the i-th
+    breakpoint f = j/n; ``pick(root, k)`` says which k."""
+    fracs = sorted({j / n for n in sizes.values() for j in range(n)})
+    return len(fracs), lambda i: {r: pick(r, min(n - 1, math.floor(fracs[i] * n + _EPS)))
+                                  for r, n in sizes.items()}
+
+
+def uniform_width(model: nn.Module, target: float, budget: str = "flops", *,
+                  example: torch.Tensor | None = None) -> nn.Module:
+    """Remove the same fraction of every group's channels, keeping the leading ones, at the least
+    fraction meeting the target (a pruned copy)."""
+    target = _check_target(target, budget)
+    m = copy.deepcopy(model)
+    sizes = {r: mod.out_channels for r, (mod, _) in _groups(m, _graph(m, example)).items()}
+    n, plan = _fraction_plans(sizes, lambda r, k: list(range(sizes[r] - k, sizes[r])))
+    return _search(model, target, budget, n, plan, example)
+
+
+def l1_filters(model: nn.Module, target: float, budget: str = "flops", *, scope: str = "global",
+               example: torch.Tensor | None = None) -> nn.Module:
+    """Remove the lowest-L1 filters (module doc), globally or the same fraction per group, at the
+    least pruning meeting the target (a pruned copy)."""
+    target = _check_target(target, budget)
+    if scope not in ("global", "layer"):
+        raise ValueError(f"unknown scope {scope!r}; choose 'global' or 'layer'")
+    scores = _scores(model, example)
+    order = {r: torch.argsort(s, stable=True).tolist() for r, (_, s) in scores.items()}
+    if scope == "layer":
+        n, plan = _fraction_plans({r: k for r, (k, _) in scores.items()},
+                                  lambda r, k: order[r][:k])
+        return _search(model, target, budget, n, plan, example)
+    # global: every channel but each group's best, by ascending score; plan(i) drops the first i
+    pool = sorted((scores[r][1][i].item(), r, i) for r in order for i in order[r][:-1])
+
+    def plan(i):
+        out = {}
+        for _, r, c in pool[:i]:
+            out.setdefault(r, []).append(c)
+        return out
+    return _search(model, target, budget, len(pool) + 1, plan, example)
