@@ -1,7 +1,7 @@
 """Quality: actual zero-shot (one-shot, no fine-tune) output distortion and top-1 of every
 allocator on the trained default model, at 50/80/90/95 % sparsity. Writes benchmarks/quality.csv.
 
-    python benchmarks/bench_quality.py [--model resnet20] [--calib 1024] [--grid 101]
+    python benchmarks/bench_quality.py [--model resnet20] [--calib 256] [--grid 101]
 """
 import argparse
 import copy
@@ -17,7 +17,7 @@ METHODS = ["rd", "lamp", "global", "uniform", "uniform_plus", "erk"]
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model", default="resnet20")
-    p.add_argument("--calib", type=int, default=1024)
+    p.add_argument("--calib", type=int, default=256)
     p.add_argument("--grid", type=int, default=101)
     p.add_argument("--budget", default="params")
     p.add_argument("--targets", nargs="+", type=float, default=[0.5, 0.8, 0.9, 0.95])

@@ -68,3 +68,16 @@ def test_large_problem_memory_is_small():
     budget = 0.2 * n.sum()
     pick = solve(costs, dist, budget)
     assert costs[np.arange(54), pick].sum() <= budget
+
+
+def test_user_bin_width_is_respected_and_never_over_budget():
+    rng = np.random.default_rng(7)
+    costs = rng.random((6, 9)) * 1000
+    dist = rng.random((6, 9))
+    budget = costs.mean(1).sum()
+    for width in (0.5, 5.0, 50.0):
+        pick = solve(costs, dist, budget, bin_width=width)
+        assert costs[np.arange(6), pick].sum() <= budget
+    coarse = dist[np.arange(6), solve(costs, dist, budget, bin_width=50.0)].sum()
+    fine = dist[np.arange(6), solve(costs, dist, budget, bin_width=0.5)].sum()
+    assert fine <= coarse + 1e-12

@@ -23,7 +23,7 @@ import numpy as np
 DEFAULT_MAX_STATES = 1 << 14
 
 
-def bin_width(costs: np.ndarray, budget: float, max_states: int = DEFAULT_MAX_STATES) -> float:
+def default_bin_width(costs: np.ndarray, budget: float, max_states: int = DEFAULT_MAX_STATES) -> float:
     """The cost-axis resolution :func:`solve` uses by default (see the module docstring)."""
     finite = costs[np.isfinite(costs)]
     if finite.size and np.all(finite == np.round(finite)) and np.all(finite >= 0):
@@ -38,7 +38,7 @@ class Table:
     :meth:`pick` answers any smaller budget by a scan and a backtrack (microseconds), which is
     what makes re-solving for a new target interactive."""
 
-    def __init__(self, costs, distortions, max_budget: float, *, bin_width_: float | None = None,
+    def __init__(self, costs, distortions, max_budget: float, *, bin_width: float | None = None,
                  max_states: int = DEFAULT_MAX_STATES):
         c = np.asarray(costs, dtype=np.float64)
         d = np.asarray(distortions, dtype=np.float64)
@@ -63,7 +63,7 @@ class Table:
             raise ValueError(f"no choice fits the budget {float(max_budget):g}: the cheapest "
                              f"choice costs {self.base:g}")
         extra = np.where(allowed, c - base[:, None], np.inf)
-        self.width = w = bin_width_ or bin_width(extra, spare, max_states)
+        self.width = w = bin_width or default_bin_width(extra, spare, max_states)
         # Integer bins, excess cost rounded up; the tiny tolerance keeps exact multiples exact.
         self.cb = cb = np.where(allowed, np.ceil(np.where(allowed, extra, 0) / w - 1e-9),
                                 -1).astype(np.int64)
@@ -100,15 +100,15 @@ class Table:
         return picks
 
 
-def solve(costs, distortions, budget: float, *, bin_width_: float | None = None,
+def solve(costs, distortions, budget: float, *, bin_width: float | None = None,
           max_states: int = DEFAULT_MAX_STATES) -> np.ndarray:
     """One option index per layer minimising ``Σ distortions[l, i_l]`` subject to
     ``Σ costs[l, i_l] <= budget``.
 
     ``costs`` and ``distortions`` have shape (layers, options); an infinite distortion or cost
-    marks an option as not allowed. ``bin_width_`` sets the cost resolution (default: exact for
+    marks an option as not allowed. ``bin_width`` sets the cost resolution (default: exact for
     integer costs when affordable, else the spare budget / ``max_states``). Raises
     ``ValueError`` when no choice fits. Among equally good choices the one using more of the
     budget is returned.
     """
-    return Table(costs, distortions, budget, bin_width_=bin_width_, max_states=max_states).pick(budget)
+    return Table(costs, distortions, budget, bin_width=bin_width, max_states=max_states).pick(budget)
