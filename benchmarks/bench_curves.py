@@ -65,7 +65,7 @@ def main():
         model = rp.models.build(args.model).eval()
         weights = "random init (no cached checkpoint)"
     calib = rp.data.calibration("fashion_mnist", args.calib, 0)
-    kw = dict(grid=args.grid, cache=False, progress=False)
+    kw = dict(grid=args.grid, cache=False, progress=True)
     bound = downstream_bound(model)
     print(f"{args.model} ({weights}), {args.calib} images, {args.grid}-point grid, "
           f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")

@@ -17,6 +17,7 @@ the calibration tensor, the grid, the distortion type and the method.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import warnings
@@ -156,9 +157,9 @@ def curves(model: nn.Module, calib: torch.Tensor, grid: int = 101, distortion: s
 
 
 def _pruned_counts(module, amounts):
+    """(weights already pruned, weights pruned at each amount)."""
     n = module.weight.numel()
-    already = int((~M.mask_of(module)).sum())
-    return n, already, [M.n_pruned(a, n) for a in amounts]
+    return int((~M.mask_of(module)).sum()), [M.n_pruned(a, n) for a in amounts]
 
 
 def _variant(module, order, k):
@@ -177,7 +178,7 @@ def _fast(model, x_all, names, amounts, distortion, batch, max_batch, progress):
     kept = ds.run(chunks[0]) if len(chunks) == 1 else None
     for name in tqdm(names, desc="RD curves", disable=not progress):
         module = M.prunable(model)[name]
-        n, already, counts = _pruned_counts(module, amounts)
+        already, counts = _pruned_counts(module, amounts)
         idx = [i for i, k in enumerate(counts) if k > already]
         dist = np.zeros(len(amounts))
         if idx:
@@ -206,7 +207,7 @@ def _reference(model, x_all, names, amounts, distortion, batch, max_batch, progr
     refs = [model(x) for x in chunks]
     for name in tqdm(names, desc="RD curves (reference)", disable=not progress):
         module = M.prunable(model)[name]
-        n, already, counts = _pruned_counts(module, amounts)
+        already, counts = _pruned_counts(module, amounts)
         order = M.prune_order(module)
         original = module.weight.detach().clone()
         dist = np.zeros(len(amounts))
@@ -256,7 +257,6 @@ def additivity(model: nn.Module, calib: torch.Tensor, curves: pd.DataFrame, n: i
     in [0, ``max_amount``], half a random subset of layers. Columns: ``config, kind, n_layers,
     predicted, actual, rel_error``; ``df.attrs`` holds Pearson and Spearman correlations (of the
     logs) and the median relative error (also :func:`additivity_stats`)."""
-    import copy
     check_curves(model, curves)
     kind = kind or curves.attrs.get("distortion", "mse")
     rng = np.random.default_rng(seed)
