@@ -1,10 +1,4 @@
-import os
-
 import pytest
-import torch
-
-os.environ.setdefault("OMP_NUM_THREADS", "2")
-torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="session")
