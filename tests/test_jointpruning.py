@@ -146,6 +146,11 @@ def test_search_is_seeded_and_meets_the_target(one_thread):
     assert t1.equals(t2)
     assert {"iteration", "loss", "flops", "width", "depth", "resolution"} <= set(t1.columns)
     assert len(t1) == 2
+    # the returned vector is the update with the lowest held-out loss (final supernet)
+    assert t1["best"].sum() == 1 and np.isfinite(t1["val_loss"]).all()
+    best = t1[t1["best"]].iloc[0]
+    assert best["val_loss"] == t1["val_loss"].min()
+    assert J.flops("resnet20", v1) == best["flops"]
     full = J.space("resnet20").full_macs
     assert 0.99 * 0.4 * full <= J.flops("resnet20", v1) <= 0.4 * full
     assert (t1.flops <= 0.4 * full).all()

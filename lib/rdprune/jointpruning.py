@@ -52,7 +52,11 @@ Tags: [P] paper abstract/introduction, [MP] MetaPruning's code, [NC] our choice.
 * **FLOPs.** These are the multiply-adds of the convs and the classifier, i.e.
   ``FlopCounterMode``/2. Resize, BN, ReLU, pooling and additions are not counted, as everywhere in
   rdprune.
-* **Output [MP retrains].** The rounded vector; :func:`build` is then trained from scratch, or
+* **Output [MP retrains; selection NC].** Not the last vector (the ES walk can drift back, e.g.
+  once the channel entries sit at the 1.0 cap) but the v-update with the lowest held-out loss:
+  after the search every distinct vector of the trace is re-scored with the *final* supernet on
+  all ``val_size`` held-out images (same BN calibration batch), so all compete with the same
+  weights; ties go to the earlier update. :func:`build` is then trained from scratch, or
   :func:`inherit` copies the supernet's slices. MobileNetV2 is not supported.
 
 The space, FLOPs and networks live in :mod:`rdprune.supernet`; this module holds the projection,
@@ -280,10 +284,12 @@ def search(model_name: str = "resnet20", dataset: str = "fashion_mnist", flops_t
            init_model: nn.Module | None = None, dev="auto", progress: bool = True,
            return_supernet: bool = False):
     """JointPruning search. Returns ``(vector, trace)``, or ``(vector, trace, supernet)``.
-    ``vector`` is rounded (see :func:`decode`) and its FLOPs lie within 1 % under
-    ``flops_target`` x full. ``trace`` has one row per v-update: iteration, step, loss (mean of
+    ``vector`` is rounded (see :func:`decode`), its FLOPs lie within 1 % under ``flops_target`` x
+    full, and it is the v-update with the lowest ``val_loss`` (module doc; the start vector when
+    ``search_steps`` is 0). ``trace`` has one row per v-update: iteration, step, loss (mean of
     the 2N held-out losses), flops, flops_ratio, width (mean channel ratio), depth (total
-    blocks), resolution, sigma, train_loss."""
+    blocks), resolution, sigma, train_loss, val_loss (the updated vector's held-out loss with
+    the final supernet) and best (True on the returned row)."""
     inf = D.info(dataset)
     sp = space(model_name, inf.num_classes, inf.in_channels, inf.image_size)
     dims, target = _dims(dims), _target(sp, flops_target)
@@ -319,7 +325,7 @@ def search(model_name: str = "resnet20", dataset: str = "fashion_mnist", flops_t
     warm = int(round(warmup * supernet_steps))
     due = [warm + (k + 1) * (supernet_steps - warm) // max(1, search_steps)
            for k in range(search_steps)]
-    batches, vi, rows, ema, k = _cycle(loader), 0, [], float("nan"), 0
+    batches, vi, rows, ema, k, visited = _cycle(loader), 0, [], float("nan"), 0, []
     bar = tqdm(total=supernet_steps + search_steps, desc=f"jointpruning {model_name}",
                disable=not progress, leave=False)
     for i in range(supernet_steps + 1):
@@ -348,6 +354,7 @@ def search(model_name: str = "resnet20", dataset: str = "fashion_mnist", flops_t
             v = _project(sp, to_v(np.clip(u - v_lr * step, 0, 1)), target, act)
             u = ((v - sp.lo) / (sp.hi - sp.lo))[act]
             cfg = sp.config(v)
+            visited.append(sp.snap(v))
             rows.append(dict(iteration=k + 1, step=i, loss=float(losses.mean()),
                              flops=sp.macs(cfg), flops_ratio=sp.macs(cfg) / sp.full_macs,
                              width=float(sp.snap(v)[:sp.nc].mean()), depth=sum(cfg.depths),
@@ -376,7 +383,18 @@ def search(model_name: str = "resnet20", dataset: str = "fashion_mnist", flops_t
         bar.update()
     bar.close()
     net.eval()
+    scores = {}  # ---- every visited vector re-scored with the final supernet
+    with torch.no_grad():
+        for row, vec in zip(rows, visited):
+            if (cfg := sp.config(vec)) not in scores:
+                scores[cfg] = sum(F.cross_entropy(net(torch.cat([calib, xb.to(dev)]), cfg,
+                                                      k=len(calib))[len(calib):], yb.to(dev),
+                                                  reduction="sum").item()
+                                  for xb, yb in zip(xv.split(val_batch), yv.split(val_batch)))
+            row["val_loss"] = scores[cfg] / len(xv)
+    pick = int(np.argmin([r["val_loss"] for r in rows])) if rows else None
     trace = pd.DataFrame(rows, columns=["iteration", "step", "loss", "flops", "flops_ratio", "width",
-                                        "depth", "resolution", "sigma", "train_loss"])
-    vector = sp.snap(v)
+                                        "depth", "resolution", "sigma", "train_loss", "val_loss"])
+    trace["best"] = trace.index == pick
+    vector = visited[pick] if rows else sp.snap(v)
     return (vector, trace, net) if return_supernet else (vector, trace)
