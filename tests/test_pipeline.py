@@ -22,6 +22,10 @@ def test_unknown_settings_are_refused():
         pipeline.settings("quick", finetune_step=3)
     with pytest.raises(ValueError, match="quick"):
         pipeline.settings("slow")
+    with pytest.raises(ValueError, match="unknown method"):  # before any training
+        pipeline.run("lenet5", method="magnitude")
+    with pytest.raises(ValueError, match="rdprune.rd_filter"):
+        pipeline.run("lenet5", method="rd_filter")
 
 
 @pytest.mark.parametrize("calibration", ["train", "synthetic"])

@@ -9,6 +9,9 @@ Methods (SPEC §1 "Baselines", plus RD):
   dense and the rest re-scaled until none do.
 - ``lamp``: score u² / Σ_{v² ≥ u²} v² within a layer, global top-k.
 - ``rd``: the exact multiple-choice knapsack over per-layer RD curves (:mod:`rdprune.knapsack`).
+- ``rd_filter``: the same knapsack over filter-level curves (:mod:`rdprune.rd_filter`); its amounts
+  are fractions of each coupled filter group's channels, and :func:`rdprune.rd_filter.apply`
+  removes them physically (structured, so it is the one method not applied by masks).
 
 Budgets: ``params`` counts kept weights, ``flops`` counts kept multiply-adds with unstructured
 sparsity scaling a layer's FLOPs by its density. Choices for ``flops``: ``global`` and ``lamp`` keep
@@ -19,6 +22,7 @@ weights. In every method a layer never becomes less sparse than it already is (i
 """
 from __future__ import annotations
 
+import fnmatch
 import math
 from typing import Iterable
 
@@ -30,7 +34,7 @@ from torch import nn
 from . import masks as M
 from .knapsack import DEFAULT_MAX_STATES, Table, solve
 
-METHODS = ("global", "uniform", "uniform_plus", "erk", "lamp", "rd")
+METHODS = ("global", "uniform", "uniform_plus", "erk", "lamp", "rd", "rd_filter")
 BUDGETS = ("params", "flops")
 
 
@@ -90,8 +94,21 @@ def allocate(method: str, model: nn.Module, target: float, budget: str = "params
              max_states: int = DEFAULT_MAX_STATES) -> dict[str, float]:
     """Per-layer absolute amounts that prune ``model`` to ``target`` sparsity of the chosen
     ``budget`` (kept weights or kept FLOPs, over all prunable layers). ``exclude`` (names or glob
-    patterns) keeps layers as they are. ``rd`` needs ``curves`` from :func:`rdprune.rd.curves`."""
+    patterns) keeps layers as they are. ``rd`` needs ``curves`` from :func:`rdprune.rd.curves`;
+    ``rd_filter`` needs ``curves`` from :func:`rdprune.rd_filter.curves` and returns
+    ``{group root: fraction of its filters removed}`` for :func:`rdprune.rd_filter.apply`, with
+    ``target`` the fraction of the physically pruned network's FLOPs (or params) removed."""
     _validate(method, target, budget)
+    if method == "rd_filter":
+        from . import rd_filter  # structured: its own curves, DP re-solve and surgery
+        if curves is None:
+            raise ValueError("allocate('rd_filter', ...) needs "
+                             "curves=rdprune.rd_filter.curves(model, calib)")
+        if "layer" in curves and (pats := list(exclude)):
+            keep = ~curves["layer"].map(lambda g: any(fnmatch.fnmatchcase(g, p) for p in pats))
+            curves = curves[keep]
+        return rd_filter.allocate(model, float(target), curves, budget=budget,
+                                  max_states=max_states)
     layers = _Layers(model, budget, exclude)
     if method == "rd":
         if curves is None:

@@ -26,7 +26,7 @@ import torch
 from . import data as D
 from . import masks as M
 from . import rd, train
-from .allocation import allocate
+from .allocation import METHODS, allocate
 
 SCHEDULES = ("oneshot", "iterative")
 
@@ -89,7 +89,7 @@ def prune_round(model, method: str, target: float, calib: torch.Tensor, *, budge
     output distortion against the model as it was before the round."""
     before = copy.deepcopy(model).eval()
     curves = None
-    if method.startswith("rd"):
+    if method == "rd":
         curves = rd.curves(model, calib, grid=grid, distortion=distortion, progress=progress)
     amounts = allocate(method, model, target, budget, curves=curves)
     M.apply(model, amounts)
@@ -107,6 +107,11 @@ def run(model_name: str = "resnet20", dataset: str = "fashion_mnist", method: st
     and writes it to ``out`` (default ``results/runs/<name>``). ``overrides`` set any
     :class:`Settings` field. ``recipe`` trains the dense model (default: the preset's)."""
     s = settings(preset, model_name, **overrides)
+    if method == "rd_filter":
+        raise ValueError("the pipeline prunes weights with masks; rd_filter removes filters "
+                         "physically: use rdprune.rd_filter (notebook 06_comparison)")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS[:-1])}")
     targets = schedule_targets(schedule, target, s.per_round)
     if calibration not in ("train", "synthetic"):
         raise ValueError("calibration must be 'train' (training images) or 'synthetic' (zero-data)")

@@ -23,7 +23,7 @@ from . import masks as M
 from .allocation import METHODS, RDSolver, allocate, check_curves
 
 INTERACTIVE_MAX_STATES = 1 << 17
-COMPARE = ("none",) + tuple(m for m in METHODS if m != "rd")
+COMPARE = ("none",) + tuple(m for m in METHODS if m not in ("rd", "rd_filter"))  # masks only
 
 
 class Solution(NamedTuple):

@@ -1,0 +1,250 @@
+"""Rate–distortion allocation at *filter* granularity (SPEC §4): RD's curves and knapsack over
+coupled output-channel groups, so RD meets HBGS and JointPruning on equal (structured) terms.
+
+    curves = rd_filter.curves(model, calib)              # one curve per coupling group
+    amounts = rd_filter.allocate(model, 0.5, curves)     # {group root: fraction of filters removed}
+    small = rd_filter.apply(model, amounts)              # physically pruned copy
+
+* **Unit.** A group of :func:`rdprune.structured.groups` (convs with coupled output channels),
+  named by its root conv. Amount ``a`` removes ``k = min(n-1, floor(a*n))`` of its ``n`` channels,
+  lowest first by :func:`rdprune.structured.l1_filters`' L1 score (same ones in every member).
+* **Distortion** ``D_g(a)`` (``mse``/``worst_case``, :mod:`rdprune.rd`) against the unpruned model,
+  only group ``g`` thinned: zeroing a channel at the output of every module the surgery slices
+  (member convs *and* their BNs) equals removing it, as ReLU, pooling and residual additions keep
+  zeros zero (tested against physically pruned networks). Fast path: the dense pass is kept, the
+  group's first modules are substituted and only their downstream cones re-run
+  (:mod:`rdprune.downstream`), several amounts stacked along the batch.
+* **Cost, linear per group.** ``n_weights``/``flops`` = params / multiply-adds saved per unit
+  amount, ``n * s_g``; ``s_g`` = ``structured.count`` (``FlopCounterMode``/2, convs + linears;
+  params incl. BN) of the model minus that with one channel removed by ``remove_filters``
+  (members, BNs, consumers' input channels). Exact for one group; a conv between two thinned
+  groups keeps (n_a-k_a)(n_b-k_b), more than the linear sum says.
+* **Allocation.** :mod:`rdprune.knapsack` over each group's (kept linear cost, distortion)
+  options; the pick is pruned physically and counted, and while it exceeds ``(1 - target) *
+  original`` the linear budget drops by the overshoot and the DP table re-picks; bisection then
+  moves back towards the target. The result never exceeds the kept budget.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import structured as S
+from .downstream import Downstream
+from .knapsack import DEFAULT_MAX_STATES, Table
+from .rd import _per_sample, _Reducer, _check_inputs, grid_amounts
+from .train import state_hash
+
+__all__ = ["curves", "allocate", "apply", "removed", "COLUMNS", "BUDGETS"]
+COLUMNS = ["layer", "amount", "n_weights", "flops", "distortion", "filters", "removed"]
+BUDGETS = ("flops", "params")
+
+
+def removed(amount: float, n: int) -> int:
+    """Channels a group of ``n`` loses at ``amount``: floor(amount*n), at most n - 1."""
+    return min(n - 1, int(np.floor(float(amount) * n + 1e-9)))
+
+
+def _structure(model):
+    """{root: (n, L1 order of root channels, {module: its channel of each root channel})} over
+    every Conv2d/BN/Linear whose output channels the group's removal slices."""
+    dg = S._graph(m := copy.deepcopy(model))
+    names, scores, out = {v: k for k, v in m.named_modules()}, S._scores(m, None), {}
+    for root, (mod, _) in S._groups(m, dg).items():
+        g = dg.get_pruning_group(mod, dg.get_pruner_of_module(mod).prune_out_channels,
+                                 list(range(mod.out_channels)))
+        out[root] = (scores[root][0], torch.argsort(scores[root][1], stable=True), {})
+        for item in g:
+            t = item.dep.target.module
+            if isinstance(t, (nn.Conv2d, nn.BatchNorm2d, nn.Linear)) and t in names and \
+                    dg.is_out_channel_pruning_fn(item.dep.handler):
+                own = out[root][2][names[t]] = torch.empty(mod.out_channels, dtype=torch.long)
+                own[list(item.root_idxs)] = torch.as_tensor(list(item.idxs))
+    return out
+
+
+def _masks(mods, points, order, ks, dev):
+    out = {}  # {module: (len(ks), channels) masks zeroing the k lowest-ranked channels}
+    for name, own in points.items():
+        m = mods[name]
+        out[name] = torch.ones(len(ks), getattr(m, "out_channels", None) or
+                               getattr(m, "num_features", None) or m.out_features, device=dev)
+        for i, k in enumerate(ks):
+            out[name][i, own[order[:k]]] = 0
+    return out
+
+
+def _mul(t, mask):  # copies stacked along the batch axis, times per-copy masks (copies, C)
+    c, sh = mask.shape[0], t.shape
+    return (t.reshape(c, -1, *sh[1:]) * mask.view(c, 1, sh[1], *[1] * (t.dim() - 2))).reshape(sh)
+
+
+def _tile(t, c):  # c copies along the batch axis
+    return t.repeat(c, *[1] * (t.dim() - 1))
+
+
+def curves(model: nn.Module, calib: torch.Tensor, grid: int | None = None,
+           distortion: str = "mse", groups: list[str] | None = None, *, method: str = "fast",
+           batch: int = 256, max_batch: int = 256, progress: bool = True) -> pd.DataFrame:
+    """Filter-level RD curves, long form: ``layer`` (group root), ``amount`` (fraction of the
+    group's filters removed), ``n_weights``/``flops`` (params / multiply-adds saved per unit
+    amount, module doc), ``distortion``, ``filters`` (n), ``removed`` (k). ``grid=None`` gives
+    every k = 0..n-1 (amount k/n); an int gives that many evenly spaced amounts in [0, 1]."""
+    _check_inputs(model, calib, 2 if grid is None else grid, distortion, method)
+    struct, full, ds = _structure(model.eval()), S.count(model), None
+    names = list(groups or struct)
+    if bad := [g for g in names if g not in struct]:
+        raise ValueError(f"unknown groups {bad}; groups (root convs): {', '.join(struct)}")
+    save = {}  # (params, flops) one channel saves on the real network
+    for g in names:
+        c = S.count(S.remove_filters(model, {g: [int(struct[g][1][0])]}))
+        save[g] = (full["params"] - c["params"], full["flops"] - c["flops"])
+    try:
+        ds = Downstream(model) if method == "fast" else None
+    except ValueError:  # not traceable by torch.fx: whole forward passes
+        pass
+    chunks = list(torch.split(calib.to(next(model.parameters()).device), batch))
+    kept = ds.run(chunks[0]) if ds is not None and len(chunks) == 1 else None
+    with torch.no_grad():
+        refs, frames = (None if ds is not None else [model(x) for x in chunks]), []
+    for g in tqdm(names, desc="RD filter curves", disable=not progress):
+        n, order, points = struct[g]
+        amounts = np.arange(n) / n if grid is None else grid_amounts(grid)
+        ks = np.array([removed(a, n) for a in amounts])
+        todo, dist = sorted(set(int(k) for k in ks if k > 0)), dict.fromkeys(range(n), 0.0)
+        if todo:
+            dist.update(zip(todo, _distortions(model, ds, kept, refs, chunks, points, order,
+                                               todo, distortion, max_batch)))
+        frames.append(pd.DataFrame({"layer": g, "amount": amounts, "n_weights": n * save[g][0],
+                                    "flops": n * save[g][1], "distortion": [dist[k] for k in ks],
+                                    "filters": n, "removed": ks})[COLUMNS])
+    out = pd.concat(frames, ignore_index=True)
+    out.attrs.update(model_hash=state_hash(model), distortion=distortion, granularity="filter")
+    return out
+
+
+def _rerun(ds, env, starts, copies):
+    """Logits with ``starts`` ({node: stacked value}) replaced: the union of their downstream
+    cones re-runs, everything else is read from ``env`` (tiled ``copies`` times)."""
+    local = dict(starts)
+
+    def get(node):
+        if node in local:
+            return local[node]
+        value = env[node]
+        return _tile(value, copies) if node in ds.batchy and torch.is_tensor(value) else value
+
+    for node in sorted(ds._descendants(list(starts)) - set(starts), key=ds.index.__getitem__):
+        local[node] = ds._eval(node, get)
+    return local[ds.nodes[-1]]
+
+
+@torch.no_grad()
+def _distortions(model, ds, kept, refs, chunks, points, order, ks, kind, max_batch):
+    mods, starts, dev = dict(model.named_modules()), set(), chunks[0].device
+    calls = {n.target: n for n in ds.nodes if n.op == "call_module"} if ds is not None else {}
+    if ds is not None and all(p in calls for p in points):  # substitute points no point feeds
+        starts = {p for p in points if not any(calls[p] in ds._descendants([calls[o]]) - {calls[o]}
+                                               for o in points)}
+    else:
+        ds = None  # a point is not a traced module call: run whole forward passes
+    reducer = _Reducer(kind, len(ks))
+    for ci, x in enumerate(chunks):
+        env = (kept if kept is not None else ds.run(x)) if ds is not None else None
+        y_ref = ds.output(env) if ds is not None else refs[ci]
+        per, parts = max(1, max_batch // len(x)), []
+        for s in range(0, len(ks), per):
+            masks = _masks(mods, points, order, group := ks[s:s + per], dev)
+            hooks = [mods[p].register_forward_hook(lambda m, i, o, p=p: _mul(o, masks[p]))
+                     for p in points if p not in starts]
+            try:
+                if ds is not None:
+                    new = {calls[p]: _mul(_tile(env[calls[p]], len(group)), masks[p])
+                           for p in starts}
+                    y = _rerun(ds, env, new, len(group))
+                else:
+                    y = model(_tile(x, len(group)))
+            finally:
+                [h.remove() for h in hooks]
+            parts.append(_per_sample(y_ref, y))
+        reducer.add(torch.cat(parts))
+    return list(reducer.value())
+
+
+# ----------------------------------------------------------------------------- allocation
+def allocate(model: nn.Module, target: float, curves: pd.DataFrame, budget: str = "flops", *,
+             max_states: int = DEFAULT_MAX_STATES, max_iter: int = 100) -> dict[str, float]:
+    """{group root: fraction of its filters removed} minimising the summed curve distortion such
+    that the *physically* pruned network keeps at most ``(1 - target)`` of the original FLOPs
+    (or params); groups without a curve stay whole. Raises ValueError when out of reach."""
+    if budget not in BUDGETS:
+        raise ValueError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 <= target < 1:
+        raise ValueError(f"target is the fraction of {budget} to remove and must lie in [0, 1), "
+                         f"got {target!r}")
+    if not isinstance(curves, pd.DataFrame) or not set(COLUMNS) <= set(curves.columns):
+        raise ValueError(f"curves must be a DataFrame with columns {COLUMNS} "
+                         "(from rdprune.rd_filter.curves)")
+    sizes = curves.groupby("layer", sort=False)["filters"].first().to_dict()
+    struct, names = _structure(model), list(sizes)
+    bad = [g for g in names if g not in struct or struct[g][0] != sizes[g]]
+    if bad or not names:
+        raise ValueError(f"these curves do not match the model's filter groups ({bad[:5]}); "
+                         "recompute them with rdprune.rd_filter.curves(model, calib)")
+    if curves.attrs.get("model_hash") not in (None, state_hash(model)):
+        raise ValueError("these curves were computed on different weights; recompute them")
+    if target == 0:  # nothing to remove (the binned DP could prune a little)
+        return dict.fromkeys(names, 0.0)
+    col = "flops" if budget == "flops" else "n_weights"
+    unit = {g: float(c[col].iloc[0]) / sizes[g] for g, c in curves.groupby("layer", sort=False)}
+    best = curves.groupby(["layer", "removed"], sort=False)["distortion"].min()
+    opts = [{0: 0.0, **best.loc[g].to_dict()} for g in names]  # distinct k -> D; k = 0 always
+    cost = np.full((len(names), max(map(len, opts))), np.inf)
+    dist, ks = cost.copy(), np.zeros(cost.shape, dtype=np.int64)
+    for i, (g, o) in enumerate(zip(names, opts)):
+        k = np.array(sorted(o))  # kept cost of each option in the linear model
+        ks[i, :len(k)], dist[i, :len(k)], cost[i, :len(k)] = k, [o[j] for j in k], \
+            (sizes[g] - k) * unit[g]
+    full, over = S.count(model)[budget], None
+    limit = (1.0 - float(target)) * full
+    b = sum(sizes[g] * unit[g] for g in names) - float(target) * full  # linear kept budget
+    table = Table(cost, dist, max(b, cost.min(1).sum()), max_states=max_states)
+
+    def fit(b):  # (amounts, real count) of the DP's pick at linear budget b
+        picks = table.pick(b)
+        amounts = {g: float(ks[i, p] / sizes[g]) for i, (g, p) in enumerate(zip(names, picks))}
+        return amounts, S.count(apply(model, amounts, _struct=struct))[budget]
+
+    for _ in range(max_iter):  # tighten by the overshoot until the real count fits
+        amounts, real = fit(b) if b >= table.base else (None, np.inf)
+        if real <= limit or amounts is None:
+            break
+        over, b = b, b - max(real - limit, table.width)
+    if real > limit:
+        raise ValueError(f"a {budget} reduction of {target:.3g} is out of reach at filter "
+                         "granularity (the most pruned choice exceeds the budget)")
+    for _ in range(8 if over is not None else 0):  # bisect back towards the target
+        if over - b < 2 * table.width:
+            break
+        mid, (cand, real) = (b + over) / 2, fit((b + over) / 2)
+        amounts, b, over = (cand, mid, over) if real <= limit else (amounts, b, mid)
+    return amounts
+
+
+def apply(model: nn.Module, amounts: dict[str, float], *, _struct=None) -> nn.Module:
+    """Physically pruned copy: each group loses :func:`removed` of its lowest-L1 channels
+    (:func:`rdprune.structured.remove_filters`); groups not named stay whole."""
+    struct, plan = _struct or _structure(model), {}
+    for g, a in amounts.items():
+        if g not in struct:
+            raise ValueError(f"unknown group {g!r}; groups (root convs): {', '.join(struct)}")
+        if isinstance(a, bool) or not 0.0 <= float(a) <= 1.0:
+            raise ValueError(f"amount of {g!r} must lie in [0, 1], got {a!r}")
+        if (k := removed(a, struct[g][0])) > 0:
+            plan[g] = struct[g][1][:k].tolist()
+    return S.remove_filters(model, plan)
