@@ -90,6 +90,20 @@ def test_prune_reaches_target(resnet, x, method):
     assert trace.attrs["criterion"] == H.METHODS[method]["criterion"]
 
 
+def test_fractional_k_steps_each_layer_by_its_width(resnet, x):
+    """k=0.25 removes round(0.25 x original width) per step: 4 of 16, 8 of 32, 16 of 64."""
+    pruned, trace = H.prune(resnet, x, 0.1, budget="params", k=0.25, progress=False,
+                            fold_result=False)
+    check_result(resnet, pruned, trace, 0.1, "params")
+    width = {n: tuple(w.conv.weight.shape[:2]) for n, w in H.wrappers(H.wrap(resnet)).items()}
+    seen = {}
+    for r in trace.itertuples():
+        before = seen.get((r.layer, r.side), width[r.layer][r.side == "in"])
+        assert before - r.filters_left == min(round(0.25 * width[r.layer][r.side == "in"]),
+                                              before - 1)
+        seen[r.layer, r.side] = r.filters_left
+
+
 def test_prune_flops_with_finetune(resnet, x):
     y = torch.randint(0, 10, (16,))
     loader = rp.data.TensorLoader(x, y, 8, shuffle=True)
@@ -142,6 +156,7 @@ def test_bad_input(resnet, x):
         with pytest.raises(ValueError, match=r"\(0, 1\)"):
             H.prune(resnet, x, t, progress=False)
     bad = [dict(selector="lasso"), dict(criterion="loss"), dict(budget="latency"), dict(k=0),
+           dict(k=1.5), dict(k=True),
            dict(finetune_steps=3)]
     for kw in bad:
         with pytest.raises(ValueError):

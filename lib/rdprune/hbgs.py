@@ -26,7 +26,9 @@
   Selections (S, λ, weights) are reused until their wrapper is committed or a fine-tune runs, and
   HBGS errors of wrappers that run before the committed one are reused.
 * **Loop.** Each round tries every candidate with k filters removed (fewer when ≤ k remain; one
-  always stays), commits the lowest error, and optionally fine-tunes ``finetune_steps`` batches on
+  always stays; a fractional ``k`` in (0, 1) removes max(1, round(k·width)) of a side's
+  *original* width per step, hbgs.md's "about 10 % of the layer", so narrow and wide layers move
+  in comparable steps), commits the lowest error, and optionally fine-tunes ``finetune_steps`` batches on
   ``train_loader`` (``train.fine_tune``: AdamW, CE + KL distillation from the original, T = 2),
   until cost ≤ (1 − target) × original; an unreachable target raises ValueError upfront.
   Selection data: held-out *training* images (:func:`selection_split`), never the test set.
@@ -312,9 +314,11 @@ def prune(model: nn.Module, data, target: float, budget: str = "flops", selector
     ``target``: fraction of the original ``budget`` to remove; ``max_rounds`` stops early
     (``trace.attrs["reached"]`` says whether the target was met). Returns (pruned copy, trace)."""
     _check(target, budget, selector=(selector, SELECTORS), criterion=(criterion, CRITERIA))
-    if isinstance(k, bool) or int(k) != k or k < 1 or (finetune_steps and train_loader is None):
-        raise ValueError(f"k must be a positive integer (got {k!r}) and finetune_steps > 0 needs "
-                         "a train_loader")
+    fraction = isinstance(k, float) and 0 < k < 1
+    if isinstance(k, bool) or not isinstance(k, (int, float)) or not (fraction or int(k) == k >= 1) \
+            or (finetune_steps and train_loader is None):
+        raise ValueError(f"k must be a positive integer or a fraction in (0, 1) of each layer "
+                         f"(got {k!r}) and finetune_steps > 0 needs a train_loader")
     dev = next(model.parameters()).device
     x, net, hw, plan, full, base, limit = _setup(model, data, target, budget)
     orig = copy.deepcopy(model).eval()
@@ -325,11 +329,13 @@ def prune(model: nn.Module, data, target: float, budget: str = "flops", selector
     sel, errs, rows, rnd = {}, {}, [], 0
     bar = tqdm(desc=f"{criterion}/{selector}", disable=not progress, leave=False)
     now = cost(net, hw, base, budget)
+    step = {(n, side): max(1, round(k * _side(ws[n], side))) if fraction else int(k)
+            for n in names for side in ("out", "in")}
     while now[budget] > limit and rnd < (max_rounds or math.inf):
         t0, rnd = time.perf_counter(), rnd + 1
         for n, side in ((n, side) for n in names for side in ("out", "in")):
             if (s := _side(ws[n], side)) > 1 and (n, side) not in sel:
-                sel[n, side] = _candidate(ws[n], side, min(k, s - 1), selector)[0]
+                sel[n, side] = _candidate(ws[n], side, min(step[n, side], s - 1), selector)[0]
         errs = (_layer_errors(net, orig, batches, names, sel, errs) if criterion == "layer"
                 else _output_errors(net, batches, logits0, plan, sel))
         best = min(sel, key=lambda c: (errs[c], names.index(c[0])))
