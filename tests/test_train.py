@@ -52,3 +52,21 @@ def test_quick_lenet_learns(lenet):
 def test_unknown_recipe():
     with pytest.raises(ValueError, match="quick"):
         T.get_recipe("fast")
+
+
+def test_recalibrate_bn_sets_the_statistics_of_the_given_inputs():
+    torch.manual_seed(0)
+    net = rp.models.build("resnet20", 10, 1, image_size=28).eval()
+    x = torch.randn(64, 1, 28, 28) * 3 + 1
+    rp.train.recalibrate_bn(net, x, batch=64)  # one batch: exactly the batch statistics
+    with torch.no_grad():
+        h = net.conv1(x)
+    assert torch.allclose(net.bn1.running_mean, h.mean((0, 2, 3)), atol=1e-5)
+    assert torch.allclose(net.bn1.running_var, h.var((0, 2, 3), unbiased=True), rtol=1e-4)
+    assert not net.training and all(m.momentum == 0.1 for m in net.modules()
+                                    if isinstance(m, torch.nn.BatchNorm2d))
+    w = {k: v.clone() for k, v in net.named_parameters()}
+    rp.train.recalibrate_bn(net, x, batch=16)  # weights untouched
+    assert all(torch.equal(v, dict(net.named_parameters())[k]) for k, v in w.items())
+    with pytest.raises(ValueError, match="non-empty"):
+        rp.train.recalibrate_bn(net, torch.empty(0, 1, 28, 28))

@@ -123,6 +123,32 @@ def evaluate(model: nn.Module, loader, dev=None) -> dict[str, float]:
     return {"top1": correct / n, "loss": loss / n}
 
 
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch: int = 256) -> nn.Module:
+    """Re-estimate every BatchNorm's running statistics on inputs ``x``, in place: the equally
+    weighted average of the statistics of each ``batch`` images (one batch: exactly those of
+    ``x``); no weight changes. Pruning shifts
+    the activations each BN normalises, so a pruned network with the dense network's statistics
+    can collapse although its weights are fine. Returns the model in eval mode."""
+    if not isinstance(x, torch.Tensor) or x.dim() < 2 or len(x) == 0:
+        raise ValueError("recalibrate_bn needs a non-empty batch of inputs (N, ...)")
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: the exact mean over the batches
+    model.train()
+    dev = next(model.parameters()).device
+    try:
+        for xb in torch.split(x, batch):
+            model(xb.to(dev))
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+        model.eval()
+    return model
+
+
 def fine_tune(model, loader, steps: int, lr: float = 3e-4, **kw) -> nn.Module:
     """Mask-preserving fine-tune (constant learning rate, as the RD authors)."""
     kw.setdefault("desc", "fine-tune")
