@@ -2,7 +2,8 @@
 
 Every notebook runs once through papermill (via :func:`rdprune.reproduce.run`, the code behind the
 CLI) with tiny parameters: LeNet-5 (and a ResNet-20 trained for seconds with the ``smoke`` recipe
-for the additivity check), a coarse grid, 128 calibration images and a few fine-tuning steps. The tables and figures they write are checked for sane values.
+for the additivity check and notebooks 04-06), a coarse grid, 128 calibration images and a few
+fine-tuning / search steps. The tables and figures they write are checked for sane values.
 """
 import json
 from pathlib import Path
@@ -26,6 +27,18 @@ TINY = {
                           grid=6),
     "03_rd_vs_baselines": dict(iterative_methods=["rd"], iterative_target=0.75, per_round=0.5,
                                finetune_steps=10, eval_subset=500),
+    # 04-06 need a ResNet (JointPruning's space, HBGS's wrapped 3x3 convs): the smoke ResNet-20
+    "04_jointpruning": dict(model="resnet20", recipe="smoke", targets=[0.5], eval_subset=300,
+                            dims=[["channel"], ["channel", "depth", "resolution"]],
+                            supernet_steps=6, search_steps=2, samples=2, retrain_steps=3),
+    "05_hbgs": dict(model="resnet20", recipe="smoke", targets=[0.3], eval_subset=300,
+                    methods=["HBGS-B", "HBGTS-B"], uniform_selectors=["backward", "random"],
+                    selection_n=32, finetune_steps=3),
+    "06_comparison": dict(model="resnet20", recipe="smoke", targets=[0.5], eval_subset=300,
+                          calib_n=32, grid=6, filter_grid=5, selection_n=32,
+                          methods=["rd", "rd_filter", "HBGS-B", "jointpruning", "uniform_width",
+                                   "l1_filter"], supernet_steps=6, search_steps=2, samples=2,
+                          finetune_steps=3, latency_batch=32, latency_repeats=1),
 }
 
 
@@ -136,6 +149,48 @@ def test_baselines_outputs(executed):
     assert set(ours.dataset) == {"fashion_mnist"} and set(ours.model) == {"lenet5"}
     assert set(theirs.dataset) <= {"CIFAR-10", "ImageNet"} and len(theirs) >= 8
     assert theirs.top1.between(0, 1).all()
+
+
+def test_jointpruning_outputs(executed):
+    out = executed[1] / "04_jointpruning"
+    _figures(out, "search_trace", "accuracy_vs_flops")
+    trace = pd.read_csv(out / "search_trace.csv")
+    assert len(trace) == 2 and trace["best"].sum() == 1
+    assert (trace.flops_ratio <= 0.5).all() and (trace.flops_ratio >= 0.49).all()
+    abl = pd.read_csv(out / "ablation.csv")
+    assert list(abl.method) == ["channel", "channel + depth + resolution"]
+    assert (abl.loc[abl.method == "channel", ["depth", "resolution"]].values == [9, 28]).all()
+    table = pd.read_csv(out / "targets.csv")
+    assert set(table.method) == {"channel + depth + resolution", "uniform width"}
+    assert table.flops_reduction.between(0.5, 0.6).all() and table.top1.between(0, 1).all()
+    side = pd.read_csv(out / "side_by_side.csv", keep_default_na=False)
+    assert (side.source == "ours (this run)").sum() == 1
+    assert {"MetaPruning README", "paper abstract (FLOPs not stated)"} <= set(side.source)
+
+
+def test_hbgs_outputs(executed):
+    out = executed[1] / "05_hbgs"
+    _figures(out, "accuracy_vs_reduction", "selection_order", "pruning_time")
+    res = pd.read_csv(out / "results.csv")
+    assert list(res.method) == ["HBGS-B", "HBGTS-B", "FP-Backward", "random"]
+    assert (res.params_reduction >= 0.3).all() and (res.params_reduction < 0.45).all()
+    assert res.top1.between(0, 1).all() and (res.seconds > 0).all()
+    traces = pd.read_csv(out / "traces.csv")
+    assert set(traces.method) == {"HBGS-B", "HBGTS-B"} and set(traces.side) <= {"in", "out"}
+    side = pd.read_csv(out / "side_by_side.csv", keep_default_na=False)
+    assert "ours (this run)" in set(side.source) and "authors' slides" in set(side.source)
+
+
+def test_comparison_outputs(executed):
+    out = executed[1] / "06_comparison"
+    _figures(out, "comparison", "allocation")
+    res = pd.read_csv(out / "results.csv")
+    assert list(res.method) == TINY["06_comparison"]["methods"]
+    assert (res.flops_reduction >= 0.5 - 1e-9).all() and (res.flops_reduction < 0.6).all()
+    assert res[["top1_before", "top1_recal", "top1_after"]].stack().between(0, 1).all()
+    assert (res.latency_ms > 0).all() and (res.prune_seconds >= 0).all()
+    alloc = pd.read_csv(out / "allocation.csv", index_col=0)
+    assert list(alloc.columns) == TINY["06_comparison"]["methods"]
 
 
 # ----------------------------------------------------------------------------- the runner

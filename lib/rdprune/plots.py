@@ -1,5 +1,6 @@
-"""Figures for the notebooks: RD curves, heat-map, allocation bars, additivity scatter and
-accuracy against sparsity. Every function returns a matplotlib ``Figure``; :func:`save` writes it
+"""Figures for the notebooks: RD curves, heat-map, allocation bars, additivity scatter,
+accuracy against sparsity, the JointPruning search trace, HBGS selection order and per-method
+comparison scatters. Every function returns a matplotlib ``Figure``; :func:`save` writes it
 as PNG and SVG. Distortion spans decades, so it is always drawn on a log scale (zero distortion,
 e.g. at amount 0, cannot be shown there and is left out).
 """
@@ -175,6 +176,81 @@ def _reference_points(ref: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"sparsity": wide["sparsity_pct"] / 100, "top1": wide["top1_pct"] / 100,
                          "setting": wide["model"] + ", " + wide["dataset"],
                          "schedule": wide["schedule"].replace("", "unstated")})
+
+
+def search_trace(trace: pd.DataFrame, title: str | None = None):
+    """JointPruning search (:func:`rdprune.jointpruning.search`'s trace), one panel per quantity
+    against the v-update: held-out loss (the 2N-sample mean during the search, and each vector
+    re-scored with the final supernet), FLOPs / full, mean width ratio, blocks and input side.
+    The returned vector (``best``) is starred."""
+    plt, _ = _plt()
+    cols = [("loss", "held-out loss"), ("flops_ratio", "FLOPs / full network"),
+            ("width", "mean width ratio"), ("depth", "blocks run"), ("resolution", "input side (px)")]
+    fig, axes = plt.subplots(1, len(cols), figsize=(3.4 * len(cols), 3.5))
+    best = trace[trace["best"].astype(bool)] if "best" in trace else trace.iloc[0:0]
+    for ax, (col, label) in zip(axes, cols):
+        ax.plot(trace["iteration"], trace[col], marker=".", lw=1.2,
+                label="during search (2N-sample mean)" if col == "loss" else None)
+        y = "val_loss" if col == "loss" and "val_loss" in trace else col
+        if y != col:
+            ax.plot(trace["iteration"], trace[y], marker=".", lw=1.2,
+                    label="re-scored with the final supernet")
+        ax.scatter(best["iteration"], best[y], marker="*", s=180, color="crimson", zorder=5,
+                   label="returned vector" if col == "loss" else None)
+        ax.set_xlabel("v-update")
+        ax.set_ylabel(label)
+        if col == "loss":
+            ax.legend(fontsize=7, frameon=False)
+    fig.suptitle(title or "JointPruning search trace", y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+def method_scatter(df: pd.DataFrame, panels, *, hue: str = "method", dense: float | None = None,
+                   title: str | None = None):
+    """One scatter panel per ``(x, y, xlabel, ylabel)`` of ``panels``, a colour and marker per
+    ``hue`` value (the comparison figures); ``dense`` draws the unpruned top-1 as a dotted line
+    on panels whose y is a top-1 column."""
+    plt, sns = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.8), squeeze=False)
+    order = list(dict.fromkeys(df[hue]))
+    for i, (ax, (x, y, xlabel, ylabel)) in enumerate(zip(axes[0], panels)):
+        sns.scatterplot(df, x=x, y=y, hue=hue, style=hue, hue_order=order, style_order=order,
+                        s=110, ax=ax, legend=i == len(panels) - 1)
+        if dense is not None and "top1" in y:
+            ax.axhline(dense, color="k", ls=":", lw=1, label="dense")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+    axes[0, -1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    if title:
+        fig.suptitle(title, y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+def selection_order(traces: Mapping[str, pd.DataFrame], layers: list[str] | None = None,
+                    title: str | None = None):
+    """HBGS/HBGTS layer selection: for each method's trace (:func:`rdprune.hbgs.prune`), which
+    wrapped conv (y, forward order) lost filters in which round (x); circles prune output
+    filters, crosses input channels."""
+    plt, _ = _plt()
+    names = layers or list(dict.fromkeys(l for t in traces.values() for l in t["layer"]))
+    pos = {n: i for i, n in enumerate(names)}
+    fig, axes = plt.subplots(1, len(traces), figsize=(4.2 * len(traces), 0.25 * len(names) + 2),
+                             sharey=True, squeeze=False)
+    for ax, (method, t) in zip(axes[0], traces.items()):
+        for side, marker in (("out", "o"), ("in", "x")):
+            g = t[t["side"] == side]
+            ax.scatter(g["round"], g["layer"].map(pos), marker=marker, s=28, label=f"{side} side")
+        ax.set_title(method)
+        ax.set_xlabel("round")
+        ax.set_yticks(range(len(names)))
+        ax.set_yticklabels(names, fontsize=7)
+    axes[0, 0].invert_yaxis()  # shared: the first layer on top
+    axes[0, 0].legend(fontsize=7, frameon=False)
+    fig.suptitle(title or "Which layer each greedy round pruned", y=1.02)
+    fig.tight_layout()
+    return fig
 
 
 def save(fig, folder: str | Path, name: str) -> list[Path]:
