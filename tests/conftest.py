@@ -13,3 +13,15 @@ def lenet():
 def calib():
     import rdprune as rp
     return rp.data.calibration("fashion_mnist", n=256, seed=0)
+
+
+@pytest.fixture(scope="module")
+def env_threads():
+    """Torch threads as OMP_NUM_THREADS says (if set) for a module, restored afterwards."""
+    import os
+
+    import torch
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", old)))
+    yield
+    torch.set_num_threads(old)

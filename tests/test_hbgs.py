@@ -1,8 +1,6 @@
 """HBGS / HBGTS (rdprune.hbgs): exact wrappers and folding, exact compensation of linearly
 dependent filters, the greedy loop reaching its target with consistent accounting, the shared-
 prefix replay, the uniform baselines, and input validation. Random-init ResNet-20, 16 inputs."""
-import os
-
 import pandas as pd
 import pytest
 import torch
@@ -11,13 +9,7 @@ import rdprune as rp
 from rdprune import hbgs as H
 from rdprune import structured as S
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", old)))
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("env_threads")
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """Physical filter removal with Torch-Pruning (rdprune.structured): coupled channels (residual
 additions, concatenations), exact channel counts, real cost counting, width baselines at a target.
 Random-init models, one input each: seconds on one thread."""
-import os
 
 import pytest
 import torch
@@ -9,13 +8,7 @@ import torch
 import rdprune as rp
 from rdprune import structured as S
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", old)))
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("env_threads")
 
 
 def build(name, seed=0):

@@ -49,9 +49,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import data as D
 from . import filters as FL
 from . import train as T
+from .data import selection_split  # noqa: F401 - part of the hbgs API
 from .structured import BUDGETS, count
 
 __all__ = ["METHODS", "SELECTORS", "CRITERIA", "Wrapped", "wrap", "wrappers", "fold", "cost",
@@ -391,16 +391,3 @@ def uniform(model: nn.Module, target: float, budget: str = "flops", selector: st
     info.attrs.update(original=full, target=float(target), budget=budget, selector=selector,
                       fraction=fracs[hi])
     return (fold(net, budget) if fold_result else net), info
-
-
-def selection_split(dataset: str = "fashion_mnist", n: int = 1024, *, batch_size: int = 128,
-                    seed: int = 0, train_size: int | None = None):
-    """(n held-out TRAINING inputs for candidate selection, a shuffled loader over the rest of the
-    training split for fine-tuning, optionally only its first ``train_size`` images)."""
-    x, y = D.tensors(dataset, "train")
-    if not 0 < n < len(x):
-        raise ValueError(f"n must lie in (0, {len(x)}), got {n}")
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    rest = perm[n:] if train_size is None else perm[n:n + train_size]
-    return x[perm[:n]].clone(), D.TensorLoader(x[rest], y[rest], batch_size, shuffle=True,
-                                               augment=dataset == "cifar10", seed=seed)

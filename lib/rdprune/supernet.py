@@ -175,21 +175,6 @@ class Supernet(nn.Module):
         return F.linear(x, net.fc.weight[:, :cin], net.fc.bias)
 
 
-class _Block(nn.Module):
-    def __init__(self, cin, mid, cout, stride, conv_shortcut):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, mid, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(mid)
-        self.conv2 = nn.Conv2d(mid, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential()
-        if conv_shortcut:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                          nn.BatchNorm2d(cout))
-
-    forward = models.BasicBlock.forward
-
-
 class PrunedResNet(nn.Module):
     """A standalone JointPruning network: the dense model's module names, smaller convs, fewer
     blocks, and the input resized to ``resolution`` inside ``forward``."""
@@ -204,8 +189,9 @@ class PrunedResNet(nn.Module):
         for s, cout in enumerate(w):
             blocks = []
             for j in range(cfg.depths[s]):
-                blocks.append(_Block(cin, cfg.inner_widths[s][j], cout, 2 if (s > 0 and j == 0)
-                                     else 1, _conv_shortcut(sp, s, j)))
+                blocks.append(models.BasicBlock(cin, cout, 2 if (s > 0 and j == 0) else 1,
+                                                mid=cfg.inner_widths[s][j],
+                                                conv_shortcut=_conv_shortcut(sp, s, j)))
                 cin = cout
             setattr(self, f"layer{s + 1}", nn.Sequential(*blocks))
         self.fc = nn.Linear(cin, sp.num_classes)
