@@ -51,10 +51,11 @@ class Downstream:
                                  "pass; use method='reference'")
             self.layer_node[name] = found[0]
         inputs = [n for n in self.nodes if n.op == "placeholder"]
-        self.batchy = self._descendants(inputs)  # values that carry the batch axis
-        self._cones: dict[str, list[fx.Node]] = {}
+        self.batchy = self.descendants(inputs)  # values that carry the batch axis
+        self._cones: dict[frozenset, tuple] = {}  # start nodes -> (cone, frees)
 
-    def _descendants(self, roots):
+    def descendants(self, roots) -> set:
+        """``roots`` and every node that reads them, directly or not."""
         seen, stack = set(roots), list(roots)
         while stack:
             for user in stack.pop().users:
@@ -65,11 +66,7 @@ class Downstream:
 
     def cone(self, name: str) -> list[fx.Node]:
         """Nodes strictly downstream of layer ``name``, in execution order."""
-        if name not in self._cones:
-            node = self.layer_node[name]
-            down = self._descendants([node]) - {node}
-            self._cones[name] = sorted(down, key=self.index.__getitem__)
-        return self._cones[name]
+        return self._plan(frozenset([self.layer_node[name]]))[0]
 
     @torch.no_grad()
     def run(self, x: torch.Tensor) -> dict[fx.Node, object]:
@@ -93,7 +90,14 @@ class Downstream:
     def rerun(self, env, name: str, new_out: torch.Tensor, copies: int = 1) -> torch.Tensor:
         """Logits when layer ``name`` outputs ``new_out`` (``copies`` perturbations stacked along
         the batch axis), all else as in ``env``."""
-        local: dict[fx.Node, object] = {self.layer_node[name]: new_out}
+        return self.rerun_from(env, {self.layer_node[name]: new_out}, copies)
+
+    @torch.no_grad()
+    def rerun_from(self, env, starts: dict, copies: int = 1) -> torch.Tensor:
+        """Logits when the nodes of ``starts`` take the given values (``copies`` stacked along the
+        batch axis): the union of their downstream cones re-runs, every other value is read from
+        ``env`` (batch values tiled ``copies`` times)."""
+        local = dict(starts)
 
         def get(node):
             if node in local:
@@ -103,27 +107,27 @@ class Downstream:
                 return value.repeat(copies, *([1] * (value.dim() - 1)))
             return value
 
-        cone, frees = self.cone(name), self._frees(name)
+        cone, frees = self._plan(frozenset(starts))
         for node in cone:
             local[node] = self._eval(node, get)
             for dead in frees.get(node, ()):
                 local.pop(dead, None)  # free activations no later node reads
         return local[self.nodes[-1]]
 
-    def _frees(self, name):
-        """For each cone node, the local values whose last reader it is."""
-        key = ("frees", name)
-        if key not in self._cones:
+    def _plan(self, starts: frozenset):
+        """(cone of ``starts`` in execution order, {cone node: local values it reads last})."""
+        if starts not in self._cones:
+            cone = sorted(self.descendants(list(starts)) - starts, key=self.index.__getitem__)
             last = {}
-            for node in [self.layer_node[name]] + self.cone(name):
+            for node in sorted(starts, key=self.index.__getitem__) + cone:
                 for arg in node.all_input_nodes:
                     last[arg] = node
             frees: dict = {}
             for value, reader in last.items():
                 if reader.op != "output":
                     frees.setdefault(reader, []).append(value)
-            self._cones[key] = frees
-        return self._cones[key]
+            self._cones[starts] = (cone, frees)
+        return self._cones[starts]
 
     def _eval(self, node: fx.Node, get):
         args = fx.node.map_arg(node.args, get)

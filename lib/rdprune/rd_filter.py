@@ -128,28 +128,12 @@ def curves(model: nn.Module, calib: torch.Tensor, grid: int | None = None,
     return out
 
 
-def _rerun(ds, env, starts, copies):
-    """Logits with ``starts`` ({node: stacked value}) replaced: the union of their downstream
-    cones re-runs, everything else is read from ``env`` (tiled ``copies`` times)."""
-    local = dict(starts)
-
-    def get(node):
-        if node in local:
-            return local[node]
-        value = env[node]
-        return _tile(value, copies) if node in ds.batchy and torch.is_tensor(value) else value
-
-    for node in sorted(ds._descendants(list(starts)) - set(starts), key=ds.index.__getitem__):
-        local[node] = ds._eval(node, get)
-    return local[ds.nodes[-1]]
-
-
 @torch.no_grad()
 def _distortions(model, ds, kept, refs, chunks, points, order, ks, kind, max_batch):
     mods, starts, dev = dict(model.named_modules()), set(), chunks[0].device
     calls = {n.target: n for n in ds.nodes if n.op == "call_module"} if ds is not None else {}
     if ds is not None and all(p in calls for p in points):  # substitute points no point feeds
-        starts = {p for p in points if not any(calls[p] in ds._descendants([calls[o]]) - {calls[o]}
+        starts = {p for p in points if not any(calls[p] in ds.descendants([calls[o]]) - {calls[o]}
                                                for o in points)}
     else:
         ds = None  # a point is not a traced module call: run whole forward passes
@@ -166,7 +150,7 @@ def _distortions(model, ds, kept, refs, chunks, points, order, ks, kind, max_bat
                 if ds is not None:
                     new = {calls[p]: _mul(_tile(env[calls[p]], len(group)), masks[p])
                            for p in starts}
-                    y = _rerun(ds, env, new, len(group))
+                    y = ds.rerun_from(env, new, len(group))
                 else:
                     y = model(_tile(x, len(group)))
             finally:
