@@ -111,7 +111,8 @@ def run(model_name: str = "resnet20", dataset: str = "fashion_mnist", method: st
         raise ValueError("the pipeline prunes weights with masks; rd_filter removes filters "
                          "physically: use rdprune.rd_filter (notebook 06_comparison)")
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS[:-1])}")
+        masked = [m for m in METHODS if m != "rd_filter"]
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(masked)}")
     targets = schedule_targets(schedule, target, s.per_round)
     if calibration not in ("train", "synthetic"):
         raise ValueError("calibration must be 'train' (training images) or 'synthetic' (zero-data)")
