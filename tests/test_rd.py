@@ -32,6 +32,7 @@ def test_fast_curves_equal_reference(name, kind):
               max_batch=48)  # two calibration chunks, several amount groups per layer
     fast = rd.curves(model, x, **kw)
     ref = rd.curves(model, x, method="reference", **kw)
+    assert all(p.is_contiguous() for p in model.parameters())  # channels-last on a copy only
     assert list(fast.columns) == ["layer", "amount", "n_weights", "flops", "distortion"]
     np.testing.assert_allclose(fast.distortion, ref.distortion, rtol=1e-5, atol=1e-12)
     assert (fast.distortion.to_numpy()[fast.amount.to_numpy() == 0] == 0).all()
