@@ -97,3 +97,15 @@ def test_nan_weights_are_refused():
         m.fc.weight[0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         M.apply(m, {"fc": 0.5})
+
+
+def test_layer_flops_cache_follows_shape_changes():
+    """The FLOPs cache travels with deep copies; a structurally pruned copy must not reuse it."""
+    net = rp.models.build("lenet5")
+    before = M.layer_flops(net)
+    small = copy.deepcopy(net)
+    small.conv2 = torch.nn.Conv2d(6, 8, 5)  # half the filters
+    small.fc1 = torch.nn.Linear(8 * 5 * 5, small.fc1.out_features)
+    after = M.layer_flops(small)
+    assert after["conv2"] == before["conv2"] // 2 and after["fc1"] == before["fc1"] // 2
+    assert M.layer_flops(net) == before

@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 from . import filters as FL
 from . import train as T
 from .data import selection_split  # noqa: F401 - part of the hbgs API
-from .structured import BUDGETS, count
+from .structured import BUDGETS, count, removed
 
 __all__ = ["METHODS", "SELECTORS", "CRITERIA", "Wrapped", "wrap", "wrappers", "fold", "cost",
            "remove", "prune", "uniform", "selection_split"]
@@ -160,7 +160,7 @@ def fold(model: nn.Module, budget: str = "flops") -> nn.Module:
             _set(model, name, new)
         else:
             w.conv, w.p, w.q = new, *(None if t is None else nn.Parameter(t.to(dt)) for t in (p, q))
-    model.__dict__.pop("_rdprune_flops", None), model.__dict__.pop("_hbgs_hw", None)
+    model.__dict__.pop("_hbgs_hw", None)
     return model
 
 
@@ -370,18 +370,17 @@ def uniform(model: nn.Module, target: float, budget: str = "flops", selector: st
     _, net, hw, _, full, base, limit = _setup(model, x, target, budget, sides=("out",))
     ws = wrappers(net)
     shape0 = {n: _shape(w) for n, w in ws.items()}
-    drop = lambda f, n: min(n - 1, math.floor(f * n + 1e-9))
     fracs = sorted({j / s[3] for s in shape0.values() for j in range(s[3])})
 
     def cost_at(i):
-        shapes = {n: (m, si, n_ - drop(fracs[i], n_), n_, kk, b)
+        shapes = {n: (m, si, n_ - removed(fracs[i], n_), n_, kk, b)
                   for n, (m, si, _, n_, kk, b) in shape0.items()}
         return cost(net, hw, base, budget, shapes)[budget]
 
     hi = bisect.bisect_left(range(len(fracs)), True, key=lambda i: cost_at(i) <= limit)
     gen, rows = torch.Generator().manual_seed(seed), []
     for n, w in ws.items():
-        t0, r = time.perf_counter(), drop(fracs[hi], shape0[n][3])
+        t0, r = time.perf_counter(), removed(fracs[hi], shape0[n][3])
         new, err = _candidate(w, "out", r, selector, gen) if r else (w.tensors(), 0.0)
         _commit(w, new)
         rows.append(dict(round=0, layer=n, side="out", filters_left=shape0[n][3] - r, error=err,

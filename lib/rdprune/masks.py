@@ -129,17 +129,20 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Module
 def layer_flops(model: nn.Module) -> dict[str, int]:
     """Dense multiply-adds of each prunable layer for one input of ``model.input_size``, counted
     with ``torch.utils.flop_counter.FlopCounterMode`` (its FLOPs are 2 per multiply-add).
-    Cached on the model: masks do not change dense FLOPs."""
+    Cached on the model, keyed by the input size and every prunable weight's shape: masks do not
+    change dense FLOPs, structural pruning (a copy keeps the cache) changes the shapes."""
     size = tuple(getattr(model, "input_size", ()))
+    layers = prunable(model)
+    key = (size, tuple((k, tuple(m.weight.shape)) for k, m in layers.items()))
     cached = getattr(model, "_rdprune_flops", None)
-    if cached and cached[0] == size:
+    if cached and cached[0] == key:
         return dict(cached[1])
     if not size:
         raise ValueError("model has no input_size; build it with rdprune.models.build or set "
                          "model.input_size = (C, H, W)")
     counts = module_flops(model, torch.zeros(1, *size))
-    out = {name: counts.get(name, 0) // 2 for name in prunable(model)}
-    model._rdprune_flops = (size, out)
+    out = {name: counts.get(name, 0) // 2 for name in layers}
+    model._rdprune_flops = (key, out)
     return dict(out)
 
 

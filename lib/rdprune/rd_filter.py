@@ -35,30 +35,25 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import structured as S
+from .structured import BUDGETS, removed  # removed: channels a group loses at an amount
 from .downstream import Downstream
 from .knapsack import DEFAULT_MAX_STATES, Table
-from .rd import _per_sample, _Reducer, _check_inputs, grid_amounts
+from .rd import _channels_last, _check_inputs, _per_sample, _Reducer, grid_amounts
 from .train import state_hash
 
 __all__ = ["curves", "allocate", "apply", "removed", "COLUMNS", "BUDGETS"]
 COLUMNS = ["layer", "amount", "n_weights", "flops", "distortion", "filters", "removed"]
-BUDGETS = ("flops", "params")
-
-
-def removed(amount: float, n: int) -> int:
-    """Channels a group of ``n`` loses at ``amount``: floor(amount*n), at most n - 1."""
-    return min(n - 1, int(np.floor(float(amount) * n + 1e-9)))
 
 
 def _structure(model):
     """{root: (n, L1 order of root channels, {module: its channel of each root channel})} over
     every Conv2d/BN/Linear whose output channels the group's removal slices."""
-    dg = S._graph(m := copy.deepcopy(model))
-    names, scores, out = {v: k for k, v in m.named_modules()}, S._scores(m, None), {}
-    for root, (mod, _) in S._groups(m, dg).items():
-        g = dg.get_pruning_group(mod, dg.get_pruner_of_module(mod).prune_out_channels,
-                                 list(range(mod.out_channels)))
-        out[root] = (scores[root][0], torch.argsort(scores[root][1], stable=True), {})
+    m = copy.deepcopy(model)
+    dg, names, out = S._graph(m), {v: k for k, v in m.named_modules()}, {}
+    groups = S._groups(m, dg)
+    for root, (n, score) in S._scores(groups).items():
+        mod, _, g = groups[root]
+        out[root] = (n, torch.argsort(score, stable=True), {})
         for item in g:
             t = item.dep.target.module
             if isinstance(t, (nn.Conv2d, nn.BatchNorm2d, nn.Linear)) and t in names and \
@@ -97,6 +92,7 @@ def curves(model: nn.Module, calib: torch.Tensor, grid: int | None = None,
     every k = 0..n-1 (amount k/n); an int gives that many evenly spaced amounts in [0, 1]."""
     _check_inputs(model, calib, 2 if grid is None else grid, distortion, method)
     struct, full, ds = _structure(model.eval()), S.count(model), None
+    key = state_hash(model)
     names = list(groups or struct)
     if bad := [g for g in names if g not in struct]:
         raise ValueError(f"unknown groups {bad}; groups (root convs): {', '.join(struct)}")
@@ -104,11 +100,12 @@ def curves(model: nn.Module, calib: torch.Tensor, grid: int | None = None,
     for g in names:
         c = S.count(S.remove_filters(model, {g: [int(struct[g][1][0])]}))
         save[g] = (full["params"] - c["params"], full["flops"] - c["flops"])
+    model, calib = _channels_last(model, calib.to(next(model.parameters()).device))
     try:
         ds = Downstream(model) if method == "fast" else None
     except ValueError:  # not traceable by torch.fx: whole forward passes
         pass
-    chunks = list(torch.split(calib.to(next(model.parameters()).device), batch))
+    chunks = list(torch.split(calib, batch))
     kept = ds.run(chunks[0]) if ds is not None and len(chunks) == 1 else None
     with torch.no_grad():
         refs, frames = (None if ds is not None else [model(x) for x in chunks]), []
@@ -124,7 +121,7 @@ def curves(model: nn.Module, calib: torch.Tensor, grid: int | None = None,
                                     "flops": n * save[g][1], "distortion": [dist[k] for k in ks],
                                     "filters": n, "removed": ks})[COLUMNS])
     out = pd.concat(frames, ignore_index=True)
-    out.attrs.update(model_hash=state_hash(model), distortion=distortion, granularity="filter")
+    out.attrs.update(model_hash=key, distortion=distortion, granularity="filter")
     return out
 
 
@@ -199,10 +196,14 @@ def allocate(model: nn.Module, target: float, curves: pd.DataFrame, budget: str 
     b = sum(sizes[g] * unit[g] for g in names) - float(target) * full  # linear kept budget
     table = Table(cost, dist, max(b, cost.min(1).sum()), max_states=max_states)
 
+    counted = {}  # pick -> (amounts, real count): nearby budgets often give the same pick
+
     def fit(b):  # (amounts, real count) of the DP's pick at linear budget b
-        picks = table.pick(b)
-        amounts = {g: float(ks[i, p] / sizes[g]) for i, (g, p) in enumerate(zip(names, picks))}
-        return amounts, S.count(apply(model, amounts, _struct=struct))[budget]
+        picks = tuple(int(p) for p in table.pick(b))
+        if picks not in counted:
+            amounts = {g: float(ks[i, p] / sizes[g]) for i, (g, p) in enumerate(zip(names, picks))}
+            counted[picks] = amounts, S.count(apply(model, amounts, _struct=struct))[budget]
+        return counted[picks]
 
     for _ in range(max_iter):  # tighten by the overshoot until the real count fits
         amounts, real = fit(b) if b >= table.base else (None, np.inf)

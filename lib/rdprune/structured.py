@@ -84,7 +84,8 @@ def _conv_items(dg, group):
 
 
 def _groups(model: nn.Module, dg) -> dict[str, tuple]:
-    """{root name: (root module, [(member name, module, idxs, root_idxs)])} in forward order."""
+    """{root name: (root module, [(member name, module, idxs, root_idxs)], Torch-Pruning group of
+    all its channels)} in forward order."""
     names = {m: n for n, m in model.named_modules()}
     order = {n: i for i, n in enumerate(names.values())}
     seen, out = set(), {}
@@ -96,7 +97,7 @@ def _groups(model: nn.Module, dg) -> dict[str, tuple]:
         members = sorted(((names[c], c, i, r) for c, i, r in _conv_items(dg, g)),
                          key=lambda t: order[t[0]])
         seen.update(c for _, c, _, _ in members)
-        out[name] = (m, members)
+        out[name] = (m, members, g)
     return out
 
 
@@ -104,7 +105,7 @@ def groups(model: nn.Module, example: torch.Tensor | None = None) -> dict[str, l
     """Coupled output-channel groups: {root conv: [member convs, root first]} in forward order."""
     m = copy.deepcopy(model)
     return {root: [n for n, *_ in members]
-            for root, (_, members) in _groups(m, _graph(m, example)).items()}
+            for root, (_, members, _) in _groups(m, _graph(m, example)).items()}
 
 
 def widths(model: nn.Module) -> dict[str, int]:
@@ -141,12 +142,15 @@ def remove_filters(model: nn.Module, removal: Mapping[str, Sequence[int]], *,
     for name, idxs in todo.items():  # regroup each time: index maps of concatenations shift
         m = convs[name]
         dg.get_pruning_group(m, dg.get_pruner_of_module(m).prune_out_channels, idxs).prune()
-    if hasattr(model, "_rdprune_flops"):  # masks.layer_flops cache: shapes changed
-        del model._rdprune_flops
     return model
 
 
 # ----------------------------------------------------------------------------- baselines
+def removed(fraction: float, n: int) -> int:
+    """Channels a group of ``n`` loses at ``fraction``: floor(fraction·n), keeping at least one."""
+    return min(n - 1, math.floor(float(fraction) * n + _EPS))
+
+
 def _check_target(target: float, budget: str) -> float:
     if budget not in BUDGETS:
         raise ValueError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
@@ -181,11 +185,11 @@ def _search(model, target, budget, n_plans, plan, example):
     return build(hi)[0]
 
 
-def _scores(model, example):
-    """{root: (n channels, per-root-channel normalised L1 score)} (module doc)."""
-    m = copy.deepcopy(model)
+def _scores(groups):
+    """{root: (n channels, per-root-channel normalised L1 score)} (module doc) of :func:`_groups`'
+    result."""
     out = {}
-    for root, (mod, members) in _groups(m, _graph(m, example)).items():
+    for root, (mod, members, _) in groups.items():
         s = torch.zeros(mod.out_channels, dtype=torch.float64)
         for _, conv, idxs, ridxs in members:
             l1 = conv.weight.detach().abs().flatten(1).sum(1).double()
@@ -198,8 +202,7 @@ def _fraction_plans(sizes: dict[str, int], pick):
     """(count, plan): plan(i) removes floor(f·n) (≤ n − 1) channels per group at the i-th
     breakpoint f = j/n; ``pick(root, k)`` says which k."""
     fracs = sorted({j / n for n in sizes.values() for j in range(n)})
-    return len(fracs), lambda i: {r: pick(r, min(n - 1, math.floor(fracs[i] * n + _EPS)))
-                                  for r, n in sizes.items()}
+    return len(fracs), lambda i: {r: pick(r, removed(fracs[i], n)) for r, n in sizes.items()}
 
 
 def uniform_width(model: nn.Module, target: float, budget: str = "flops", *,
@@ -208,7 +211,7 @@ def uniform_width(model: nn.Module, target: float, budget: str = "flops", *,
     fraction meeting the target (a pruned copy)."""
     target = _check_target(target, budget)
     m = copy.deepcopy(model)
-    sizes = {r: mod.out_channels for r, (mod, _) in _groups(m, _graph(m, example)).items()}
+    sizes = {r: mod.out_channels for r, (mod, *_) in _groups(m, _graph(m, example)).items()}
     n, plan = _fraction_plans(sizes, lambda r, k: list(range(sizes[r] - k, sizes[r])))
     return _search(model, target, budget, n, plan, example)
 
@@ -220,7 +223,8 @@ def l1_filters(model: nn.Module, target: float, budget: str = "flops", *, scope:
     target = _check_target(target, budget)
     if scope not in ("global", "layer"):
         raise ValueError(f"unknown scope {scope!r}; choose 'global' or 'layer'")
-    scores = _scores(model, example)
+    m = copy.deepcopy(model)
+    scores = _scores(_groups(m, _graph(m, example)))
     order = {r: torch.argsort(s, stable=True).tolist() for r, (_, s) in scores.items()}
     if scope == "layer":
         n, plan = _fraction_plans({r: k for r, (k, _) in scores.items()},
