@@ -34,10 +34,10 @@ class LeNet5(nn.Module):
 
 # ----------------------------------------------------------------------------- CIFAR ResNets
 class BasicBlock(nn.Module):
-    """conv-BN-ReLU-conv-BN + shortcut, ReLU. ``mid`` (inner width, default ``cout``) and
-    ``conv_shortcut`` (default: when the shape changes) let JointPruning's pruned blocks reuse it."""
+    """conv-BN-ReLU-conv-BN + shortcut, ReLU. ``mid`` (inner width, default ``cout``) lets
+    JointPruning's pruned blocks reuse it."""
 
-    def __init__(self, cin, cout, stride, mid=None, conv_shortcut=None):
+    def __init__(self, cin, cout, stride, mid=None):
         super().__init__()
         mid = mid or cout
         self.conv1 = nn.Conv2d(cin, mid, 3, stride, 1, bias=False)
@@ -45,9 +45,7 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(mid, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.shortcut = nn.Sequential()
-        if conv_shortcut is None:
-            conv_shortcut = stride != 1 or cin != cout
-        if conv_shortcut:  # 1×1 conv + BN downsample, as in the authors' code
+        if stride != 1 or cin != cout:  # 1×1 conv + BN downsample, as in the authors' code
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
                                           nn.BatchNorm2d(cout))
 

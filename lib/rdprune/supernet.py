@@ -89,10 +89,10 @@ class Space:
         return mask
 
 
-def _conv_shortcut(sp: Space, s: int, j: int) -> bool:
-    """Whether block j of stage s has a 1x1 conv shortcut in the dense model (kept when pruned)."""
-    cin = sp.widths[s - 1] if (s > 0 and j == 0) else sp.widths[s]
-    return j == 0 and (s > 0 or cin != sp.widths[s])
+def _conv_shortcut(s: int, j: int) -> bool:
+    """Whether block j of stage s has a 1x1 conv shortcut: the first block of every stage but the
+    first (stride 2; the stem is as wide as stage 1), in the dense and every pruned network."""
+    return s > 0 and j == 0
 
 
 def _config_macs(sp: Space, c: Config) -> int:
@@ -102,7 +102,7 @@ def _config_macs(sp: Space, c: Config) -> int:
         for j in range(c.depths[s]):
             h = (h - 1) // (2 if (s > 0 and j == 0) else 1) + 1
             m = c.inner_widths[s][j]
-            total += 9 * h * h * m * (cin + cout) + (cin * cout * h * h if _conv_shortcut(sp, s, j)
+            total += 9 * h * h * m * (cin + cout) + (cin * cout * h * h if _conv_shortcut(s, j)
                                                       else 0)
             cin = cout
     return total + cin * sp.num_classes
@@ -167,7 +167,7 @@ class Supernet(nn.Module):
                 out = F.relu(_bn(out, blk.bn1, m, k, p + "bn1", record))
                 out = _bn(F.conv2d(out, blk.conv2.weight[:w[s], :m], None, 1, 1), blk.bn2, w[s], k,
                           p + "bn2", record)
-                if _conv_shortcut(sp, s, j):
+                if _conv_shortcut(s, j):
                     x = _bn(F.conv2d(x, blk.shortcut[0].weight[:w[s], :cin], None, st),
                             blk.shortcut[1], w[s], k, p + "shortcut.1", record)
                 x, cin = F.relu(out + x), w[s]
@@ -190,8 +190,7 @@ class PrunedResNet(nn.Module):
             blocks = []
             for j in range(cfg.depths[s]):
                 blocks.append(models.BasicBlock(cin, cout, 2 if (s > 0 and j == 0) else 1,
-                                                mid=cfg.inner_widths[s][j],
-                                                conv_shortcut=_conv_shortcut(sp, s, j)))
+                                                mid=cfg.inner_widths[s][j]))
                 cin = cout
             setattr(self, f"layer{s + 1}", nn.Sequential(*blocks))
         self.fc = nn.Linear(cin, sp.num_classes)
