@@ -34,7 +34,8 @@ from torch import nn
 from . import masks as M
 from .knapsack import DEFAULT_MAX_STATES, Table, solve
 
-METHODS = ("global", "uniform", "uniform_plus", "erk", "lamp", "rd", "rd_filter")
+MASKED = ("global", "uniform", "uniform_plus", "erk", "lamp", "rd")  # applied by masks.apply
+METHODS = MASKED + ("rd_filter",)  # rd_filter: structured, applied by rd_filter.apply
 BUDGETS = ("params", "flops")
 
 

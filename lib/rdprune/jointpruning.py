@@ -383,12 +383,12 @@ def search(model_name: str = "resnet20", dataset: str = "fashion_mnist", flops_t
         bar.update()
     bar.close()
     net.eval()
-    scores = {}  # ---- every visited vector re-scored with the final supernet
+    scores, xv, yv = {}, xv.to(dev), yv.to(dev)  # ---- visited vectors re-scored, final supernet
     with torch.no_grad():
         for row, vec in zip(rows, visited):
             if (cfg := sp.config(vec)) not in scores:
-                scores[cfg] = sum(F.cross_entropy(net(torch.cat([calib, xb.to(dev)]), cfg,
-                                                      k=len(calib))[len(calib):], yb.to(dev),
+                scores[cfg] = sum(F.cross_entropy(net(torch.cat([calib, xb]), cfg,
+                                                      k=len(calib))[len(calib):], yb,
                                                   reduction="sum").item()
                                   for xb, yb in zip(xv.split(val_batch), yv.split(val_batch)))
             row["val_loss"] = scores[cfg] / len(xv)

@@ -26,7 +26,7 @@ import torch
 from . import data as D
 from . import masks as M
 from . import rd, train
-from .allocation import METHODS, allocate
+from .allocation import MASKED, allocate
 
 SCHEDULES = ("oneshot", "iterative")
 
@@ -110,9 +110,8 @@ def run(model_name: str = "resnet20", dataset: str = "fashion_mnist", method: st
     if method == "rd_filter":
         raise ValueError("the pipeline prunes weights with masks; rd_filter removes filters "
                          "physically: use rdprune.rd_filter (notebook 06_comparison)")
-    if method not in METHODS:
-        masked = [m for m in METHODS if m != "rd_filter"]
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(masked)}")
+    if method not in MASKED:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(MASKED)}")
     targets = schedule_targets(schedule, target, s.per_round)
     if calibration not in ("train", "synthetic"):
         raise ValueError("calibration must be 'train' (training images) or 'synthetic' (zero-data)")

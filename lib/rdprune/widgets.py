@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 
 from . import masks as M
-from .allocation import METHODS, RDSolver, allocate, check_curves
+from .allocation import MASKED, RDSolver, allocate, check_curves
 
 INTERACTIVE_MAX_STATES = 1 << 17
-COMPARE = ("none",) + tuple(m for m in METHODS if m not in ("rd", "rd_filter"))  # masks only
+COMPARE = ("none",) + tuple(m for m in MASKED if m != "rd")
 
 
 class Solution(NamedTuple):
