@@ -4,7 +4,6 @@ allocator on the trained default model, at 50/80/90/95 % sparsity. Writes benchm
     python benchmarks/bench_quality.py [--model resnet20] [--calib 256] [--grid 101]
 """
 import argparse
-import copy
 from pathlib import Path
 
 import pandas as pd
@@ -27,17 +26,9 @@ def main():
     held_out = rp.data.calibration("fashion_mnist", args.calib, 1)  # distortion off the calib set
     _, test = rp.data.loaders("fashion_mnist", 512)
     curves = rp.rd.curves(model, calib, grid=args.grid)
-    rows = []
-    for target in args.targets:
-        for method in METHODS:
-            pruned = rp.masks.apply(copy.deepcopy(model),
-                                    rp.allocate(method, model, target, args.budget, curves=curves))
-            rows.append(dict(method=method, target=target, sparsity=rp.masks.sparsity(pruned),
-                             distortion_calib=rp.rd.distortion(model, pruned, calib),
-                             distortion_heldout=rp.rd.distortion(model, pruned, held_out),
-                             top1=rp.train.evaluate(pruned, test)["top1"]))
-    df = pd.DataFrame(rows)
-    for col in ["distortion_calib", "top1"]:
+    df = rp.pipeline.zero_shot(model, METHODS, args.targets, calib, test, budget=args.budget,
+                               curves=curves, held_out=held_out)
+    for col in ["distortion", "distortion_heldout", "top1"]:
         print(f"\n{col}:")
         print(df.pivot(index="method", columns="target", values=col).loc[METHODS]
               .to_string(float_format=lambda v: f"{v:.4g}"))

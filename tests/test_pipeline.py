@@ -53,3 +53,17 @@ def test_oneshot_zero_shot_baseline(lenet, tmp_path):
                          progress=False, finetune_steps=0, calib_n=64, eval_subset=500)
     assert len(table) == 2 and table.sparsity.iloc[-1] == pytest.approx(0.8, abs=0.01)
     assert table.flops_left.iloc[-1] < 1
+
+
+def test_zero_shot_table(lenet, calib):
+    _, test = rp.data.loaders("fashion_mnist", 512, subset=300)
+    curves = rp.rd.curves(lenet, calib[:64], grid=11, cache=False, progress=False)
+    df = pipeline.zero_shot(lenet, ["rd", "lamp"], [0.5, 0.8], calib[:64], test, curves=curves,
+                            held_out=calib[64:128])
+    assert list(zip(df.method, df.target)) == [("rd", 0.5), ("rd", 0.8), ("lamp", 0.5),
+                                               ("lamp", 0.8)]
+    assert (df.sparsity >= df.target - 1e-3).all() and df.top1.between(0, 1).all()
+    assert (df.distortion > 0).all() and (df.distortion_heldout > 0).all()
+    assert df.flops_left.between(0, 1).all() and df.predicted.notna().all()
+    assert set(df.attrs["amounts"]) == {("rd", 0.5), ("rd", 0.8), ("lamp", 0.5), ("lamp", 0.8)}
+    assert M.sparsity(lenet) == 0  # the model itself is untouched

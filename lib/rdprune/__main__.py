@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import json
 import sys
-import time
 
 import pandas as pd
 
@@ -39,18 +37,8 @@ def baselines(args) -> int:
         curves = None
         if "rd" in args.methods:
             curves = rp.rd.curves(model, calib, grid=args.grid, progress=not args.quiet)
-        rows = []
-        for method in args.methods:
-            for target in args.targets:
-                tic = time.perf_counter()
-                amounts = rp.allocate(method, model, target, args.budget, curves=curves)
-                pruned = rp.masks.apply(copy.deepcopy(model), amounts)
-                rows.append(dict(method=method, target=target, sparsity=rp.masks.sparsity(pruned),
-                                 flops_left=rp.masks.flops(pruned) / rp.masks.flops(model),
-                                 top1=rp.train.evaluate(pruned, test_loader)["top1"],
-                                 distortion=rp.rd.distortion(model, pruned, calib),
-                                 seconds=time.perf_counter() - tic))
-        table = pd.DataFrame(rows)
+        table = rp.pipeline.zero_shot(model, args.methods, args.targets, calib, test_loader,
+                                      budget=args.budget, curves=curves)
         atomic_write_bytes(path, table.to_csv(index=False).encode())
     pd.set_option("display.width", 140)
     print(table.pivot(index="method", columns="target", values="top1").round(4)

@@ -98,6 +98,34 @@ def prune_round(model, method: str, target: float, calib: torch.Tensor, *, budge
     return out
 
 
+def zero_shot(model, methods, targets, calib: torch.Tensor, test_loader, *, budget="params",
+              curves: pd.DataFrame | None = None, distortion: str = "mse",
+              held_out: torch.Tensor | None = None) -> pd.DataFrame:
+    """One-shot pruning without fine-tuning, every method at every target, on copies of
+    ``model``: one row each with sparsity, flops_left, top1, loss, predicted (RD curves' sum, when
+    ``curves`` are given), distortion on ``calib`` (and ``distortion_heldout`` on ``held_out``)
+    and seconds. ``df.attrs["amounts"][method, target]`` holds each allocation. ``rd`` needs
+    ``curves``."""
+    rows, chosen, dense_flops = [], {}, M.flops(model)
+    for method in methods:
+        for t in targets:
+            tic = time.perf_counter()
+            amounts = chosen[method, t] = allocate(method, model, t, budget, curves=curves)
+            pruned = M.apply(copy.deepcopy(model), amounts)
+            row = dict(method=method, target=t, sparsity=M.sparsity(pruned),
+                       flops_left=M.flops(pruned) / dense_flops,
+                       **train.evaluate(pruned, test_loader),
+                       predicted=rd.predicted(curves, amounts) if curves is not None
+                       else float("nan"),
+                       distortion=rd.distortion(model, pruned, calib, distortion))
+            if held_out is not None:
+                row["distortion_heldout"] = rd.distortion(model, pruned, held_out, distortion)
+            rows.append(dict(row, seconds=time.perf_counter() - tic))
+    out = pd.DataFrame(rows)
+    out.attrs["amounts"] = chosen
+    return out
+
+
 def run(model_name: str = "resnet20", dataset: str = "fashion_mnist", method: str = "rd",
         schedule: str = "oneshot", target: float = 0.9, *, budget: str = "params",
         preset: str = "quick", recipe: str | None = None, calibration: str = "train",
