@@ -26,6 +26,8 @@ def test_unknown_settings_are_refused():
         pipeline.run("lenet5", method="magnitude")
     with pytest.raises(ValueError, match="rdprune.rd_filter"):
         pipeline.run("lenet5", method="rd_filter")
+    with pytest.raises(ValueError, match="refine applies to method 'rd' only"):
+        pipeline.run("lenet5", method="lamp", refine=2)
 
 
 @pytest.mark.parametrize("calibration", ["train", "synthetic"])
@@ -67,3 +69,9 @@ def test_zero_shot_table(lenet, calib):
     assert df.flops_left.between(0, 1).all() and df.predicted.notna().all()
     assert set(df.attrs["amounts"]) == {("rd", 0.5), ("rd", 0.8), ("lamp", 0.5), ("lamp", 0.8)}
     assert M.sparsity(lenet) == 0  # the model itself is untouched
+    both = pipeline.zero_shot(lenet, ["rd"], [0.5, 0.8], calib[:64], test, curves=curves,
+                              refine=3)
+    assert both.method.tolist() == ["rd", "rd", "rd+refine", "rd+refine"]
+    refined = both[both.method == "rd+refine"]
+    assert (refined.distortion.to_numpy() <= df.distortion[df.method == "rd"].to_numpy()).all()
+    assert (refined.sparsity >= refined.target - 1e-9).all()

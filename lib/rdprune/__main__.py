@@ -25,7 +25,8 @@ def baselines(args) -> int:
                                 progress=not args.quiet)
     calib = rp.data.calibration(args.dataset, args.calib, args.seed).to(next(model.parameters()).device)
     key = hashlib.sha256(json.dumps([state_hash(model), args.methods, args.targets, args.calib,
-                                     args.grid, args.budget, args.seed]).encode()).hexdigest()[:16]
+                                     args.grid, args.budget, args.seed, args.refine]
+                                    ).encode()).hexdigest()[:16]
     path = rp.data.data_dir() / "results" / f"baselines-{args.model}-{args.dataset}-{key}.csv"
     if path.exists() and not args.no_cache:
         print(f"using cached results {path} (--no-cache recomputes)")
@@ -38,7 +39,7 @@ def baselines(args) -> int:
         if "rd" in args.methods:
             curves = rp.rd.curves(model, calib, grid=args.grid, progress=not args.quiet)
         table = rp.pipeline.zero_shot(model, args.methods, args.targets, calib, test_loader,
-                                      budget=args.budget, curves=curves)
+                                      budget=args.budget, curves=curves, refine=args.refine)
         atomic_write_bytes(path, table.to_csv(index=False).encode())
     pd.set_option("display.width", 140)
     print(table.pivot(index="method", columns="target", values="top1").round(4)
@@ -54,7 +55,8 @@ def prune(args) -> int:
     table = pipeline.run(args.model, args.dataset, args.method, args.schedule, args.target,
                          budget=args.budget, preset=args.preset, calibration=args.calibration,
                          seed=args.seed, out=args.out, progress=not args.quiet, dev=args.device,
-                         finetune_steps=args.finetune_steps, calib_n=args.calib, grid=args.grid)
+                         finetune_steps=args.finetune_steps, calib_n=args.calib, grid=args.grid,
+                         refine=args.refine)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     return 0
 
@@ -72,6 +74,8 @@ def main(argv=None) -> int:
     b.add_argument("--budget", default="params", choices=["params", "flops"])
     b.add_argument("--calib", type=int, default=256, help="calibration images")
     b.add_argument("--grid", type=int, default=51, help="RD amounts per layer")
+    b.add_argument("--refine", type=int, default=0,
+                   help="also rows rd+refine: RD after this many measured-distortion steps")
     b.add_argument("--no-cache", action="store_true")
     b.set_defaults(func=baselines)
 
@@ -87,6 +91,8 @@ def main(argv=None) -> int:
     p.add_argument("--finetune-steps", type=int, default=None, help="0 = zero-shot")
     p.add_argument("--calib", type=int, default=None)
     p.add_argument("--grid", type=int, default=None)
+    p.add_argument("--refine", type=int, default=None,
+                   help="rd only: steps of measured-distortion refinement after the DP")
     p.add_argument("--out", default=None)
     p.set_defaults(func=prune)
 

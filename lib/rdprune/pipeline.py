@@ -7,6 +7,10 @@
   and a layer never becomes less sparse than before; fine-tune between rounds;
 - **zero-data**: ``calibration="synthetic"`` replaces the calibration images by N(0, 1) inputs.
 
+``refine`` (RD only, 0 by default: the paper's method) adds up to that many steps of
+:func:`rdprune.rd.refine` after the DP, which lowers the *measured* distortion where additivity
+is loose.
+
 Every round appends a row (method, schedule, round, target, sparsity, flops_left, top1, loss,
 predicted and actual distortion, seconds) to ``<out>/results.csv`` and saves the pruned weights,
 so an interrupted run resumes after the last finished round.
@@ -42,6 +46,7 @@ class Settings:
     finetune_lr: float = 3e-4
     batch_size: int = 128
     eval_subset: int | None = None  # test images used for top-1 (None: all)
+    refine: int = 0  # rd only: rd.refine steps after the DP (0: the paper's method)
 
 
 PRESETS = {
@@ -83,15 +88,25 @@ def schedule_targets(schedule: str, target: float, per_round: float = 0.2) -> li
     return out
 
 
+def _check_refine(method, refine):
+    if refine and method != "rd":
+        raise ValueError(f"refine applies to method 'rd' only (got {method!r}); set refine=0")
+
+
 def prune_round(model, method: str, target: float, calib: torch.Tensor, *, budget="params",
-                grid=51, distortion="mse", progress=True) -> dict:
-    """Allocate and apply one round in place. Returns predicted (RD curves' sum) and actual
-    output distortion against the model as it was before the round."""
+                grid=51, distortion="mse", refine=0, progress=True) -> dict:
+    """Allocate and apply one round in place (``refine``: :func:`rdprune.rd.refine` steps, RD
+    only). Returns predicted (RD curves' sum) and actual output distortion against the model as
+    it was before the round."""
+    _check_refine(method, refine)
     before = copy.deepcopy(model).eval()
     curves = None
     if method == "rd":
         curves = rd.curves(model, calib, grid=grid, distortion=distortion, progress=progress)
     amounts = allocate(method, model, target, budget, curves=curves)
+    if refine:
+        amounts = rd.refine(model, calib, amounts, target, budget, grid=grid,
+                            distortion=distortion, max_iter=refine, progress=progress)
     M.apply(model, amounts)
     out = {"actual": rd.distortion(before, model, calib, distortion)}
     out["predicted"] = rd.predicted(curves, amounts) if curves is not None else float("nan")
@@ -100,19 +115,28 @@ def prune_round(model, method: str, target: float, calib: torch.Tensor, *, budge
 
 def zero_shot(model, methods, targets, calib: torch.Tensor, test_loader, *, budget="params",
               curves: pd.DataFrame | None = None, distortion: str = "mse",
-              held_out: torch.Tensor | None = None) -> pd.DataFrame:
+              held_out: torch.Tensor | None = None, refine: int = 0) -> pd.DataFrame:
     """One-shot pruning without fine-tuning, every method at every target, on copies of
     ``model``: one row each with sparsity, flops_left, top1, loss, predicted (RD curves' sum, when
     ``curves`` are given), distortion on ``calib`` (and ``distortion_heldout`` on ``held_out``)
     and seconds. ``df.attrs["amounts"][method, target]`` holds each allocation. ``rd`` needs
-    ``curves``."""
+    ``curves``; ``refine`` > 0 adds rows ``rd+refine``: RD's allocation after that many
+    :func:`rdprune.rd.refine` steps."""
     rows, chosen, dense_flops = [], {}, M.flops(model)
-    for method in methods:
+    grid = curves["amount"].nunique() if curves is not None else 101
+    labels = [m for method in methods
+              for m in ([method, "rd+refine"] if method == "rd" and refine else [method])]
+    for label in labels:
         for t in targets:
             tic = time.perf_counter()
-            amounts = chosen[method, t] = allocate(method, model, t, budget, curves=curves)
+            if label == "rd+refine":
+                amounts = rd.refine(model, calib, chosen["rd", t], t, budget, grid=grid,
+                                    distortion=distortion, max_iter=refine)
+            else:
+                amounts = allocate(label, model, t, budget, curves=curves)
+            chosen[label, t] = amounts
             pruned = M.apply(copy.deepcopy(model), amounts)
-            row = dict(method=method, target=t, sparsity=M.sparsity(pruned),
+            row = dict(method=label, target=t, sparsity=M.sparsity(pruned),
                        flops_left=M.flops(pruned) / dense_flops,
                        **train.evaluate(pruned, test_loader),
                        predicted=rd.predicted(curves, amounts) if curves is not None
@@ -140,6 +164,7 @@ def run(model_name: str = "resnet20", dataset: str = "fashion_mnist", method: st
                          "physically: use rdprune.rd_filter (notebook 06_comparison)")
     if method not in MASKED:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(MASKED)}")
+    _check_refine(method, s.refine)
     targets = schedule_targets(schedule, target, s.per_round)
     if calibration not in ("train", "synthetic"):
         raise ValueError("calibration must be 'train' (training images) or 'synthetic' (zero-data)")
@@ -170,7 +195,7 @@ def run(model_name: str = "resnet20", dataset: str = "fashion_mnist", method: st
             continue
         tic = time.perf_counter()
         dist = prune_round(model, method, t, calib, budget=budget, grid=s.grid,
-                           distortion=s.distortion, progress=progress)
+                           distortion=s.distortion, refine=s.refine, progress=progress)
         if s.finetune_steps:
             train.fine_tune(model, train_loader, s.finetune_steps, lr=s.finetune_lr, dev=dev,
                             progress=progress)
