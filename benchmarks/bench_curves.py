@@ -10,7 +10,9 @@ Iterative: five rounds of 20 % (the authors' schedule, masks by RD itself); the 
 recomputed each round on the masked model, the reference's cost is the authors' (every amount,
 every layer, every round) at the measured per-pass time.
 
-Also prints the bound the downstream idea allows: Σ_l full FLOPs / Σ_l downstream FLOPs.
+Also prints the bound the downstream idea allows: the reference's conv/linear FLOPs over those
+of the cones the fast path runs (one-shot: Σ_l full FLOPs / Σ_l downstream FLOPs; iterative: the
+same summed over the rounds, counting only the amounts each round computes).
 Writes benchmarks/curves.csv.
 """
 import argparse
@@ -27,23 +29,77 @@ from rdprune import masks as M
 from rdprune.downstream import Downstream
 
 
-def downstream_bound(model):
-    """Σ_l full FLOPs / Σ_l FLOPs of layer l and everything downstream of it."""
+def cone_flops(model):
+    """(full FLOPs, {layer: FLOPs of the layer and every prunable layer downstream of it})."""
     per_module = M.module_flops(model, torch.zeros(1, *model.input_size))
-    full = per_module[""]
     ds = Downstream(model)
-    total = 0
+    cones = {}
     for name in M.prunable(model):
         cone = [n.target for n in ds.cone(name) if n.op == "call_module"]
-        total += per_module.get(name, 0) + sum(per_module.get(t, 0) for t in cone
-                                               if isinstance(ds.modules[t], M.PRUNABLE_TYPES))
-    return len(M.prunable(model)) * full / total
+        cones[name] = per_module.get(name, 0) + sum(per_module.get(t, 0) for t in cone
+                                                    if isinstance(ds.modules[t], M.PRUNABLE_TYPES))
+    return per_module[""], cones
+
+
+def bound(model, amounts):
+    """(FLOPs of the reference's passes, FLOPs the downstream idea needs) for one set of curves:
+    the reference runs the full network for every layer and non-zero amount; the fast path runs
+    each layer's cone for the amounts above its current sparsity."""
+    full, cones = cone_flops(model)
+    ref = fast = 0
+    for name, module in M.prunable(model).items():
+        already, counts = rp.rd._pruned_counts(module, amounts)
+        ref += full * (len(amounts) - 1)
+        fast += cones[name] * sum(k > already for k in counts)
+    return ref, fast
 
 
 def timed(fn):
     t = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t
+
+
+def per_pass_seconds(model, calib, sub):
+    """Seconds of one reference pass (a full forward), timed on the amounts ``sub`` of every layer
+    (the reference's cost does not depend on the amount); also returns those curves."""
+    names = list(M.prunable(model))
+    ref, t = timed(lambda: dict(rp.rd._reference(model, calib, names, sub, "mse", 256, 0, False)))
+    return t / (len(names) * (len(sub) - 1)), ref  # amount 0 changes nothing and is skipped
+
+
+def one_shot(model, calib, amounts, stride, kw):
+    names = list(M.prunable(model))
+    fast, t_fast = timed(lambda: rp.rd.curves(model, calib, **kw))
+    per_pass, ref_sub = per_pass_seconds(model, calib, amounts[::stride])
+    t_ref = per_pass * len(names) * (len(amounts) - 1)
+    a = np.concatenate([fast[fast.layer == k].distortion.to_numpy()[::stride] for k in names])
+    b = np.concatenate([ref_sub[k] for k in names])
+    nz = b > 0
+    max_rel = float(np.max(np.abs(a[nz] - b[nz]) / b[nz])) if nz.any() else 0.0
+    ref_flops, fast_flops = bound(model, amounts)
+    print(f"reference: {per_pass * 1e3:.1f} ms per full pass, scaled to {len(names) * (len(amounts) - 1)}")
+    return dict(case="one-shot", fast_s=t_fast, reference_s=t_ref, speedup=t_ref / t_fast,
+                bound=ref_flops / fast_flops, max_rel_diff=max_rel)
+
+
+def iterative(model, calib, amounts, stride, rounds, kw):
+    """RD masks each round, curves recomputed on the masked model; the reference's cost is the
+    authors' (every amount, every layer, every round) at the measured per-pass time."""
+    per_pass, _ = per_pass_seconds(model, calib, amounts[::stride])
+    t_fast = t_ref = ref_flops = fast_flops = 0
+    for r in range(1, rounds + 1):
+        ref_r, fast_r = bound(model, amounts)
+        ref_flops, fast_flops = ref_flops + ref_r, fast_flops + fast_r
+        curves, t = timed(lambda: rp.rd.curves(model, calib, **kw))
+        t_fast += t
+        t_ref += per_pass * len(M.prunable(model)) * (len(amounts) - 1)
+        M.apply(model, rp.allocate("rd", model, 1 - 0.8 ** r, curves=curves))
+        print(f"round {r}: sparsity {M.sparsity(model):.3f}, fast curves {t:.1f} s, "
+              f"bound this round {ref_r / fast_r:.2f}")
+    return dict(case=f"iterative ({rounds} rounds, {len(calib)} images)", fast_s=t_fast,
+                reference_s=t_ref, speedup=t_ref / t_fast, bound=ref_flops / fast_flops,
+                max_rel_diff=np.nan)
 
 
 def main():
@@ -55,6 +111,9 @@ def main():
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--iter-calib", type=int, default=None,
                    help="calibration images for the iterative part (default: --calib)")
+    p.add_argument("--cases", nargs="+", default=["one-shot", "iterative"],
+                   choices=["one-shot", "iterative"],
+                   help="what to run; rows of the other case already in the CSV are kept")
     args = p.parse_args()
     torch.manual_seed(0)
     ckpt = rp.train.checkpoint_path(args.model, "fashion_mnist", "quick", 0)
@@ -64,55 +123,25 @@ def main():
     else:
         model = rp.models.build(args.model).eval()
         weights = "random init (no cached checkpoint)"
-    calib = rp.data.calibration("fashion_mnist", args.calib, 0)
     kw = dict(grid=args.grid, cache=False, progress=True)
-    bound = downstream_bound(model)
-    print(f"{args.model} ({weights}), {args.calib} images, {args.grid}-point grid, "
-          f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
-
-    fast, t_fast = timed(lambda: rp.rd.curves(model, calib, **kw))
     amounts = rp.rd.grid_amounts(args.grid)
-    sub = amounts[:: args.ref_stride]
-    # time the reference on a subset of amounts: same per-pass cost for every amount
-    n_sub = len(sub)
-    names = list(M.prunable(model))
-
-    def reference():
-        return dict(rp.rd._reference(model, calib, names, sub, "mse", 256, 0, False))
-    ref_sub, t_ref_sub = timed(reference)
-    passes_sub = len(names) * (n_sub - 1)  # amount 0 changes nothing and is skipped
-    per_pass = t_ref_sub / passes_sub
-    t_ref = per_pass * len(names) * (args.grid - 1)
-    a = np.concatenate([fast[fast.layer == k].distortion.to_numpy()[:: args.ref_stride]
-                        for k in names])
-    b = np.concatenate([ref_sub[k] for k in names])
-    nz = b > 0
-    max_rel = float(np.max(np.abs(a[nz] - b[nz]) / b[nz])) if nz.any() else 0.0
-    rows = [dict(case="one-shot", fast_s=t_fast, reference_s=t_ref, speedup=t_ref / t_fast,
-                 bound=bound, max_rel_diff=max_rel)]
-
-    # iterative: RD masks each round, curves recomputed on the masked model
-    m = model
-    if args.iter_calib and args.iter_calib != args.calib:
-        calib = rp.data.calibration("fashion_mnist", args.iter_calib, 0)
-        names = list(M.prunable(m))
-        _, t = timed(lambda: dict(rp.rd._reference(m, calib, names, sub, "mse", 256, 0, False)))
-        per_pass = t / passes_sub
-    t_fast_iter, t_ref_iter = 0.0, 0.0
-    for r in range(1, args.rounds + 1):
-        curves, t = timed(lambda: rp.rd.curves(m, calib, **kw))
-        t_fast_iter += t
-        t_ref_iter += per_pass * len(M.prunable(m)) * (args.grid - 1)
-        M.apply(m, rp.allocate("rd", m, 1 - 0.8 ** r, curves=curves))
-        print(f"round {r}: sparsity {M.sparsity(m):.3f}, fast curves {t:.1f} s")
-    rows.append(dict(case=f"iterative ({args.rounds} rounds, {len(calib)} images)", fast_s=t_fast_iter,
-                     reference_s=t_ref_iter, speedup=t_ref_iter / t_fast_iter, bound=np.nan,
-                     max_rel_diff=np.nan))
+    print(f"{args.model} ({weights}), {args.grid}-point grid, "
+          f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    rows = []
+    if "one-shot" in args.cases:
+        calib = rp.data.calibration("fashion_mnist", args.calib, 0)
+        rows.append(one_shot(model, calib, amounts, args.ref_stride, kw))
+    if "iterative" in args.cases:
+        calib = rp.data.calibration("fashion_mnist", args.iter_calib or args.calib, 0)
+        rows.append(iterative(model, calib, amounts, args.ref_stride, args.rounds, kw))
     df = pd.DataFrame(rows)
     print(df.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    print(f"reference timed on {passes_sub} full passes ({per_pass * 1e3:.1f} ms each), "
-          f"scaled to {len(M.prunable(model)) * (args.grid - 1)}")
-    df.to_csv(Path(__file__).with_name("curves.csv"), index=False)
+    path = Path(__file__).with_name("curves.csv")
+    if path.exists():
+        old = pd.read_csv(path)
+        old = old[~old.case.str.split(" ").str[0].isin(args.cases)]
+        df = pd.concat([old, df], ignore_index=True)
+    df.to_csv(path, index=False)
 
 
 if __name__ == "__main__":
