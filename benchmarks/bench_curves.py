@@ -114,6 +114,7 @@ def main():
     p.add_argument("--cases", nargs="+", default=["one-shot", "iterative"],
                    choices=["one-shot", "iterative"],
                    help="what to run; rows of the other case already in the CSV are kept")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (both paths run there)")
     args = p.parse_args()
     torch.manual_seed(0)
     ckpt = rp.train.checkpoint_path(args.model, "fashion_mnist", "quick", 0)
@@ -123,16 +124,18 @@ def main():
     else:
         model = rp.models.build(args.model).eval()
         weights = "random init (no cached checkpoint)"
+    model = model.to(args.device)
     kw = dict(grid=args.grid, cache=False, progress=True)
     amounts = rp.rd.grid_amounts(args.grid)
-    print(f"{args.model} ({weights}), {args.grid}-point grid, "
-          f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    where = (torch.cuda.get_device_name() if args.device.startswith("cuda") else
+             f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    print(f"{args.model} ({weights}), {args.grid}-point grid, {where}")
     rows = []
     if "one-shot" in args.cases:
-        calib = rp.data.calibration("fashion_mnist", args.calib, 0)
+        calib = rp.data.calibration("fashion_mnist", args.calib, 0).to(args.device)
         rows.append(one_shot(model, calib, amounts, args.ref_stride, kw))
     if "iterative" in args.cases:
-        calib = rp.data.calibration("fashion_mnist", args.iter_calib or args.calib, 0)
+        calib = rp.data.calibration("fashion_mnist", args.iter_calib or args.calib, 0).to(args.device)
         rows.append(iterative(model, calib, amounts, args.ref_stride, args.rounds, kw))
     df = pd.DataFrame(rows)
     print(df.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
