@@ -132,9 +132,9 @@ def additivity_scatter(df: pd.DataFrame, title: str | None = None):
 def accuracy_vs_sparsity(table: pd.DataFrame, reference: pd.DataFrame | None = None,
                          title: str | None = None, label: str | None = None):
     """Top-1 against achieved sparsity, one line per method (line style per ``schedule`` when
-    the table has one). ``reference``: the papers' numbers in long form
-    (``rdprune.reproduce.paper_numbers()``); its sparsity/top-1 pairs are drawn in a separate
-    panel, labelled by dataset and model, because they are not comparable with ours."""
+    the table has one). ``reference``: the papers' numbers in wide form
+    (``rdprune.reproduce.paper_numbers("RD", wide=True)``); its sparsity/top-1 pairs are drawn in
+    a separate panel, labelled by dataset and model, because they are not comparable with ours."""
     plt, sns = _plt()
     ref = _reference_points(reference) if reference is not None else None
     ncols = 2 if ref is not None and len(ref) else 1
@@ -163,16 +163,11 @@ def accuracy_vs_sparsity(table: pd.DataFrame, reference: pd.DataFrame | None = N
     return fig
 
 
-def _reference_points(ref: pd.DataFrame) -> pd.DataFrame:
-    """Sparsity/top-1 pairs (fractions) from the long-form paper numbers, one per setting."""
-    keys = ["paper", "dataset", "model", "method", "schedule"]
-    sub = ref[ref["metric"].isin(["sparsity_pct", "top1_pct"])]
-    if sub.empty:
-        return sub
-    wide = sub.pivot_table(index=keys, columns="metric", values="value", aggfunc="first")
-    wide = wide.dropna(subset=[c for c in ("sparsity_pct", "top1_pct") if c in wide]).reset_index()
+def _reference_points(wide: pd.DataFrame) -> pd.DataFrame:
+    """Sparsity/top-1 pairs (fractions) of the settings that report both."""
     if not {"sparsity_pct", "top1_pct"} <= set(wide.columns):
-        return wide.iloc[0:0]
+        return pd.DataFrame(columns=["sparsity", "top1", "setting", "schedule"])
+    wide = wide.dropna(subset=["sparsity_pct", "top1_pct"])
     return pd.DataFrame({"sparsity": wide["sparsity_pct"] / 100, "top1": wide["top1_pct"] / 100,
                          "setting": wide["model"] + ", " + wide["dataset"],
                          "schedule": wide["schedule"].replace("", "unstated")})

@@ -78,14 +78,29 @@ def repo_file(*parts) -> Path:
     return REPO.joinpath(*parts)
 
 
-def paper_numbers() -> pd.DataFrame:
-    """The papers' reported numbers in long form (``data/paper_numbers.csv``): columns paper,
-    dataset, model, method, schedule, metric, value, source. Never our measurements."""
+SETTING = ["paper", "dataset", "model", "method", "schedule", "source"]  # one reported setting
+
+
+def paper_numbers(paper: str | tuple[str, ...] | None = None, *, wide: bool = False) -> pd.DataFrame:
+    """The papers' reported numbers (``data/paper_numbers.csv``), never our measurements.
+    ``paper``: keep the papers whose name starts with it (a prefix or a tuple of prefixes).
+    Long form (columns paper, dataset, model, method, schedule, metric, value, source), or with
+    ``wide`` one row per setting (:data:`SETTING`) and one column per metric (NaN where the
+    paper does not report it)."""
     from .data import data_dir
     for path in (repo_file("data", "paper_numbers.csv"), data_dir() / "paper_numbers.csv"):
         if path.is_file():
-            return pd.read_csv(path, keep_default_na=False, dtype={"value": float})
-    raise FileNotFoundError("data/paper_numbers.csv is missing from the repository checkout")
+            df = pd.read_csv(path, keep_default_na=False, dtype={"value": float})
+            break
+    else:
+        raise FileNotFoundError("data/paper_numbers.csv is missing from the repository checkout")
+    if paper is not None:
+        df = df[df["paper"].str.startswith(paper)]
+    if wide:
+        df = df.pivot_table(index=SETTING, columns="metric", values="value",
+                            aggfunc="first").reset_index()
+        df.columns.name = None
+    return df
 
 
 def notebooks(folder: str | Path | None = None) -> list[Path]:
@@ -160,9 +175,12 @@ def _select(paths: list[Path], only) -> list[Path]:
 
 def run(preset: str = "quick", only: list[str] | None = None, overrides: dict | None = None,
         results: str | Path | None = None, folder: str | Path | None = None,
-        progress: bool = True, cell_progress: bool = False) -> pd.DataFrame:
+        progress: bool = True, cell_progress: bool = False,
+        cell_timeout: float | None = None) -> pd.DataFrame:
     """Execute the selected notebooks; returns the summary (notebook, status, seconds, output,
-    reason) and writes it to ``results/<preset>/summary.csv``."""
+    reason) and writes it to ``results/<preset>/summary.csv``. ``cell_timeout`` (seconds, default
+    none): a cell that runs longer (or whose reply never comes back from the kernel) fails its
+    notebook instead of waiting for ever."""
     import papermill as pm
     from tqdm.auto import tqdm
     if preset not in PRESETS:
@@ -195,7 +213,8 @@ def run(preset: str = "quick", only: list[str] | None = None, overrides: dict | 
             try:
                 pm.execute_notebook(str(path), str(out / path.name), parameters=params,
                                     kernel_name="python3", progress_bar=cell_progress,
-                                    cwd=str(REPO), log_output=False)
+                                    cwd=str(REPO), log_output=False,
+                                    execution_timeout=cell_timeout)
             except Exception as e:  # noqa: BLE001 - any failure is reported, the rest go on
                 msg = f"{getattr(e, 'ename', type(e).__name__)}: {getattr(e, 'evalue', e)}"
                 row.update(status="failed", reason=msg.strip().splitlines()[0][:300])
@@ -237,7 +256,8 @@ def _cli(args) -> int:
         return 0
     tic = time.perf_counter()
     summary = run(args.preset, args.only, parse_overrides(args.param), args.results,
-                  args.notebooks, progress=not args.quiet, cell_progress=args.verbose)
+                  args.notebooks, progress=not args.quiet, cell_progress=args.verbose,
+                  cell_timeout=args.cell_timeout)
     with pd.option_context("display.width", 200, "display.max_colwidth", 90):
         print(summary.to_string(index=False))
     print(f"total {time.perf_counter() - tic:.0f} s; summary in "
@@ -262,5 +282,7 @@ def add_parser(sub) -> None:
     p.add_argument("--list", action="store_true", help="print each notebook's parameters and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--verbose", action="store_true", help="papermill's per-cell progress bars")
+    p.add_argument("--cell-timeout", type=float, default=None, metavar="SECONDS",
+                   help="fail a notebook whose cell runs longer than this (default: no limit)")
     p.set_defaults(func=_cli)
 
