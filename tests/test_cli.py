@@ -18,6 +18,9 @@ def test_baselines_table_then_cached(lenet):
     second = run(*args)
     assert second.returncode == 0 and "using cached checkpoint" in second.stdout
     assert "using cached results" in second.stdout
+    refined = run(*args, "--refine", "2")  # a different table: not the cached one
+    assert refined.returncode == 0 and "using cached results" not in refined.stdout
+    assert "rd+refine" in refined.stdout
 
 
 def test_bad_input_gives_a_clear_error():
