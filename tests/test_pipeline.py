@@ -1,3 +1,5 @@
+import copy
+
 import pandas as pd
 import pytest
 
@@ -48,6 +50,18 @@ def test_iterative_rd_run_is_monotone_and_resumable(lenet, tmp_path, calibration
     monkeypatch.setattr(pipeline, "prune_round", lambda *a, **k: pytest.fail("recomputed"))
     again = pipeline.run("lenet5", "fashion_mnist", "rd", "iterative", 0.5, **kw)
     pd.testing.assert_frame_equal(again, table)
+
+
+def test_rounds_with_refine_are_never_worse_and_never_unprune(lenet, calib):
+    plain, refined = copy.deepcopy(lenet), copy.deepcopy(lenet)
+    x = calib[:64]
+    a = pipeline.prune_round(plain, "rd", 0.4, x, grid=11, progress=False)
+    b = pipeline.prune_round(refined, "rd", 0.4, x, grid=11, refine=3, progress=False)
+    assert b["actual"] <= a["actual"] and M.sparsity(refined) >= 0.4 - 1e-9
+    masks = {k: M.mask_of(m).clone() for k, m in M.prunable(refined).items()}
+    pipeline.prune_round(refined, "rd", 0.64, x, grid=11, refine=3, progress=False)
+    assert M.sparsity(refined) >= 0.64 - 1e-9
+    assert all((M.mask_of(m) <= masks[k]).all() for k, m in M.prunable(refined).items())
 
 
 def test_oneshot_zero_shot_baseline(lenet, tmp_path):
