@@ -25,7 +25,7 @@ TINY = {
     "02_additivity": dict(model=["lenet5", "resnet20"], recipe="smoke", n_configs=8, calib_n=64,
                           grid=6),
     "03_rd_vs_baselines": dict(iterative_methods=["rd"], iterative_target=0.75, per_round=0.5,
-                               finetune_steps=10, eval_subset=500),
+                               finetune_steps=10, eval_subset=500, refine=2),
     # 04-06 need a ResNet (JointPruning's space, HBGS's wrapped 3x3 convs): the smoke ResNet-20
     "04_jointpruning": dict(model="resnet20", recipe="smoke", targets=[0.5], eval_subset=300,
                             dims=[["channel"], ["channel", "depth", "resolution"]],
@@ -143,7 +143,7 @@ def test_baselines_outputs(executed):
     res = pd.read_csv(out / "results.csv")
     assert res.top1.between(0, 1).all() and res.sparsity.between(0, 1).all()
     zs = res[res.schedule == "zero-shot"]
-    assert set(zs.method) == {"rd", "lamp", "global", "uniform", "uniform_plus", "erk"}
+    assert set(zs.method) == {"rd", "rd+refine", "lamp", "global", "uniform", "uniform_plus", "erk"}
     assert (zs.sparsity - zs.target).abs().max() < 0.02
     it = res[res.schedule == "iterative"]
     assert list(it.method.unique()) == ["rd"] and it.sparsity.is_monotonic_increasing

@@ -40,7 +40,7 @@ PRESETS: dict[str, dict[str, dict]] = {
                               max_amount=0.5),
         "03_rd_vs_baselines": dict(targets=[0.5, 0.6, 0.7, 0.8, 0.9],
                                    iterative_methods=["rd", "lamp"], iterative_target=0.9,
-                                   per_round=0.5, finetune_steps=30),
+                                   per_round=0.5, finetune_steps=30, refine=0),
         # 04-06: FLOPs / parameter *reductions*; ResNet-20 quick checkpoint, short CPU budgets
         "04_jointpruning": dict(targets=[0.5, 0.7], dims=_DIMS, supernet_steps=120,
                                 search_steps=12, samples=4, retrain_steps=150),
@@ -59,7 +59,8 @@ PRESETS: dict[str, dict[str, dict]] = {
                               n_configs=200, max_amount=0.8),
         "03_rd_vs_baselines": dict(targets=[0.5, 0.8, 0.9, 0.955, 0.98847],
                                    iterative_methods=["rd", "lamp", "global", "erk"],
-                                   iterative_target=0.98847, per_round=0.2, finetune_steps=None),
+                                   iterative_target=0.98847, per_round=0.2, finetune_steps=None,
+                                   refine=0),
         # JointPruning note's CPU-scale suggestion (supernet ~40 epochs, 300 v-updates, N = 8,
         # retrain ~100 epochs); HBGS slides: k = 5, 1 epoch between rounds, 63 / 95 % params
         "04_jointpruning": dict(targets=[0.5, 0.7], dims=_DIMS, supernet_steps=30_000,
