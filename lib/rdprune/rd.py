@@ -277,9 +277,6 @@ def distortion(model: nn.Module, pruned: nn.Module, calib: torch.Tensor, kind: s
     return float(r.value()[0])
 
 
-_measured = distortion  # for refine(), whose ``distortion`` argument is the kind
-
-
 def predicted(curves: pd.DataFrame, amounts: dict[str, float]) -> float:
     """Sum of the single-layer curve values at ``amounts`` (linear interpolation on the grid)."""
     total = 0.0
@@ -328,81 +325,4 @@ def additivity_stats(df: pd.DataFrame) -> dict[str, float]:
             "median_rel_error": float(df["rel_error"].median())}
 
 
-# ----------------------------------------------------------------------------- refinement
-def refine(model: nn.Module, calib: torch.Tensor, amounts: dict[str, float], target: float,
-           budget: str = "params", *, exclude=(), grid: int = 101, distortion: str = "mse",
-           radius: float = 0.2, max_iter: int = 10, batch: int = 256, max_batch: int | None = None,
-           progress: bool = False) -> dict[str, float]:
-    """Refine an allocation (usually RD's) on *measured* distortion; our extension, the paper
-    stops at the DP.
-
-    RD's additivity is a model of the distortion around the unpruned network; far from it,
-    cross-layer terms add up (on LeNet-5 at 50 % RD's curves predict 0.33 and the network
-    measures 0.42). Each step re-linearises around the current allocation ``A``: for every layer
-    ``l`` and every grid amount within ``radius`` of ``A_l``, the distortion of the network pruned
-    at ``A`` with only ``l`` moved (the fast path, against ``model``'s logits); the same knapsack
-    picks the best combination under the budget; the candidate is measured and kept only if its
-    distortion is lower, else the radius halves. So the result is never worse than ``amounts``,
-    stays within the budget, and never un-prunes what ``model`` already has pruned.
-    Costs about ``2·radius`` of a curve computation per step."""
-    from .allocation import _Layers, _validate
-
-    _validate("rd", target, budget)
-    _check_inputs(model, calib, grid, distortion, "fast")
-    model.eval()
-    layers = _Layers(model, budget, exclude)
-    unknown = set(amounts) - set(layers.names)
-    if unknown:
-        raise ValueError(f"amounts name layers that are not free prunable layers: {sorted(unknown)}")
-    free = layers.free
-    counts = np.array([max(M.n_pruned(amounts.get(k, 0.0), int(n)), int(p))
-                       for k, n, p in zip(layers.names, layers.n, layers.pruned)])
-    keep = layers.keep_budget(float(target))
-    if np.sum((layers.n - counts) * layers.unit) > keep * (1 + 1e-9):
-        raise ValueError("amounts do not meet the target; pass an allocation for this target "
-                         "(e.g. rdprune.allocate('rd', ...))")
-    grid_a = grid_amounts(grid)
-    dev = next(model.parameters()).device
-    x_all = calib.to(dev)
-    with torch.no_grad():
-        y_refs = [model(x) for x in torch.split(x_all, batch)]
-    order = {k: M.prune_order(m) for k, m in free.items()}
-
-    def pruned_at(c):
-        return M.apply(copy.deepcopy(model), layers.amounts(c))
-
-    base = pruned_at(counts)
-    best = _measured(model, base, calib, distortion, batch)
-    step = 1.0 / (grid - 1)
-    r = float(radius)
-    for _ in tqdm(range(max_iter), desc="RD refine", disable=not progress):
-        if r < step - 1e-12:
-            break
-        options = []
-        for i, k in enumerate(layers.names):
-            n, a = int(layers.n[i]), counts[i] / layers.n[i]
-            near = {M.n_pruned(g, n) for g in grid_a if abs(g - a) <= r + 1e-12}
-            options.append(sorted({int(counts[i])} | {c for c in near if c >= layers.pruned[i]}))
-        jobs = ((k, free[k].weight, order[k], [c for c in opts if c != counts[i]])
-                for i, (k, opts) in enumerate(zip(layers.names, options)))
-        moved = dict(_sweep(base, x_all, jobs, len(options), distortion, batch, max_batch, False,
-                            "", y_refs))
-        width = max(len(o) for o in options)
-        cost, dist = np.full((len(options), width), np.inf), np.full((len(options), width), np.inf)
-        for i, (k, opts) in enumerate(zip(layers.names, options)):
-            values = iter(moved[k])
-            for j, c in enumerate(opts):
-                cost[i, j] = (layers.n[i] - c) * layers.unit[i]
-                dist[i, j] = best if c == counts[i] else next(values)
-        picks = solve(cost, dist, keep)
-        candidate = np.array([options[i][j] for i, j in enumerate(picks)])
-        if np.array_equal(candidate, counts):
-            r /= 2
-            continue
-        trial = pruned_at(candidate)
-        d = _measured(model, trial, calib, distortion, batch)
-        if d < best:
-            counts, base, best = candidate, trial, d
-        else:
-            r /= 2
-    return layers.amounts(counts)
+from .refine import refine  # noqa: E402,F401 - public as rp.rd.refine (refine.py uses this module)
