@@ -29,6 +29,25 @@ def test_count_is_real_network(resnet):
     assert S.count(lenet)["flops"] == 6 * 25 * 784 + 16 * 150 * 100 + 400 * 120 + 120 * 84 + 840
 
 
+def test_count_masked_kept_weights_and_latency(resnet):
+    """A mask-pruned network counts its masked weights as gone and FLOPs × density (the RD
+    authors' count); kept_weights maps what is left back to the original layers."""
+    lenet = build("lenet5")
+    masked = rp.masks.apply(build("lenet5"), {"fc1": 0.5, "conv2": 0.25})
+    full, c = S.count(lenet), S.count(masked)
+    assert c["params"] == full["params"] - 24_000 - 600
+    assert c["flops"] == round(rp.masks.flops(masked))
+    assert c["flops"] == full["flops"] - 400 * 120 // 2 - 16 * 150 * 100 // 4
+    kept = S.kept_weights(masked, lenet)
+    assert kept["fc1"] == 24_000 and kept["conv2"] == 1800 and kept["conv1"] == 150
+    small = S.uniform_width(resnet, 0.5)
+    kept = S.kept_weights(small, resnet)
+    assert set(kept) == set(rp.masks.prunable(resnet))
+    assert sum(kept.values()) < sum(m.weight.numel() for m in rp.masks.prunable(resnet).values())
+    ms, ref_ms = S.latency_ms(small, resnet, batch=8, repeats=2)
+    assert ms > 0 and ref_ms > 0
+
+
 def test_groups_follow_residual_couplings(resnet):
     g = S.groups(resnet)
     assert g["conv1"] == ["conv1", "layer1.0.conv2", "layer1.1.conv2", "layer1.2.conv2"]

@@ -17,7 +17,10 @@
   Every group is prunable (the residual stage groups included) as long as one channel remains.
 * **Cost.** :func:`count` runs the real network: params = every parameter (BN included),
   flops = multiply-adds = ``FlopCounterMode`` FLOPs / 2 for one input (convs and linears;
-  BN, ReLU, pooling and additions are not counted, as everywhere in rdprune).
+  BN, ReLU, pooling and additions are not counted, as everywhere in rdprune). A mask-pruned
+  network (:mod:`rdprune.masks`, unstructured) counts its masked weights as gone and its FLOPs
+  scaled by the prunable layers' density, the RD authors' accounting. :func:`latency_ms` times
+  the real thing on the CPU; :func:`kept_weights` says what is left under each original layer.
 * **Targets.** ``target`` is the fraction of the original FLOPs (or params, ``budget="params"``)
   to remove, in (0, 1). Both baselines return the *least* pruned network of their family whose
   cost is ≤ (1 − target) × original, found by bisection over the finitely many breakpoints
@@ -35,15 +38,18 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
+from . import masks as M
 from .masks import module_flops
 
-__all__ = ["count", "groups", "remove_filters", "widths", "uniform_width", "l1_filters",
-           "BUDGETS"]
+__all__ = ["count", "latency_ms", "kept_weights", "groups", "remove_filters", "widths",
+           "uniform_width", "l1_filters", "BUDGETS"]
 BUDGETS = ("flops", "params")
 _EPS = 1e-9
 
@@ -60,9 +66,49 @@ def _example(model: nn.Module, example: torch.Tensor | None = None) -> torch.Ten
 
 
 def count(model: nn.Module, example: torch.Tensor | None = None) -> dict[str, int]:
-    """{"params": all parameters, "flops": multiply-adds of one input (FlopCounterMode / 2)}."""
+    """{"params": all parameters, "flops": multiply-adds of one input (FlopCounterMode / 2)};
+    masked weights (:mod:`rdprune.masks`) count as removed (module doc)."""
     flops = module_flops(model, _example(model, example))[""] // 2
-    return {"params": sum(p.numel() for p in model.parameters()), "flops": int(flops)}
+    params = sum(p.numel() for p in model.parameters())
+    masked = sum(int((~M.mask_of(m)).sum()) for m in M.prunable(model).values())
+    if masked:
+        params -= masked
+        flops = round(flops * M.flops(model) / sum(M.layer_flops(model).values()))
+    return {"params": params, "flops": int(flops)}
+
+
+def latency_ms(model: nn.Module, reference: nn.Module, batch: int = 256,
+               repeats: int = 5) -> tuple[float, float]:
+    """Median CPU wall time (ms) of one forward pass of ``batch`` random inputs through
+    ``model`` and through ``reference`` (e.g. the dense network), timed alternately so that
+    both see the same machine load; copies are timed, the models are left as they are."""
+    pair = [copy.deepcopy(m).cpu().eval() for m in (model, reference)]
+    x = torch.randn(batch, *reference.input_size)
+    times: list[list[float]] = [[], []]
+    with torch.inference_mode():
+        [m(x) for m in pair]  # warm-up
+        for _ in range(repeats):
+            for m, t in zip(pair, times):
+                tic = time.perf_counter()
+                m(x)
+                t.append(time.perf_counter() - tic)
+    return tuple(1000 * float(np.median(t)) for t in times)
+
+
+def kept_weights(model: nn.Module, original: nn.Module) -> dict[str, int]:
+    """Non-zero conv/linear weights left under each prunable layer of ``original`` (HBGS's
+    factor convs included; 0 for a layer the pruned network no longer has, e.g. a block
+    JointPruning skips)."""
+    out = {}
+    for name in M.prunable(original):
+        try:
+            sub = model.get_submodule(name)
+        except AttributeError:
+            out[name] = 0
+            continue
+        out[name] = sum(int((p != 0).sum()) for n, p in sub.named_parameters()
+                        if n.endswith("weight") and p.dim() > 1)
+    return out
 
 
 def _graph(model: nn.Module, example=None):
