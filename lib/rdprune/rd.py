@@ -252,10 +252,7 @@ def _reference(model, x_all, names, amounts, distortion, batch, max_batch, progr
                 if k <= already:
                     continue
                 module.weight.copy_(_variant(original, original, order, k))
-                r = _Reducer(distortion, 1)
-                for x, y in zip(chunks, refs):
-                    r.add(_per_sample(y, model(x)))
-                dist[i] = r.value()[0]
+                dist[i] = _distortion_to(refs, model, chunks, distortion)
                 module.weight.copy_(original)
         finally:
             module.weight.copy_(original)
@@ -269,11 +266,18 @@ def distortion(model: nn.Module, pruned: nn.Module, calib: torch.Tensor, kind: s
     """Measured output distortion of ``pruned`` against ``model`` on ``calib``."""
     if kind not in DISTORTIONS:
         raise ValueError(f"unknown distortion {kind!r}; choose one of {', '.join(DISTORTIONS)}")
-    model.eval(), pruned.eval()
-    dev = next(model.parameters()).device
+    model.eval()
+    chunks = torch.split(calib.to(next(model.parameters()).device), batch)
+    return _distortion_to([model(x) for x in chunks], pruned, chunks, kind)
+
+
+@torch.no_grad()
+def _distortion_to(y_refs, pruned, chunks, kind) -> float:
+    """Distortion of ``pruned`` on calibration ``chunks`` against the logits ``y_refs``."""
+    pruned.eval()
     r = _Reducer(kind, 1)
-    for x in torch.split(calib.to(dev), batch):
-        r.add(_per_sample(model(x), pruned(x)))
+    for x, y in zip(chunks, y_refs):
+        r.add(_per_sample(y, pruned(x)))
     return float(r.value()[0])
 
 

@@ -17,8 +17,7 @@ from tqdm.auto import tqdm
 from . import masks as M
 from .allocation import _Layers, _validate
 from .knapsack import solve
-from .rd import _check_inputs, _sweep, grid_amounts
-from .rd import distortion as measured
+from .rd import _check_inputs, _distortion_to, _sweep, grid_amounts
 
 
 def refine(model: nn.Module, calib: torch.Tensor, amounts: dict[str, float], target: float,
@@ -52,15 +51,16 @@ def refine(model: nn.Module, calib: torch.Tensor, amounts: dict[str, float], tar
     grid_a = grid_amounts(grid)
     dev = next(model.parameters()).device
     x_all = calib.to(dev)
+    chunks = torch.split(x_all, batch)
     with torch.no_grad():
-        y_refs = [model(x) for x in torch.split(x_all, batch)]
+        y_refs = [model(x) for x in chunks]
     order = {k: M.prune_order(m) for k, m in free.items()}
 
     def pruned_at(c):
         return M.apply(copy.deepcopy(model), layers.amounts(c))
 
     base = pruned_at(counts)
-    best = measured(model, base, calib, distortion, batch)
+    best = _distortion_to(y_refs, base, chunks, distortion)
     step = 1.0 / (grid - 1)
     r = float(radius)
     for _ in tqdm(range(max_iter), desc="RD refine", disable=not progress):
@@ -88,7 +88,7 @@ def refine(model: nn.Module, calib: torch.Tensor, amounts: dict[str, float], tar
             r /= 2
             continue
         trial = pruned_at(candidate)
-        d = measured(model, trial, calib, distortion, batch)
+        d = _distortion_to(y_refs, trial, chunks, distortion)
         if d < best:
             counts, base, best = candidate, trial, d
         else:
