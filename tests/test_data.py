@@ -61,6 +61,9 @@ def test_missing_data_offline_names_three_fixes(tmp_path, monkeypatch):
     msg = str(err.value)
     assert "apt-get install dataset-fashion-mnist" in msg and "internet" in msg
     assert str(tmp_path / "fashion_mnist") in msg
+    from rdprune import reproduce  # the notebook runner skips with the same folders named
+    assert D.local_fashion_mnist() is None
+    assert "apt-get install dataset-fashion-mnist" in reproduce.dataset_problem("fashion_mnist")
 
 
 def test_truncated_idx_file_is_reported(tmp_path):

@@ -85,14 +85,23 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def _fashion_mnist_folder() -> Path:
-    """The first folder holding all four IDX files: data/, torchvision's layout in data/, Debian."""
+def local_fashion_mnist() -> Path | None:
+    """The first folder holding all four IDX files: data/, torchvision's layout in data/, Debian;
+    None when there is none (nothing is downloaded)."""
     root = data_dir()
-    candidates = [root / "fashion_mnist", root / "FashionMNIST" / "raw", DEBIAN_FMNIST]
     stems = [s for pair in _FMNIST_FILES.values() for s in pair]
-    for folder in candidates:
+    for folder in (root / "fashion_mnist", root / "FashionMNIST" / "raw", DEBIAN_FMNIST):
         if all(_find_idx(folder, s) for s in stems):
             return folder
+    return None
+
+
+def _fashion_mnist_folder() -> Path:
+    """:func:`local_fashion_mnist`, else torchvision's download into data/."""
+    folder = local_fashion_mnist()
+    if folder is not None:
+        return folder
+    root = data_dir()
     try:  # last resort: torchvision's download (needs the internet)
         from torchvision.datasets import FashionMNIST
         FashionMNIST(str(root), train=True, download=True)

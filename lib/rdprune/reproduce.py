@@ -141,13 +141,10 @@ def dataset_problem(name: str, params: dict | None = None) -> str | None:
     if name in (None, "synthetic"):
         return None
     if name == "fashion_mnist":
-        root = D.data_dir()
-        stems = [s for pair in D._FMNIST_FILES.values() for s in pair]
-        for folder in (root / "fashion_mnist", root / "FashionMNIST" / "raw", D.DEBIAN_FMNIST):
-            if all(D._find_idx(folder, s) for s in stems):
-                return None
-        return (f"Fashion-MNIST not found in {root / 'fashion_mnist'} or {D.DEBIAN_FMNIST} "
-                "(apt-get install dataset-fashion-mnist)")
+        if D.local_fashion_mnist() is not None:
+            return None
+        return (f"Fashion-MNIST not found in {D.data_dir() / 'fashion_mnist'} or "
+                f"{D.DEBIAN_FMNIST} (apt-get install dataset-fashion-mnist)")
     if name == "cifar10":
         folder = D.data_dir() / "cifar-10-batches-py"
         files = ["test_batch"] + [f"data_batch_{i}" for i in range(1, 6)]
