@@ -38,7 +38,8 @@ from . import structured as S
 from .structured import BUDGETS, removed  # removed: channels a group loses at an amount
 from .downstream import Downstream
 from .knapsack import DEFAULT_MAX_STATES, Table
-from .rd import _channels_last, _check_inputs, _per_sample, _Reducer, grid_amounts
+from .rd import (_channels_last, _check_inputs, _per_sample, _Reducer, default_max_batch,
+                 grid_amounts)
 from .train import state_hash
 
 __all__ = ["curves", "allocate", "apply", "removed", "COLUMNS", "BUDGETS"]
@@ -85,7 +86,7 @@ def _tile(t, c):  # c copies along the batch axis
 
 def curves(model: nn.Module, calib: torch.Tensor, grid: int | None = None,
            distortion: str = "mse", groups: list[str] | None = None, *, method: str = "fast",
-           batch: int = 256, max_batch: int = 256, progress: bool = True) -> pd.DataFrame:
+           batch: int = 256, max_batch: int | None = None, progress: bool = True) -> pd.DataFrame:
     """Filter-level RD curves, long form: ``layer`` (group root), ``amount`` (fraction of the
     group's filters removed), ``n_weights``/``flops`` (params / multiply-adds saved per unit
     amount, module doc), ``distortion``, ``filters`` (n), ``removed`` (k). ``grid=None`` gives
@@ -101,6 +102,7 @@ def curves(model: nn.Module, calib: torch.Tensor, grid: int | None = None,
         c = S.count(S.remove_filters(model, {g: [int(struct[g][1][0])]}))
         save[g] = (full["params"] - c["params"], full["flops"] - c["flops"])
     model, calib = _channels_last(model, calib.to(next(model.parameters()).device))
+    max_batch = max_batch or default_max_batch(calib.device)
     try:
         ds = Downstream(model) if method == "fast" else None
     except ValueError:  # not traceable by torch.fx: whole forward passes
