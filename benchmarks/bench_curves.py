@@ -26,7 +26,7 @@ import torch
 
 import rdprune as rp
 from rdprune import masks as M
-from rdprune.downstream import Downstream
+from rdprune.core.downstream import Downstream
 
 
 def cone_flops(model):
@@ -48,7 +48,7 @@ def bound(model, amounts):
     full, cones = cone_flops(model)
     ref = fast = 0
     for name, module in M.prunable(model).items():
-        already, counts = rp.rd._pruned_counts(module, amounts)
+        already, counts = rp.rd.pruned_counts(module, amounts)
         ref += full * (len(amounts) - 1)
         fast += cones[name] * sum(k > already for k in counts)
     return ref, fast
@@ -64,7 +64,7 @@ def per_pass_seconds(model, calib, sub):
     """Seconds of one reference pass (a full forward), timed on the amounts ``sub`` of every layer
     (the reference's cost does not depend on the amount); also returns those curves."""
     names = list(M.prunable(model))
-    ref, t = timed(lambda: dict(rp.rd._reference(model, calib, names, sub, "mse", 256, 0, False)))
+    ref, t = timed(lambda: dict(rp.rd.reference_curves(model, calib, names, sub, "mse", 256, 0, False)))
     return t / (len(names) * (len(sub) - 1)), ref  # amount 0 changes nothing and is skipped
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from rdprune.filters import error, fp_backward
+from rdprune.structured.filters import error, fp_backward
 
 
 def best_time(fn, repeats=3):

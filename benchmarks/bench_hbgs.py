@@ -52,7 +52,7 @@ def per_round(name, tr, every):
 
 
 def ft_epoch_seconds(model, steps, train_size):
-    _, loader = H.selection_split("fashion_mnist", n=64, batch_size=128, seed=1)
+    _, loader = rp.data.selection_split("fashion_mnist", n=64, batch_size=128, seed=1)
     student, teacher = H.wrap(model), model
     T.fine_tune(student, loader, 1, teacher=teacher, dev="cpu", progress=False)  # warm-up
     t = time.perf_counter()
@@ -81,7 +81,7 @@ def main(target=0.63, n_sel=64, k=5, rounds=10, ft_steps=10):
     torch.manual_seed(0)
     model = rp.models.build("resnet32", 10, 1).eval()
     full = S.count(model)
-    sel, loader = H.selection_split("fashion_mnist", n=n_sel, seed=0)
+    sel, loader = rp.data.selection_split("fashion_mnist", n=n_sel, seed=0)
     train_size = len(loader.x) + n_sel
     print(f"ResNet-32 {full}, target {target:.0%} params, k={k}, selection {n_sel} training "
           f"images, {threads} thread(s), load {load0[0]:.2f}")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rdprune.knapsack import DEFAULT_MAX_STATES, Table, solve
+from rdprune.core.knapsack import DEFAULT_MAX_STATES, Table, solve
 
 
 def problem(n_layers, budget, rng):

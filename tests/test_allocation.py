@@ -7,7 +7,6 @@ import torch
 
 import rdprune as rp
 from rdprune import masks as M
-from rdprune.allocation import METHODS
 
 BASELINES = ["global", "uniform", "uniform_plus", "erk", "lamp"]
 
@@ -32,14 +31,14 @@ def _removed(model, amounts, budget):
 @pytest.mark.parametrize("budget", ["params", "flops"])
 @pytest.mark.parametrize("target", [0.5, 0.9, 0.99])
 def test_allocators_meet_target_within_one_weight_per_layer(resnet, method, budget, target):
+    """Every allocator meets or exceeds the target, and overshoots by at most one weight per
+    layer (rounding to whole weights)."""
     amounts = rp.allocate(method, resnet, target, budget)
     assert set(amounts) == set(M.prunable(resnet))
     assert all(0 <= a <= 1 for a in amounts.values())
     removed, total, unit = _removed(resnet, amounts, budget)
-    if method == "uniform" and budget == "flops":  # same fraction of every layer
-        assert removed == pytest.approx(target * total, rel=1e-3)
-    else:
-        assert abs(removed - target * total) <= len(amounts) * unit + 1e-6
+    assert removed >= target * total - 1e-6 * total  # never below the target
+    assert removed - target * total <= len(amounts) * unit + 1e-6
     pruned = M.apply(copy.deepcopy(resnet), amounts)
     achieved = M.sparsity(pruned) if budget == "params" else 1 - M.flops(pruned) / sum(M.layer_flops(resnet).values())
     assert achieved == pytest.approx(target, abs=len(amounts) * unit / total + 1e-9)
@@ -123,7 +122,7 @@ def test_unknown_method_and_budget(resnet):
         rp.allocate("global", resnet, 0.5, budget="bytes")
     with pytest.raises(ValueError, match="curves"):
         rp.allocate("rd", resnet, 0.5)
-    assert set(METHODS) >= set(BASELINES) | {"rd"}
+    assert set(rp.allocation.names()) >= set(BASELINES) | {"rd"}
 
 
 def test_rd_solver_resolves_any_target_within_budget(resnet):

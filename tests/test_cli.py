@@ -8,7 +8,7 @@ def run(*args):
 
 
 def test_baselines_table_then_cached(lenet):
-    args = ["baselines", "--model", "lenet5", "--targets", "0.5", "0.9", "--calib", "64",
+    args = ["baselines", "--model", "lenet5", "--targets", "0.5", "0.9", "--calib-n", "64",
             "--grid", "11", "--quiet"]
     first = run(*args, "--no-cache")
     assert first.returncode == 0, first.stderr

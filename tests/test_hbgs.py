@@ -136,7 +136,7 @@ def test_uniform_baselines(resnet, selector):
 
 
 def test_selection_split_is_disjoint_training_data():
-    sel, loader = H.selection_split("fashion_mnist", n=100, train_size=500, seed=3)
+    sel, loader = rp.data.selection_split("fashion_mnist", n=100, train_size=500, seed=3)
     xtr, _ = rp.data.tensors("fashion_mnist", "train")
     assert sel.shape == (100, 1, 28, 28) and len(loader.x) == 500
     flat = {tuple(r.tolist()) for r in loader.x.flatten(1)[:, ::37]}

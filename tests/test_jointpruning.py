@@ -71,7 +71,7 @@ def test_analytic_flops_equal_flop_counter(name, in_ch, size):
     sp = J.space(name, 10, in_ch, size)
     vectors = random_vectors(sp, 4, seed=2) + [sp.lo, sp.hi]
     for v in vectors:
-        model = J.build(name, v, 10, in_ch, size)
+        model = J.build(models.build(name, 10, in_ch, image_size=size), v)
         counted = M.module_flops(model, torch.zeros(1, in_ch, size, size))[""] // 2
         assert J.flops(name, v, 10, in_ch, size) == counted
     dense = models.build(name, 10, in_ch, image_size=size)
@@ -79,10 +79,11 @@ def test_analytic_flops_equal_flop_counter(name, in_ch, size):
 
 
 def test_built_network_has_chosen_channels_depth_and_runs():
-    sp = J.space("resnet20")
+    sp, dense = J.space("resnet20"), models.build("resnet20")
+    assert J.space(dense) is sp  # the space read off the network equals the named one
     for v in random_vectors(sp, 3, seed=3):
         cfg = J.decode("resnet20", v)
-        model = J.build("resnet20", v).eval()
+        model = J.build(dense, v).eval()
         assert model.conv1.out_channels == cfg.stage_widths[0]
         cin = cfg.stage_widths[0]
         for s, layer in enumerate((model.layer1, model.layer2, model.layer3)):
@@ -101,7 +102,7 @@ def test_built_network_has_chosen_channels_depth_and_runs():
 
 def test_inherit_reproduces_the_supernet_subnetwork():
     torch.manual_seed(0)
-    net = J.Supernet("resnet20").eval()
+    net = J.Supernet(models.build("resnet20")).eval()
     sp = net.space
     calib = torch.randn(16, 1, 28, 28)
     x = torch.randn(4, 1, 28, 28)
@@ -125,9 +126,10 @@ def test_uniform_baseline():
 
 def _tiny_search(seed=0, **kw):
     loader, _ = D.loaders("fashion_mnist", 16, subset=20, seed=seed)
-    return J.search("resnet20", flops_target=0.4, supernet_steps=5, search_steps=2, samples=2,
-                    seed=seed, train_loader=loader, val_size=24, val_batch=16, calib_size=8,
-                    progress=False, **kw)
+    torch.manual_seed(seed)
+    return J.search(models.build("resnet20"), loader, flops_target=0.4, supernet_steps=5,
+                    search_steps=2, samples=2, seed=seed, val_size=24, val_batch=16,
+                    calib_size=8, progress=False, **kw)
 
 
 @pytest.fixture
@@ -162,18 +164,20 @@ def test_search_is_seeded_and_meets_the_target(one_thread):
 def test_bad_input_raises():
     with pytest.raises(ValueError, match="supports"):
         J.flops("vgg16", np.zeros(16))
-    with pytest.raises(ValueError, match="supports"):
-        J.search("lenet5", progress=False)
+    loader, _ = D.loaders("fashion_mnist", 16, subset=20)
+    with pytest.raises(ValueError, match="CIFAR-style ResNets"):
+        J.search(models.build("lenet5"), loader, progress=False)
+    r20 = models.build("resnet20")
     for target in (0.0, -0.1, 1.5):
         with pytest.raises(ValueError, match=r"\(0, 1\]"):
-            J.search("resnet20", flops_target=target, progress=False)
+            J.search(r20, loader, flops_target=target, progress=False)
         with pytest.raises(ValueError, match=r"\(0, 1\]"):
             J.project("resnet20", J.space("resnet20").hi, target)
     with pytest.raises(ValueError, match="dims"):
-        J.search("resnet20", dims=("channel", "kernel"), progress=False)
+        J.search(r20, loader, dims=("channel", "kernel"), progress=False)
     with pytest.raises(ValueError, match="dims"):
         J.project("resnet20", J.space("resnet20").hi, 0.5, dims=())
     with pytest.raises(ValueError, match="16 finite entries"):
-        J.build("resnet20", np.ones(5))
+        J.build(r20, np.ones(5))
     with pytest.raises(ValueError, match="finite"):
         J.flops("resnet20", np.full(16, np.nan))

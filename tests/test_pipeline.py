@@ -26,7 +26,7 @@ def test_unknown_settings_are_refused():
         pipeline.settings("slow")
     with pytest.raises(ValueError, match="unknown method"):  # before any training
         pipeline.run("lenet5", method="magnitude")
-    with pytest.raises(ValueError, match="rdprune.rd_filter"):
+    with pytest.raises(ValueError, match="rp.prune"):
         pipeline.run("lenet5", method="rd_filter")
     with pytest.raises(ValueError, match="refine applies to method 'rd' only"):
         pipeline.run("lenet5", method="lamp", refine=2)

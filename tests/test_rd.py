@@ -8,6 +8,7 @@ import torch
 import rdprune as rp
 from rdprune import masks as M
 from rdprune import rd
+from rdprune.core import curves as C
 
 
 def _some_layers(model, k=4):
@@ -47,7 +48,7 @@ def test_curves_are_cached_and_resume_after_interruption(tmp_path, monkeypatch):
     model = rp.models.build("lenet5").eval()
     x = torch.randn(32, 1, 28, 28)
     calls = []
-    real = rd._fast
+    real = C.fast_curves
 
     def interrupted(model, x_all, names, *a):
         for i, item in enumerate(real(model, x_all, names, *a)):
@@ -55,10 +56,10 @@ def test_curves_are_cached_and_resume_after_interruption(tmp_path, monkeypatch):
             if len(calls) == 2:
                 raise KeyboardInterrupt
             yield item
-    monkeypatch.setattr(rd, "_fast", interrupted)
+    monkeypatch.setattr(C, "fast_curves", interrupted)
     with pytest.raises(KeyboardInterrupt):
         rd.curves(model, x, grid=6, progress=False)
-    monkeypatch.setattr(rd, "_fast", lambda model, x_all, names, *a: (calls.extend(names), real(model, x_all, names, *a))[1])
+    monkeypatch.setattr(C, "fast_curves", lambda model, x_all, names, *a: (calls.extend(names), real(model, x_all, names, *a))[1])
     full = rd.curves(model, x, grid=6, progress=False)
     names = list(M.prunable(model))
     assert calls[2:] == names[1:], "only the unfinished layers are recomputed"

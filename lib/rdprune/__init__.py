@@ -4,14 +4,35 @@ JointPruning (Liu et al. 2021) and HBGS/HBGTS (Purohit et al. 2024) — as a not
     import rdprune as rp
     model = rp.train.pretrained("resnet20", "fashion_mnist")
     calib = rp.data.calibration("fashion_mnist", n=1024)
-    curves = rp.rd.curves(model, calib)
-    rp.masks.apply(model, rp.allocate("rd", model, 0.9, curves=curves))
-"""
-from . import allocation, data, masks, models, pipeline, rd, train
-from . import filters, hbgs, jointpruning, structured  # JointPruning, HBGS/HBGTS
-from . import plots, reproduce, widgets  # notebook lab: figures, CLI runner, explorer
-from .allocation import allocate
+    net, record = rp.prune(model, "rd", 0.9, budget="params", calib=calib)
 
-__all__ = ["allocate", "allocation", "data", "filters", "hbgs", "jointpruning", "masks", "models",
-           "pipeline", "plots", "rd", "reproduce", "structured", "train", "widgets"]
+Three floors, each importing only those below it (a test checks): :mod:`rdprune.core` (weights and
+masks, distortion, curves, the downstream recompute, the knapsack, allocators, refinement, training
+loops), :mod:`rdprune.structured` (surgery, RD-filter, filter selection, HBGS, JointPruning) and
+:mod:`rdprune.lab` (data, zoo, checkpoints, presets, the front door, schedules, reproduction,
+plots, widgets; the CLI in ``__main__``). :mod:`rdprune.util` sits under all three.
+"""
+import sys as _sys
+
+from . import core, lab, structured, util
+from .core import allocators as allocation
+from .core import distortion, masks, rd
+from .core.allocators import allocate, register_allocator, unregister_allocator
+from .lab import data, models, pipeline, plots, presets, reproduce, train, widgets
+from .lab.front import evaluate_pruned, methods, prune, register_method
+from .structured import filters, hbgs, jointpruning, rd_filter
+
+# the module paths of the flat layout keep working (import rdprune.masks, rdprune.allocation, ...)
+for _name, _module in dict(allocation=allocation, masks=masks, knapsack=core.knapsack,
+                           downstream=core.downstream, refine=core.refine, data=data,
+                           models=models, pipeline=pipeline, plots=plots, reproduce=reproduce,
+                           train=train, widgets=widgets, filters=filters, hbgs=hbgs,
+                           jointpruning=jointpruning, rd_filter=rd_filter).items():
+    _sys.modules.setdefault(f"{__name__}.{_name}", _module)
+_sys.modules.setdefault(f"{__name__}.rd", rd)
+
+__all__ = ["allocate", "allocation", "core", "data", "distortion", "evaluate_pruned", "filters",
+           "hbgs", "jointpruning", "lab", "masks", "methods", "models", "pipeline", "plots",
+           "presets", "prune", "rd", "rd_filter", "register_allocator", "register_method",
+           "reproduce", "structured", "train", "unregister_allocator", "util", "widgets"]
 __version__ = "0.1.0"

@@ -2,7 +2,7 @@
 
 :class:`Explorer` holds a model and its RD curves; :meth:`Explorer.solve` re-solves the knapsack
 for a new target in well under a millisecond (the DP table is built once per budget by
-:class:`rdprune.allocation.RDSolver`, ~1 s, and every target after that is a backtrack; never over
+:class:`rdprune.core.allocators.RDSolver`, ~1 s, and every target after that is a backtrack; never over
 the budget), and :meth:`Explorer.view` builds the figure
 and the summary text for one setting. Both are plain functions of their arguments, usable and
 testable without a browser; :meth:`Explorer.ui` is a thin ipywidgets layer over them.
@@ -19,11 +19,18 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from . import masks as M
-from .allocation import MASKED, RDSolver, allocate, check_curves
+from ..core import allocators as A
+from ..core import masks as M
+from ..core.allocators import RDSolver, allocate
+from ..core.curves import check_curves
 
 INTERACTIVE_MAX_STATES = 1 << 17
-COMPARE = ("none",) + tuple(m for m in MASKED if m != "rd")
+
+
+def compare_choices() -> tuple[str, ...]:
+    """What RD can be compared with: every registered mask allocator but RD (read when asked, so
+    an allocator registered after import is offered too)."""
+    return ("none",) + tuple(m for m in A.names(structured=False) if m != "rd")
 
 
 class Solution(NamedTuple):
@@ -39,9 +46,10 @@ class Solution(NamedTuple):
 class Explorer:
     """Re-solve RD (and baseline) allocations for ``model`` from its cached ``curves``."""
 
-    def __init__(self, model, curves: pd.DataFrame, max_states: int = INTERACTIVE_MAX_STATES):
+    def __init__(self, model, curves: pd.DataFrame, max_states: int = INTERACTIVE_MAX_STATES, *,
+                 calib=None):
         check_curves(model, curves)  # once: the weights hash is not recomputed on every call
-        self.model, self.max_states = model, max_states
+        self.model, self.max_states, self.calib = model, max_states, calib
         self.curves = curves.copy()
         self.curves.attrs = {k: v for k, v in curves.attrs.items() if k != "model_hash"}
         layers = M.prunable(model)
@@ -56,7 +64,7 @@ class Explorer:
         self._grid = {k: (g["amount"].to_numpy(float), g["distortion"].to_numpy(float))
                       for k, g in grids.items()}
         self.last: dict[str, Solution] = {}
-        self.last_seconds = 0.0
+        self.seconds: dict[str, float] = {}  # each method's own solve time, last call
 
     def solve(self, target: float, budget: str = "params", method: str = "rd") -> Solution:
         """Allocate with ``method`` at ``target`` sparsity of ``budget`` ("params" or "flops");
@@ -67,13 +75,15 @@ class Explorer:
             if method == "rd":
                 amounts = self._rd(float(target), budget)
             else:
-                amounts = allocate(method, self.model, float(target), budget, curves=self.curves)
+                extra = {"calib": self.calib} if A.get(method).needs_calib else {}
+                amounts = allocate(method, self.model, float(target), budget, curves=self.curves,
+                                   **extra)
             self._cache[key] = self.describe(amounts)
-        self.last_seconds = time.perf_counter() - tic
+        self.seconds[method] = time.perf_counter() - tic
         return self._cache[key]
 
     def _rd(self, target: float, budget: str) -> dict[str, float]:
-        """RD from a DP table built once per budget (:class:`rdprune.allocation.RDSolver`), so a
+        """RD from a DP table built once per budget (:class:`rdprune.core.allocators.RDSolver`), so a
         new target is a backtrack, not a new DP."""
         if budget not in self._solvers:
             self._solvers[budget] = RDSolver(self.model, self.curves, budget,
@@ -94,8 +104,9 @@ class Explorer:
         """(figure, summary HTML, {method: Solution}) for one setting: RD's per-layer amounts
         as bars beside ``compare``'s (``"none"`` for RD alone)."""
         from . import plots
-        if compare not in COMPARE:
-            raise ValueError(f"unknown comparison {compare!r}; choose one of {', '.join(COMPARE)}")
+        if compare not in compare_choices():
+            raise ValueError(f"unknown comparison {compare!r}; choose one of "
+                             f"{', '.join(compare_choices())}")
         methods = ["rd"] + ([compare] if compare != "none" else [])
         sols = {m: self.solve(target, budget, m) for m in methods}
         kind = "parameters" if budget == "params" else "FLOPs"
@@ -105,7 +116,8 @@ class Explorer:
                        f"</td><td>{s.flops_left:.2%}</td></tr>" for m, s in sols.items())
         html = ("<table><tr><th>method</th><th>predicted distortion</th><th>sparsity</th>"
                 f"<th>FLOPs left</th></tr>{rows}</table>"
-                f"<small>RD re-solved in {self.last_seconds * 1000:.0f} ms</small>")
+                "<small>" + ", ".join(f"{m} solved in {self.seconds[m] * 1000:.1f} ms"
+                                      for m in sols) + "</small>")
         self.last = sols
         return fig, html, sols
 
@@ -118,7 +130,7 @@ class Explorer:
                                continuous_update=False, readout_format=".2f")
         toggle = W.ToggleButtons(options=[("parameters", "params"), ("FLOPs", "flops")],
                                  value=budget, description="budget")
-        dropdown = W.Dropdown(options=list(COMPARE), value=compare, description="compare with")
+        dropdown = W.Dropdown(options=list(compare_choices()), value=compare, description="compare with")
         info, out = W.HTML(), W.Output()
 
         def redraw(_change=None):

@@ -45,11 +45,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import masks as M
-from .masks import module_flops
+from ..core import masks as M
+from ..core.masks import module_flops
 
-__all__ = ["count", "latency_ms", "kept_weights", "groups", "remove_filters", "widths",
-           "uniform_width", "l1_filters", "BUDGETS"]
+__all__ = ["count", "latency_ms", "kept_weights", "groups", "coupled_groups", "dependency_graph",
+           "filter_scores", "remove_filters", "removed", "widths", "uniform_width", "l1_filters",
+           "BUDGETS"]
 BUDGETS = ("flops", "params")
 _EPS = 1e-9
 
@@ -111,7 +112,7 @@ def kept_weights(model: nn.Module, original: nn.Module) -> dict[str, int]:
     return out
 
 
-def _graph(model: nn.Module, example=None):
+def dependency_graph(model: nn.Module, example=None):
     import torch_pruning as tp
     was = model.training
     model.eval()
@@ -129,7 +130,7 @@ def _conv_items(dg, group):
             and dg.is_out_channel_pruning_fn(item.dep.handler)]
 
 
-def _groups(model: nn.Module, dg) -> dict[str, tuple]:
+def coupled_groups(model: nn.Module, dg) -> dict[str, tuple]:
     """{root name: (root module, [(member name, module, idxs, root_idxs)], Torch-Pruning group of
     all its channels)} in forward order."""
     names = {m: n for n, m in model.named_modules()}
@@ -151,7 +152,7 @@ def groups(model: nn.Module, example: torch.Tensor | None = None) -> dict[str, l
     """Coupled output-channel groups: {root conv: [member convs, root first]} in forward order."""
     m = copy.deepcopy(model)
     return {root: [n for n, *_ in members]
-            for root, (_, members, _) in _groups(m, _graph(m, example)).items()}
+            for root, (_, members, _) in coupled_groups(m, dependency_graph(m, example)).items()}
 
 
 def widths(model: nn.Module) -> dict[str, int]:
@@ -164,7 +165,7 @@ def remove_filters(model: nn.Module, removal: Mapping[str, Sequence[int]], *,
     """Remove the listed output channels (filters) of each named conv, and the matching channels
     of every coupled layer (module doc). Returns the pruned network (a copy unless ``inplace``)."""
     model = model if inplace else copy.deepcopy(model)
-    dg = _graph(model, example)
+    dg = dependency_graph(model, example)
     convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
     todo = {}
     for name, idxs in removal.items():
@@ -231,8 +232,8 @@ def _search(model, target, budget, n_plans, plan, example):
     return build(hi)[0]
 
 
-def _scores(groups):
-    """{root: (n channels, per-root-channel normalised L1 score)} (module doc) of :func:`_groups`'
+def filter_scores(groups):
+    """{root: (n channels, per-root-channel normalised L1 score)} (module doc) of :func:`coupled_groups`'
     result."""
     out = {}
     for root, (mod, members, _) in groups.items():
@@ -257,7 +258,7 @@ def uniform_width(model: nn.Module, target: float, budget: str = "flops", *,
     fraction meeting the target (a pruned copy)."""
     target = _check_target(target, budget)
     m = copy.deepcopy(model)
-    sizes = {r: mod.out_channels for r, (mod, *_) in _groups(m, _graph(m, example)).items()}
+    sizes = {r: mod.out_channels for r, (mod, *_) in coupled_groups(m, dependency_graph(m, example)).items()}
     n, plan = _fraction_plans(sizes, lambda r, k: list(range(sizes[r] - k, sizes[r])))
     return _search(model, target, budget, n, plan, example)
 
@@ -270,7 +271,7 @@ def l1_filters(model: nn.Module, target: float, budget: str = "flops", *, scope:
     if scope not in ("global", "layer"):
         raise ValueError(f"unknown scope {scope!r}; choose 'global' or 'layer'")
     m = copy.deepcopy(model)
-    scores = _scores(_groups(m, _graph(m, example)))
+    scores = filter_scores(coupled_groups(m, dependency_graph(m, example)))
     order = {r: torch.argsort(s, stable=True).tolist() for r, (_, s) in scores.items()}
     if scope == "layer":
         n, plan = _fraction_plans({r: k for r, (k, _) in scores.items()},

@@ -1,5 +1,6 @@
-"""Rate–distortion allocation at *filter* granularity (SPEC §4): RD's curves and knapsack over
-coupled output-channel groups, so RD meets HBGS and JointPruning on equal (structured) terms.
+"""Rate–distortion allocation at *filter* granularity (our extension, ``docs/methods.md``): RD's
+curves and knapsack over coupled output-channel groups, so RD meets HBGS and JointPruning on equal
+(structured) terms. Registered as the allocator ``rd_filter`` (``rp.prune(model, "rd_filter", ...)``).
 
     curves = rd_filter.curves(model, calib)              # one curve per coupling group
     amounts = rd_filter.allocate(model, 0.5, curves)     # {group root: fraction of filters removed}
@@ -27,6 +28,7 @@ coupled output-channel groups, so RD meets HBGS and JointPruning on equal (struc
 from __future__ import annotations
 
 import copy
+import fnmatch
 
 import numpy as np
 import pandas as pd
@@ -34,25 +36,26 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import structured as S
-from .structured import BUDGETS, removed  # removed: channels a group loses at an amount
-from .downstream import Downstream
-from .knapsack import DEFAULT_MAX_STATES, Table
-from .rd import (_channels_last, _check_inputs, _per_sample, _Reducer, default_max_batch,
-                 grid_amounts)
-from .train import state_hash
+from ..core import distortion as D
+from ..core.allocators import register_allocator
+from ..core.curves import default_max_batch, grid_amounts
+from ..core.downstream import Downstream
+from ..core.knapsack import DEFAULT_MAX_STATES, Table
+from ..util import check_choice, check_target, state_hash
+from . import surgery as S
+from .surgery import BUDGETS, removed  # removed: channels a group loses at an amount
 
-__all__ = ["curves", "allocate", "apply", "removed", "COLUMNS", "BUDGETS"]
+__all__ = ["curves", "allocate", "apply", "structure", "removed", "COLUMNS", "BUDGETS"]
 COLUMNS = ["layer", "amount", "n_weights", "flops", "distortion", "filters", "removed"]
 
 
-def _structure(model):
+def structure(model):
     """{root: (n, L1 order of root channels, {module: its channel of each root channel})} over
     every Conv2d/BN/Linear whose output channels the group's removal slices."""
     m = copy.deepcopy(model)
-    dg, names, out = S._graph(m), {v: k for k, v in m.named_modules()}, {}
-    groups = S._groups(m, dg)
-    for root, (n, score) in S._scores(groups).items():
+    dg, names, out = S.dependency_graph(m), {v: k for k, v in m.named_modules()}, {}
+    groups = S.coupled_groups(m, dg)
+    for root, (n, score) in S.filter_scores(groups).items():
         mod, _, g = groups[root]
         out[root] = (n, torch.argsort(score, stable=True), {})
         for item in g:
@@ -91,8 +94,9 @@ def curves(model: nn.Module, calib: torch.Tensor, grid: int | None = None,
     group's filters removed), ``n_weights``/``flops`` (params / multiply-adds saved per unit
     amount, module doc), ``distortion``, ``filters`` (n), ``removed`` (k). ``grid=None`` gives
     every k = 0..n-1 (amount k/n); an int gives that many evenly spaced amounts in [0, 1]."""
-    _check_inputs(model, calib, 2 if grid is None else grid, distortion, method)
-    struct, full, ds = _structure(model.eval()), S.count(model), None
+    D.check_inputs(model, calib, 2 if grid is None else grid, distortion)
+    check_choice("curve method", method, ("fast", "reference"))
+    struct, full, ds = structure(model.eval()), S.count(model), None
     key = state_hash(model)
     names = list(groups or struct)
     if bad := [g for g in names if g not in struct]:
@@ -101,7 +105,7 @@ def curves(model: nn.Module, calib: torch.Tensor, grid: int | None = None,
     for g in names:
         c = S.count(S.remove_filters(model, {g: [int(struct[g][1][0])]}))
         save[g] = (full["params"] - c["params"], full["flops"] - c["flops"])
-    model, calib = _channels_last(model, calib.to(next(model.parameters()).device))
+    model, calib = D.channels_last(model, calib.to(next(model.parameters()).device))
     max_batch = max_batch or default_max_batch(calib.device)
     try:
         ds = Downstream(model) if method == "fast" else None
@@ -136,7 +140,7 @@ def _distortions(model, ds, kept, refs, chunks, points, order, ks, kind, max_bat
                                                for o in points)}
     else:
         ds = None  # a point is not a traced module call: run whole forward passes
-    reducer = _Reducer(kind, len(ks))
+    reducer = D.Reducer(kind, len(ks))
     for ci, x in enumerate(chunks):
         env = (kept if kept is not None else ds.run(x)) if ds is not None else None
         y_ref = ds.output(env) if ds is not None else refs[ci]
@@ -154,7 +158,7 @@ def _distortions(model, ds, kept, refs, chunks, points, order, ks, kind, max_bat
                     y = model(_tile(x, len(group)))
             finally:
                 [h.remove() for h in hooks]
-            parts.append(_per_sample(y_ref, y))
+            parts.append(D.per_sample(kind, y_ref, y))
         reducer.add(torch.cat(parts))
     return list(reducer.value())
 
@@ -165,16 +169,13 @@ def allocate(model: nn.Module, target: float, curves: pd.DataFrame, budget: str 
     """{group root: fraction of its filters removed} minimising the summed curve distortion such
     that the *physically* pruned network keeps at most ``(1 - target)`` of the original FLOPs
     (or params); groups without a curve stay whole. Raises ValueError when out of reach."""
-    if budget not in BUDGETS:
-        raise ValueError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
-    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 <= target < 1:
-        raise ValueError(f"target is the fraction of {budget} to remove and must lie in [0, 1), "
-                         f"got {target!r}")
+    check_choice("budget", budget, BUDGETS)
+    target = check_target(target, budget)
     if not isinstance(curves, pd.DataFrame) or not set(COLUMNS) <= set(curves.columns):
         raise ValueError(f"curves must be a DataFrame with columns {COLUMNS} "
                          "(from rdprune.rd_filter.curves)")
     sizes = curves.groupby("layer", sort=False)["filters"].first().to_dict()
-    struct, names = _structure(model), list(sizes)
+    struct, names = structure(model), list(sizes)
     bad = [g for g in names if g not in struct or struct[g][0] != sizes[g]]
     if bad or not names:
         raise ValueError(f"these curves do not match the model's filter groups ({bad[:5]}); "
@@ -204,7 +205,7 @@ def allocate(model: nn.Module, target: float, curves: pd.DataFrame, budget: str 
         picks = tuple(int(p) for p in table.pick(b))
         if picks not in counted:
             amounts = {g: float(ks[i, p] / sizes[g]) for i, (g, p) in enumerate(zip(names, picks))}
-            counted[picks] = amounts, S.count(apply(model, amounts, _struct=struct))[budget]
+            counted[picks] = amounts, S.count(apply(model, amounts, struct=struct))[budget]
         return counted[picks]
 
     for _ in range(max_iter):  # tighten by the overshoot until the real count fits
@@ -223,10 +224,11 @@ def allocate(model: nn.Module, target: float, curves: pd.DataFrame, budget: str 
     return amounts
 
 
-def apply(model: nn.Module, amounts: dict[str, float], *, _struct=None) -> nn.Module:
+def apply(model: nn.Module, amounts: dict[str, float], *, struct=None) -> nn.Module:
     """Physically pruned copy: each group loses :func:`removed` of its lowest-L1 channels
-    (:func:`rdprune.structured.remove_filters`); groups not named stay whole."""
-    struct, plan = _struct or _structure(model), {}
+    (:func:`rdprune.structured.remove_filters`); groups not named stay whole. ``struct``:
+    :func:`structure` of ``model`` when the caller has it already."""
+    struct, plan = struct or structure(model), {}
     for g, a in amounts.items():
         if g not in struct:
             raise ValueError(f"unknown group {g!r}; groups (root convs): {', '.join(struct)}")
@@ -235,3 +237,15 @@ def apply(model: nn.Module, amounts: dict[str, float], *, _struct=None) -> nn.Mo
         if (k := removed(a, struct[g][0])) > 0:
             plan[g] = struct[g][1][:k].tolist()
     return S.remove_filters(model, plan)
+
+
+def _registered(model, target, budget, *, curves, exclude=(), max_states=DEFAULT_MAX_STATES):
+    """``allocate("rd_filter", ...)``: groups matching ``exclude`` stay whole."""
+    if pats := list(exclude):
+        curves = curves[~curves["layer"].map(lambda g: any(fnmatch.fnmatchcase(g, p)
+                                                            for p in pats))]
+    return allocate(model, target, curves, budget=budget, max_states=max_states)
+
+
+register_allocator("rd_filter", _registered, needs_curves=True, structured=True, apply=apply,
+                   curves=curves)

@@ -21,52 +21,22 @@ import copy
 import io
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from ..core import allocators as A
+from ..core import masks as M
+from ..core import rd
+from ..core.allocators import allocate
+from ..util import atomic_write_bytes
 from . import data as D
-from . import masks as M
-from . import rd, train
-from .allocation import MASKED, allocate
+from . import train
+from .presets import SCHEDULE_RECIPE, SCHEDULES as PRESETS, Settings, settings  # noqa: F401
 
 SCHEDULES = ("oneshot", "iterative")
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Every schedule knob; :data:`PRESETS` holds the quick CPU and paper defaults."""
-    calib_n: int = 256
-    grid: int = 51
-    distortion: str = "mse"
-    per_round: float = 0.2
-    finetune_steps: int = 200
-    finetune_lr: float = 3e-4
-    batch_size: int = 128
-    eval_subset: int | None = None  # test images used for top-1 (None: all)
-    refine: int = 0  # rd only: rd.refine steps after the DP (0: the paper's method)
-
-
-PRESETS = {
-    "quick": Settings(),
-    # the RD authors' CIFAR settings (rd-authors-code.md); finetune steps per model in train.py
-    "paper": Settings(calib_n=1024, grid=101, distortion="worst_case", finetune_steps=80_000,
-                      batch_size=100),
-}
-
-
-def settings(preset: str = "quick", model_name: str | None = None, **overrides) -> Settings:
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    s = PRESETS[preset]
-    if preset == "paper" and model_name:
-        s = replace(s, finetune_steps=train.get_recipe("paper", model_name).finetune_steps)
-    unknown = set(overrides) - set(asdict(s))
-    if unknown:
-        raise ValueError(f"unknown settings {sorted(unknown)}; known: {sorted(asdict(s))}")
-    return replace(s, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def schedule_targets(schedule: str, target: float, per_round: float = 0.2) -> list[float]:
@@ -88,6 +58,11 @@ def schedule_targets(schedule: str, target: float, per_round: float = 0.2) -> li
     return out
 
 
+def _calib(method, calib):
+    """``calib=`` for the allocators that need activations, nothing for the others."""
+    return {"calib": calib} if A.get(method).needs_calib else {}
+
+
 def _check_refine(method, refine):
     if refine and method != "rd":
         raise ValueError(f"refine applies to method 'rd' only (got {method!r}); set refine=0")
@@ -101,9 +76,9 @@ def prune_round(model, method: str, target: float, calib: torch.Tensor, *, budge
     _check_refine(method, refine)
     before = copy.deepcopy(model).eval()
     curves = None
-    if method == "rd":
+    if A.get(method).needs_curves:
         curves = rd.curves(model, calib, grid=grid, distortion=distortion, progress=progress)
-    amounts = allocate(method, model, target, budget, curves=curves)
+    amounts = allocate(method, model, target, budget, curves=curves, **_calib(method, calib))
     if refine:
         amounts = rd.refine(model, calib, amounts, target, budget, grid=grid,
                             distortion=distortion, max_iter=refine, progress=progress)
@@ -122,6 +97,10 @@ def zero_shot(model, methods, targets, calib: torch.Tensor, test_loader, *, budg
     and seconds. ``df.attrs["amounts"][method, target]`` holds each allocation. ``rd`` needs
     ``curves``; ``refine`` > 0 adds rows ``rd+refine``: RD's allocation after that many
     :func:`rdprune.rd.refine` steps."""
+    for m in methods:
+        if A.get(m).structured:
+            raise ValueError(f"zero_shot compares mask allocators; {m!r} is structured "
+                             "(use rp.prune)")
     rows, chosen, dense_flops = [], {}, M.flops(model)
     grid = curves["amount"].nunique() if curves is not None else 101
     labels = [m for method in methods
@@ -133,7 +112,7 @@ def zero_shot(model, methods, targets, calib: torch.Tensor, test_loader, *, budg
                 amounts = rd.refine(model, calib, chosen["rd", t], t, budget, grid=grid,
                                     distortion=distortion, max_iter=refine)
             else:
-                amounts = allocate(label, model, t, budget, curves=curves)
+                amounts = allocate(label, model, t, budget, curves=curves, **_calib(label, calib))
             chosen[label, t] = amounts
             pruned = M.apply(copy.deepcopy(model), amounts)
             row = dict(method=label, target=t, sparsity=M.sparsity(pruned),
@@ -153,17 +132,16 @@ def zero_shot(model, methods, targets, calib: torch.Tensor, test_loader, *, budg
 def run(model_name: str = "resnet20", dataset: str = "fashion_mnist", method: str = "rd",
         schedule: str = "oneshot", target: float = 0.9, *, budget: str = "params",
         preset: str = "quick", recipe: str | None = None, calibration: str = "train",
-        seed: int = 0, out: str | Path | None = None,
+        seed: int = 0, out: str | Path | None = None, imagenet_root: str | None = None,
         resume: bool = True, progress: bool = True, dev="auto", **overrides) -> pd.DataFrame:
     """Train (or load) the dense model, then prune it on a schedule. Returns the per-round table
     and writes it to ``out`` (default ``results/runs/<name>``). ``overrides`` set any
     :class:`Settings` field. ``recipe`` trains the dense model (default: the preset's)."""
     s = settings(preset, model_name, **overrides)
-    if method == "rd_filter":
-        raise ValueError("the pipeline prunes weights with masks; rd_filter removes filters "
-                         "physically: use rdprune.rd_filter (notebook 06_comparison)")
-    if method not in MASKED:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(MASKED)}")
+    if A.get(method).structured:
+        raise ValueError(f"the pipeline prunes weights with masks; {method!r} removes filters "
+                         f"physically: use rp.prune(model, {method!r}, target, calib=...) "
+                         "(notebook 06_comparison)")
     _check_refine(method, s.refine)
     targets = schedule_targets(schedule, target, s.per_round)
     if calibration not in ("train", "synthetic"):
@@ -171,19 +149,21 @@ def run(model_name: str = "resnet20", dataset: str = "fashion_mnist", method: st
     name = f"{model_name}-{dataset}-{method}-{budget}-{schedule}-{target:g}-{preset}-{calibration}-s{seed}"
     out = Path(out) if out else Path("results") / "runs" / name
     out.mkdir(parents=True, exist_ok=True)
-    recipe = recipe or ("quick" if preset == "quick" else "paper")
+    recipe = recipe or SCHEDULE_RECIPE[preset]
     config = dict(model=model_name, dataset=dataset, recipe=recipe, method=method, schedule=schedule,
                   target=target, budget=budget, preset=preset, calibration=calibration,
                   seed=seed, settings=asdict(s))
     model = train.pretrained(model_name, dataset, recipe, seed, dev=dev, progress=progress,
                              verbose=progress)
-    train_loader, test_loader = D.loaders(dataset, s.batch_size, seed=seed, subset=None)
+    train_loader, test_loader = D.loaders(dataset, s.batch_size, seed=seed, subset=None,
+                                          imagenet_root=imagenet_root)
     if s.eval_subset:
-        _, test_loader = D.loaders(dataset, s.batch_size, seed=seed, subset=s.eval_subset)
+        _, test_loader = D.loaders(dataset, s.batch_size, seed=seed, subset=s.eval_subset,
+                                   imagenet_root=imagenet_root)
     if calibration == "synthetic":
         calib = D.calibration("synthetic", s.calib_n, seed, shape=model.input_size)
     else:
-        calib = D.calibration(dataset, s.calib_n, seed)
+        calib = D.calibration(dataset, s.calib_n, seed, imagenet_root=imagenet_root)
     rows, start = _resume(out, config, model) if resume else ([], 0)
     dense_flops = sum(M.layer_flops(model).values())
     if start == 0:
@@ -205,16 +185,16 @@ def run(model_name: str = "resnet20", dataset: str = "fashion_mnist", method: st
                          seconds=time.perf_counter() - tic))
         _checkpoint(out, config, model, rows)
     table = pd.DataFrame(rows)
-    train.atomic_write_bytes(out / "results.csv", table.to_csv(index=False).encode())
+    atomic_write_bytes(out / "results.csv", table.to_csv(index=False).encode())
     return table
 
 
 def _checkpoint(out: Path, config, model, rows):
     buf = io.BytesIO()
     torch.save({"config": config, "rows": rows, "state": model.state_dict()}, buf)
-    train.atomic_write_bytes(out / "state.pt", buf.getvalue())
-    train.atomic_write_bytes(out / "results.csv", pd.DataFrame(rows).to_csv(index=False).encode())
-    train.atomic_write_bytes(out / "config.json", json.dumps(config, indent=2).encode())
+    atomic_write_bytes(out / "state.pt", buf.getvalue())
+    atomic_write_bytes(out / "results.csv", pd.DataFrame(rows).to_csv(index=False).encode())
+    atomic_write_bytes(out / "config.json", json.dumps(config, indent=2).encode())
 
 
 def _resume(out: Path, config, model):

@@ -1,7 +1,8 @@
 """HBGS / HBGTS whole-network filter pruning (Purohit et al., TMLR 2024); method notes in
-/work/shared/hbgs.md (§), filter selection (FP-OMP, FP-Backward, compensation) in rdprune.filters.
+``docs/hbgs.md`` (§), filter selection (FP-OMP, FP-Backward, compensation) in
+:mod:`rdprune.structured.filters`.
 
-    sel, train_loader = selection_split("fashion_mnist", n=1024)      # held-out TRAINING images
+    sel, train_loader = rp.data.selection_split("fashion_mnist", n=1024)  # held-out TRAINING images
     small, trace = prune(model, sel, 0.63, budget="params", **METHODS["HBGTS-B"])
     small, info = uniform(model, 0.63, budget="params", selector="backward")   # FP-Backward
 
@@ -49,13 +50,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..core.loops import fine_tune
 from . import filters as FL
-from . import train as T
-from .data import selection_split  # noqa: F401 - part of the hbgs API
-from .structured import BUDGETS, count, removed
+from .surgery import BUDGETS, count, removed
 
 __all__ = ["METHODS", "SELECTORS", "CRITERIA", "Wrapped", "wrap", "wrappers", "fold", "cost",
-           "remove", "prune", "uniform", "selection_split"]
+           "remove", "prune", "uniform"]
 SELECTORS = ("omp", "backward")
 CRITERIA = ("layer", "output")
 METHODS = {"HBGS": dict(criterion="layer", selector="omp"),
@@ -345,7 +345,7 @@ def prune(model: nn.Module, data, target: float, budget: str = "flops", selector
         sel = {c: v for c, v in sel.items() if c[0] != best[0]}  # HBGS: inputs before best kept
         errs = {c: e for c, e in errs.items() if names.index(c[0]) < names.index(best[0])}
         if finetune_steps:
-            T.fine_tune(net, train_loader, finetune_steps, teacher=orig, dev=dev, progress=False)
+            fine_tune(net, train_loader, finetune_steps, teacher=orig, dev=dev, progress=False)
             sel, errs = {}, {}
         now = cost(net, hw, base, budget)
         rows.append(dict(row, **now, seconds=time.perf_counter() - t0))

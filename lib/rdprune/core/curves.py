@@ -1,21 +1,20 @@
 """Rate–distortion curves and the additivity check (Xu et al., ICCV 2023).
 
 ``D_l(a)``: output distortion when only layer ``l`` is pruned (by magnitude) to absolute amount
-``a``, measured against the current model's logits on a calibration tensor:
-- ``mse``: ``mean((Y − Ŷ)²)`` over samples and classes (library default);
-- ``worst_case``: per-sample mean over classes, then the max over samples (the authors' README).
+``a``, measured against the current model's logits on a calibration tensor, with any measure of
+:mod:`rdprune.core.distortion` (``mse`` by default, ``worst_case``, or one a user registered).
 
 Fast path (default): the dense network runs once per calibration chunk and keeps every
 intermediate value; for each layer only the downstream part is recomputed
-(:mod:`rdprune.downstream`), several amounts at once. Amounts at or below a layer's current
-sparsity change nothing: their distortion is exactly 0 and they are not computed. The reference
-path runs one full forward pass per (layer, amount), as the authors do, for tests and benchmarks.
-On the CPU both paths run a channels-last copy of a conv net (about 20 % faster per pass, results
-identical between the two paths).
+(:mod:`rdprune.core.downstream`), several amounts at once (:func:`sweep`). Amounts at or below a
+layer's current sparsity change nothing: their distortion is exactly 0 and they are not computed.
+The reference path runs one full forward pass per (layer, amount), as the authors do, for tests
+and benchmarks. On the CPU both paths run a channels-last copy of a conv net (about 20 % faster
+per pass, results identical between the two paths on our zoo).
 
 Curves are cached under ``data/curves/<key>/`` (one CSV per layer, written atomically, so an
 interrupted run resumes from the layers already done), keyed by a hash of the weights and masks,
-the calibration tensor, the grid, the distortion type and the method.
+the calibration tensor, the grid, the distortion measure and the method.
 """
 from __future__ import annotations
 
@@ -31,34 +30,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..util import atomic_write_bytes, check_choice, data_dir, state_hash
+from . import distortion as D
 from . import masks as M
-from .allocation import check_curves
-from .data import data_dir
 from .downstream import Downstream, layer_forward
-from .knapsack import solve  # noqa: F401 - part of the public rd API (rp.rd.solve)
-from .train import atomic_write_bytes, state_hash
 
-DISTORTIONS = ("mse", "worst_case")
-METHODS = ("fast", "reference")
+PATHS = ("fast", "reference")  # how curves are computed (same numbers, different cost)
 COLUMNS = ["layer", "amount", "n_weights", "flops", "distortion"]
-_VERSION = 2  # bump when the computation changes, so old caches are not reused
-
-
-def _check_inputs(model, calib, grid, distortion, method):
-    if distortion not in DISTORTIONS:
-        raise ValueError(f"unknown distortion {distortion!r}; choose one of {', '.join(DISTORTIONS)}")
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if not isinstance(calib, torch.Tensor) or calib.dim() < 2 or len(calib) == 0:
-        raise ValueError("calib must be a non-empty tensor of inputs (N, ...); "
-                         "use rdprune.data.calibration(...)")
-    if not torch.isfinite(calib).all():
-        raise ValueError("calibration inputs contain NaN or infinite values")
-    if int(grid) < 2:
-        raise ValueError(f"grid must have at least 2 points (0 and 1), got {grid}")
-    for name, p in model.named_parameters():
-        if not torch.isfinite(p).all():
-            raise ValueError(f"model parameter {name!r} has NaN or infinite values")
+_VERSION = 3  # bump when the computation changes, so old caches are not reused
 
 
 def grid_amounts(grid: int) -> np.ndarray:
@@ -66,35 +45,10 @@ def grid_amounts(grid: int) -> np.ndarray:
     return np.round(np.linspace(0.0, 1.0, int(grid)), 12)
 
 
-def _per_sample(y_ref: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-sample mean squared error over the output dims, for ``copies`` stacked batches."""
-    copies = len(y) // len(y_ref)
-    diff = y.view(copies, *y_ref.shape) - y_ref.unsqueeze(0)
-    return diff.pow(2).flatten(2).mean(2).double()  # (copies, N)
-
-
-class _Reducer:
-    """Accumulates per-sample errors over calibration chunks into mse or worst-case values."""
-
-    def __init__(self, kind, m):
-        self.kind, self.n = kind, 0
-        self.acc = torch.zeros(m, dtype=torch.float64)
-
-    def add(self, per_sample):  # (m, n_chunk)
-        if self.kind == "mse":
-            self.acc += per_sample.sum(1)
-        else:
-            self.acc = torch.maximum(self.acc, per_sample.max(1).values)
-        self.n += per_sample.shape[1]
-
-    def value(self):
-        return (self.acc / self.n if self.kind == "mse" else self.acc).numpy()
-
-
 def _cache_dir(model, calib, grid, distortion, method, layers) -> Path:
     h = hashlib.sha256()
-    h.update(json.dumps([_VERSION, getattr(model, "arch", type(model).__name__), grid, distortion,
-                         method, layers]).encode())
+    h.update(json.dumps([_VERSION, getattr(model, "arch", type(model).__name__), grid,
+                         D.identity(distortion), method, layers]).encode())
     h.update(state_hash(model).encode())
     h.update(calib.detach().cpu().contiguous().numpy().tobytes())
     return data_dir() / "curves" / h.hexdigest()[:20]
@@ -125,7 +79,8 @@ def curves(model: nn.Module, calib: torch.Tensor, grid: int = 101, distortion: s
     (on 2 cores the time per sample is flat up to ~256 and grows beyond, so larger batches do
     not pay); 4096 on a GPU, where a pass of a small network costs about the same whatever the
     batch (not yet timed here: we had no GPU)."""
-    _check_inputs(model, calib, grid, distortion, method)
+    D.check_inputs(model, calib, grid, distortion)
+    check_choice("curve method", method, PATHS)
     all_layers = M.prunable(model)
     names = list(layers) if layers is not None else list(all_layers)
     unknown = [k for k in names if k not in all_layers]
@@ -146,7 +101,7 @@ def curves(model: nn.Module, calib: torch.Tensor, grid: int = 101, distortion: s
     if todo:
         dev = next(model.parameters()).device
         x_all = calib.to(dev)
-        compute = _fast if method == "fast" else _reference
+        compute = fast_curves if method == "fast" else reference_curves
         for name, dist in compute(model, x_all, todo, amounts, distortion, batch, max_batch,
                                   progress):
             module = all_layers[name]
@@ -167,18 +122,7 @@ def default_max_batch(device: torch.device) -> int:
     return 256 if torch.device(device).type == "cpu" else 4096
 
 
-def _channels_last(model, x):
-    """On the CPU, a channels-last copy of a conv net and its inputs (about 20 % faster per pass
-    here, and used by both the fast and the reference path so that they stay comparable);
-    anything else unchanged."""
-    if x.device.type != "cpu" or x.dim() != 4 or \
-            not any(isinstance(m, nn.Conv2d) for m in model.modules()):
-        return model, x
-    return (copy.deepcopy(model).to(memory_format=torch.channels_last),
-            x.contiguous(memory_format=torch.channels_last))
-
-
-def _pruned_counts(module, amounts):
+def pruned_counts(module, amounts):
     """(weights already pruned, weights pruned at each amount)."""
     n = module.weight.numel()
     return int((~M.mask_of(module)).sum()), [M.n_pruned(a, n) for a in amounts]
@@ -192,7 +136,7 @@ def _variant(like, weight, order, k):
 
 
 @torch.no_grad()
-def _sweep(model, x_all, jobs, total, distortion, batch, max_batch, progress, desc, y_refs=None):
+def sweep(model, x_all, jobs, total, distortion, batch, max_batch, progress, desc, y_refs=None):
     """The fast path. ``jobs`` yields ``(layer, source weight, prune order, counts)``; for each,
     yields ``(layer, distortions)``: ``model`` with that layer's weight replaced by the source with
     ``order[:k]`` zeroed, for every ``k`` in ``counts``, against ``y_refs`` (logits per calibration
@@ -200,14 +144,14 @@ def _sweep(model, x_all, jobs, total, distortion, batch, max_batch, progress, de
     counts at once. The dense pass of a chunk is kept across layers when the calibration set is a
     single chunk, else recomputed per layer: 1/grid of the work the reference does anyway."""
     max_batch = max_batch or default_max_batch(x_all.device)
-    model, x_all = _channels_last(model, x_all)
+    model, x_all = D.channels_last(model, x_all)
     ds = Downstream(model)
     modules = M.prunable(model)
     chunks = list(torch.split(x_all, batch))
     kept = ds.run(chunks[0]) if len(chunks) == 1 else None
     for name, weight, order, counts in tqdm(jobs, total=total, desc=desc, disable=not progress):
         module = modules[name]
-        reducer = _Reducer(distortion, len(counts))
+        reducer = D.Reducer(distortion, len(counts))
         for c, x in enumerate(chunks if counts else []):
             env = kept if kept is not None else ds.run(x)
             y_ref = ds.output(env) if y_refs is None else y_refs[c]
@@ -218,24 +162,25 @@ def _sweep(model, x_all, jobs, total, distortion, batch, max_batch, progress, de
                 group = counts[s:s + per]
                 out = torch.cat([layer_forward(module, inp, _variant(module.weight, weight, order, k))
                                  for k in group])
-                parts.append(_per_sample(y_ref, ds.rerun(env, name, out, copies=len(group))))
+                parts.append(D.per_sample(distortion, y_ref,
+                                          ds.rerun(env, name, out, copies=len(group))))
             reducer.add(torch.cat(parts))
             del env
         yield name, reducer.value() if counts else np.zeros(0)
 
 
-def _fast(model, x_all, names, amounts, distortion, batch, max_batch, progress):
+def fast_curves(model, x_all, names, amounts, distortion, batch, max_batch, progress):
     """Layer by layer (so each finished layer is cached at once): every amount above the layer's
-    current sparsity, through :func:`_sweep`."""
+    current sparsity, through :func:`sweep`."""
     todo = {}
 
     def jobs():
         for name in names:
             module = M.prunable(model)[name]
-            already, counts = _pruned_counts(module, amounts)
+            already, counts = pruned_counts(module, amounts)
             todo[name] = [i for i, k in enumerate(counts) if k > already]
             yield name, module.weight, M.prune_order(module), [counts[i] for i in todo[name]]
-    for name, values in _sweep(model, x_all, jobs(), len(names), distortion, batch, max_batch,
+    for name, values in sweep(model, x_all, jobs(), len(names), distortion, batch, max_batch,
                                progress, "RD curves"):
         dist = np.zeros(len(amounts))
         dist[todo[name]] = values
@@ -243,14 +188,14 @@ def _fast(model, x_all, names, amounts, distortion, batch, max_batch, progress):
 
 
 @torch.no_grad()
-def _reference(model, x_all, names, amounts, distortion, batch, max_batch, progress):
+def reference_curves(model, x_all, names, amounts, distortion, batch, max_batch, progress):
     """One full forward pass per (layer, amount), as in the authors' code."""
-    model, x_all = _channels_last(model, x_all)
+    model, x_all = D.channels_last(model, x_all)
     chunks = list(torch.split(x_all, batch))
     refs = [model(x) for x in chunks]
     for name in tqdm(names, desc="RD curves (reference)", disable=not progress):
         module = M.prunable(model)[name]
-        already, counts = _pruned_counts(module, amounts)
+        already, counts = pruned_counts(module, amounts)
         order = M.prune_order(module)
         original = module.weight.detach().clone()
         dist = np.zeros(len(amounts))
@@ -259,33 +204,35 @@ def _reference(model, x_all, names, amounts, distortion, batch, max_batch, progr
                 if k <= already:
                     continue
                 module.weight.copy_(_variant(original, original, order, k))
-                dist[i] = _distortion_to(refs, model, chunks, distortion)
+                dist[i] = D.measure(refs, model, chunks, distortion)
                 module.weight.copy_(original)
         finally:
             module.weight.copy_(original)
         yield name, dist
 
 
-# ----------------------------------------------------------------------------- distortion
-@torch.no_grad()
-def distortion(model: nn.Module, pruned: nn.Module, calib: torch.Tensor, kind: str = "mse",
-               batch: int = 256) -> float:
-    """Measured output distortion of ``pruned`` against ``model`` on ``calib``."""
-    if kind not in DISTORTIONS:
-        raise ValueError(f"unknown distortion {kind!r}; choose one of {', '.join(DISTORTIONS)}")
-    model.eval()
-    chunks = torch.split(calib.to(next(model.parameters()).device), batch)
-    return _distortion_to([model(x) for x in chunks], pruned, chunks, kind)
-
-
-@torch.no_grad()
-def _distortion_to(y_refs, pruned, chunks, kind) -> float:
-    """Distortion of ``pruned`` on calibration ``chunks`` against the logits ``y_refs``."""
-    pruned.eval()
-    r = _Reducer(kind, 1)
-    for x, y in zip(chunks, y_refs):
-        r.add(_per_sample(y, pruned(x)))
-    return float(r.value()[0])
+def check_curves(model: nn.Module, curves: pd.DataFrame, layers=None) -> None:
+    """Raise ValueError unless ``curves`` were computed on this model's prunable layers (and, when
+    they carry a weights hash, on its current weights and masks)."""
+    needed = {"layer", "amount", "n_weights", "distortion"}
+    if not isinstance(curves, pd.DataFrame) or not needed <= set(curves.columns):
+        raise ValueError(f"curves must be a DataFrame with columns {sorted(needed)} "
+                         "(from rdprune.rd.curves)")
+    all_layers = M.prunable(model)
+    names = layers or list(all_layers)
+    sizes = {k: m.weight.numel() for k, m in all_layers.items()}
+    got = curves.groupby("layer", sort=False)["n_weights"].first().to_dict()
+    missing = [k for k in names if k not in got]
+    wrong = [k for k in names if k in got and got[k] != sizes[k]]
+    if missing or wrong:
+        raise ValueError("these curves come from another model: "
+                         + (f"no curve for {missing[:5]} " if missing else "")
+                         + (f"wrong layer sizes for {wrong[:5]}" if wrong else "")
+                         + "; recompute them with rdprune.rd.curves(model, calib)")
+    want = curves.attrs.get("model_hash")
+    if want is not None and state_hash(model) != want:
+        raise ValueError("these curves were computed on different weights or masks than the "
+                         "model now has; recompute them with rdprune.rd.curves(model, calib)")
 
 
 def predicted(curves: pd.DataFrame, amounts: dict[str, float]) -> float:
@@ -317,7 +264,7 @@ def additivity(model: nn.Module, calib: torch.Tensor, curves: pd.DataFrame, n: i
         chosen = chosen or [names[rng.integers(len(names))]]
         amounts = {k: float(rng.choice(grid)) for k in chosen}
         pruned = M.apply(copy.deepcopy(model), amounts)
-        actual = distortion(model, pruned, calib, kind)
+        actual = D.distortion(model, pruned, calib, kind)
         pred = predicted(curves, amounts)
         rows.append(dict(config=i, kind="subset" if subset else "all", n_layers=len(chosen),
                          predicted=pred, actual=actual,
@@ -334,6 +281,3 @@ def additivity_stats(df: pd.DataFrame) -> dict[str, float]:
     return {"pearson_log": float(np.corrcoef(lp, la)[0, 1]) if ok.sum() > 1 else float("nan"),
             "spearman": float(df["predicted"].rank().corr(df["actual"].rank())),
             "median_rel_error": float(df["rel_error"].median())}
-
-
-from .refine import refine  # noqa: E402,F401 - public as rp.rd.refine (refine.py uses this module)

@@ -12,7 +12,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from . import masks as M
+from ..core import masks as M
 
 
 def _plt():
@@ -100,7 +100,7 @@ def additivity_scatter(df: pd.DataFrame, title: str | None = None):
     identity line; the Pearson correlation of the logs is in the title. A ``model`` column, when
     present, colours the points by architecture."""
     plt, sns = _plt()
-    from .rd import additivity_stats
+    from ..core.curves import additivity_stats
     ok = df[(df["predicted"] > 0) & (df["actual"] > 0)]
     fig, ax = plt.subplots(figsize=(6.2, 5.6))
     hue = "model" if "model" in ok.columns else None

@@ -1,7 +1,8 @@
 """``python -m rdprune reproduce``: execute every notebook in ``notebooks/`` with papermill.
 
-Each notebook runs with the parameters of a preset (:data:`PRESETS`, the one place where they
-live; the notebooks' own defaults are the ``quick`` preset, a test keeps them in step) into
+Each notebook runs with the parameters of a preset (:data:`rdprune.lab.presets.NOTEBOOKS`, the one
+place where they live; the notebooks' own defaults are the ``quick`` preset, a test keeps them in
+step) into
 ``results/<preset>/<notebook>/``: the executed notebook, its CSVs and its figures (PNG + SVG).
 A notebook whose dataset is not available (its ``dataset`` parameter; e.g. CIFAR-10 offline) is
 skipped with the reason, a failing notebook does not stop the others, and the command exits
@@ -20,60 +21,10 @@ from pathlib import Path
 
 import pandas as pd
 
-REPO = Path(__file__).resolve().parents[2]
+from ..util import REPO, data_dir
+from .presets import NOTEBOOKS as PRESETS
+
 NOTEBOOKS = REPO / "notebooks"
-
-_DIMS = [["channel"], ["channel", "depth"], ["channel", "depth", "resolution"]]
-_HBGS = ["HBGS", "HBGS-B", "HBGTS", "HBGTS-B"]
-_UNIFORM = ["omp", "backward", "random"]
-_COMPARED = ["rd", "rd_filter", "HBGS-B", "HBGTS-B", "jointpruning", "uniform_width", "l1_filter"]
-_COMPARED_ALL = _COMPARED[:2] + _HBGS + _COMPARED[4:]
-
-# Preset → {"*": parameters for every notebook, "<notebook stem>": its own}. Later wins.
-PRESETS: dict[str, dict[str, dict]] = {
-    "quick": {  # minutes on a 2-core CPU; Fashion-MNIST ships offline
-        "*": dict(dataset="fashion_mnist", model="resnet20", recipe="quick", calib_n=128, grid=21,
-                  eval_subset=2000,
-                  distortion="mse", seed=0, device="auto", interactive=False),
-        "01_rd_curves": dict(targets=[0.8, 0.9, 0.95]),
-        "02_additivity": dict(model=["lenet5", "resnet20"], targets=[0.8, 0.9, 0.95], n_configs=30,
-                              max_amount=0.5),
-        "03_rd_vs_baselines": dict(targets=[0.5, 0.6, 0.7, 0.8, 0.9],
-                                   iterative_methods=["rd", "lamp"], iterative_target=0.9,
-                                   per_round=0.5, finetune_steps=30, refine=0),
-        # 04-06: FLOPs / parameter *reductions*; ResNet-20 quick checkpoint, short CPU budgets
-        "04_jointpruning": dict(targets=[0.5, 0.7], dims=_DIMS, supernet_steps=120,
-                                search_steps=12, samples=4, retrain_steps=150),
-        "05_hbgs": dict(targets=[0.4, 0.6], methods=_HBGS, uniform_selectors=_UNIFORM, k=16,
-                        selection_n=128, round_finetune_steps=0, finetune_steps=30),
-        "06_comparison": dict(targets=[0.5, 0.7], methods=_COMPARED, k=0.25, selection_n=96,
-                              filter_grid=None, supernet_steps=120, search_steps=12, samples=4,
-                              finetune_steps=40, latency_batch=256, latency_repeats=5),
-    },
-    "paper": {  # the RD authors' CIFAR-10 protocol (rd-authors-code.md); needs CIFAR-10 and a GPU
-        "*": dict(dataset="cifar10", model="resnet32", recipe="paper", calib_n=1024, grid=101,
-                  eval_subset=None,
-                  distortion="worst_case", seed=0, device="auto", interactive=False),
-        "01_rd_curves": dict(targets=[0.9, 0.955, 0.98847]),
-        "02_additivity": dict(model=["resnet32", "vgg16"], targets=[0.9, 0.955, 0.98847],
-                              n_configs=200, max_amount=0.8),
-        "03_rd_vs_baselines": dict(targets=[0.5, 0.8, 0.9, 0.955, 0.98847],
-                                   iterative_methods=["rd", "lamp", "global", "erk"],
-                                   iterative_target=0.98847, per_round=0.2, finetune_steps=None,
-                                   refine=0),
-        # JointPruning note's CPU-scale suggestion (supernet ~40 epochs, 300 v-updates, N = 8,
-        # retrain ~100 epochs); HBGS slides: k = 5, 1 epoch between rounds, 63 / 95 % params
-        "04_jointpruning": dict(targets=[0.5, 0.7], dims=_DIMS, supernet_steps=30_000,
-                                search_steps=300, samples=8, retrain_steps=40_000),
-        "05_hbgs": dict(targets=[0.63, 0.95], methods=_HBGS, uniform_selectors=_UNIFORM, k=5,
-                        selection_n=1024, round_finetune_steps=390, finetune_steps=40_000),
-        "06_comparison": dict(targets=[0.5, 0.7], methods=_COMPARED_ALL, k=5, selection_n=1024,
-                              filter_grid=None, supernet_steps=30_000, search_steps=300,
-                              samples=8, finetune_steps=40_000, latency_batch=256,
-                              latency_repeats=20),
-    },
-}
-
 
 def repo_file(*parts) -> Path:
     return REPO.joinpath(*parts)
@@ -88,7 +39,6 @@ def paper_numbers(paper: str | tuple[str, ...] | None = None, *, wide: bool = Fa
     Long form (columns paper, dataset, model, method, schedule, metric, value, source), or with
     ``wide`` one row per setting (:data:`SETTING`) and one column per metric (NaN where the
     paper does not report it)."""
-    from .data import data_dir
     for path in (repo_file("data", "paper_numbers.csv"), data_dir() / "paper_numbers.csv"):
         if path.is_file():
             df = pd.read_csv(path, keep_default_na=False, dtype={"value": float})

@@ -14,10 +14,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distortion as D
 from . import masks as M
-from .allocation import _Layers, _validate
+from .allocators import Layers, validate
+from .curves import grid_amounts, sweep
 from .knapsack import solve
-from .rd import _check_inputs, _distortion_to, _sweep, grid_amounts
 
 
 def refine(model: nn.Module, calib: torch.Tensor, amounts: dict[str, float], target: float,
@@ -28,16 +29,16 @@ def refine(model: nn.Module, calib: torch.Tensor, amounts: dict[str, float], tar
 
     Each step re-linearises around the current allocation ``A``: for every layer ``l`` and every
     grid amount within ``radius`` of ``A_l``, the distortion of the network pruned at ``A`` with
-    only ``l`` moved (:mod:`rdprune.rd`'s fast path, against ``model``'s logits); the same
+    only ``l`` moved (:func:`rdprune.core.curves.sweep`, against ``model``'s logits); the same
     knapsack picks the best combination under the budget; the candidate is measured and kept only
     if its distortion is lower, else the radius halves (stop below one grid step or after
     ``max_iter`` steps). So the result is never worse than ``amounts``, stays within the budget,
     and never un-prunes what ``model`` already has pruned. Each step costs about ``2·radius`` of
     a curve computation."""
-    _validate("rd", target, budget)
-    _check_inputs(model, calib, grid, distortion, "fast")
+    validate("rd", target, budget)
+    D.check_inputs(model, calib, grid, distortion)
     model.eval()
-    layers = _Layers(model, budget, exclude)
+    layers = Layers(model, budget, exclude)
     unknown = set(amounts) - set(layers.names)
     if unknown:
         raise ValueError(f"amounts name layers that are not free prunable layers: {sorted(unknown)}")
@@ -60,7 +61,7 @@ def refine(model: nn.Module, calib: torch.Tensor, amounts: dict[str, float], tar
         return M.apply(copy.deepcopy(model), layers.amounts(c))
 
     base = pruned_at(counts)
-    best = _distortion_to(y_refs, base, chunks, distortion)
+    best = D.measure(y_refs, base, chunks, distortion)
     step = 1.0 / (grid - 1)
     r = float(radius)
     for _ in tqdm(range(max_iter), desc="RD refine", disable=not progress):
@@ -73,7 +74,7 @@ def refine(model: nn.Module, calib: torch.Tensor, amounts: dict[str, float], tar
             options.append(sorted({int(counts[i])} | {c for c in near if c >= layers.pruned[i]}))
         jobs = ((k, free[k].weight, order[k], [c for c in opts if c != counts[i]])
                 for i, (k, opts) in enumerate(zip(layers.names, options)))
-        moved = dict(_sweep(base, x_all, jobs, len(options), distortion, batch, max_batch, False,
+        moved = dict(sweep(base, x_all, jobs, len(options), distortion, batch, max_batch, False,
                             "", y_refs))
         width = max(len(o) for o in options)
         cost, dist = np.full((len(options), width), np.inf), np.full((len(options), width), np.inf)
@@ -88,7 +89,7 @@ def refine(model: nn.Module, calib: torch.Tensor, amounts: dict[str, float], tar
             r /= 2
             continue
         trial = pruned_at(candidate)
-        d = _distortion_to(y_refs, trial, chunks, distortion)
+        d = D.measure(y_refs, trial, chunks, distortion)
         if d < best:
             counts, base, best = candidate, trial, d
         else:

@@ -12,12 +12,14 @@ amount 0; ours is).
 from __future__ import annotations
 
 import gzip
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..core.loops import TensorLoader
+from ..util import data_dir
 
 DATASETS = ("fashion_mnist", "cifar10", "imagenet", "synthetic")
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -30,14 +32,6 @@ _STATS = {  # per-channel mean, std of the training split
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
-
-
-def data_dir() -> Path:
-    """Where datasets, checkpoints and curves are cached: ``$RDPRUNE_DATA`` or ``<repo>/data``."""
-    env = os.environ.get("RDPRUNE_DATA")
-    root = Path(env) if env else Path(__file__).resolve().parents[2] / "data"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
 
 
 @dataclass(frozen=True)
@@ -151,39 +145,6 @@ def tensors(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------- loaders
-class TensorLoader:
-    """A minimal, fast DataLoader over in-memory tensors: shuffles with its own seeded generator
-    and, for CIFAR, applies random crop (pad 4) and horizontal flip on whole batches."""
-
-    def __init__(self, x, y, batch_size, shuffle, augment=False, seed=0):
-        self.x, self.y, self.batch_size = x, y, batch_size
-        self.shuffle, self.augment = shuffle, augment
-        self.gen = torch.Generator().manual_seed(seed)
-        self.dataset = x  # len(loader.dataset) works as with torch loaders
-
-    def __len__(self):
-        return (len(self.x) + self.batch_size - 1) // self.batch_size
-
-    def __iter__(self):
-        n = len(self.x)
-        order = torch.randperm(n, generator=self.gen) if self.shuffle else torch.arange(n)
-        for i in range(0, n, self.batch_size):
-            idx = order[i:i + self.batch_size]
-            xb = self.x[idx]
-            if self.augment:
-                xb = _crop_flip(xb, self.gen)
-            yield xb, self.y[idx]
-
-
-def _crop_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    n, _, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
-    dx, dy = torch.randint(0, 9, (2,), generator=gen).tolist()
-    out = padded[:, :, dy:dy + h, dx:dx + w]
-    flip = torch.rand(n, generator=gen) < 0.5
-    return torch.where(flip.view(-1, 1, 1, 1), out.flip(3), out)
-
-
 def loaders(name: str = "fashion_mnist", batch_size: int = 128, *, seed: int = 0,
             subset: int | None = None, imagenet_root: str | None = None):
     """(train_loader, test_loader). ``subset`` keeps the first n test and an even-stride n*6

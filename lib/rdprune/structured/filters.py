@@ -3,7 +3,7 @@
 A layer's filters are the columns of ``B`` (D×n). For a kept set ``S`` (``A = B[:, S]``), λ (|S|×n)
 expresses every filter as a combination of the kept ones, ``B ≈ Aλ``, and the consumer (output
 side) or producer (input side) 1×1 wrapper absorbs λ. No training, no network surgery, no data.
-Section numbers (§) refer to the method notes, /work/shared/hbgs.md.
+Section numbers (§) refer to the method notes, ``docs/hbgs.md``.
 
 Implementation choices:
 

@@ -1,0 +1,163 @@
+"""Generic training loops on any model and loader: :func:`fit` (AdamW, optional distillation),
+:func:`fine_tune` (mask-preserving), :func:`evaluate` and :func:`recalibrate_bn`. The structured
+methods (HBGS, JointPruning) and the lab's recipes use them; they know no dataset name."""
+from __future__ import annotations
+
+import numbers
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import masks as M
+
+
+def device(spec: str | torch.device = "auto") -> torch.device:
+    """``"auto"``: CUDA when present, else the CPU. An unavailable device is a clear error."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"unknown device {spec!r}; use 'auto', 'cpu' or 'cuda[:N]'") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {spec!r} asked for, but this machine has no CUDA GPU; "
+                         "use --device cpu (or auto)")
+    return dev
+
+
+def check_steps(steps, what: str = "steps") -> int:
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
+        raise ValueError(f"{what} must be a whole number >= 0, got {steps!r}")
+    return int(steps)
+
+
+def batches(loader, steps: int):
+    """Cycle ``loader`` for exactly ``steps`` batches."""
+    check_steps(steps)
+    done = 0
+    while done < steps:
+        empty = True
+        for batch in loader:
+            empty = False
+            if done == steps:
+                return
+            yield batch
+            done += 1
+        if empty:
+            raise ValueError("the training loader yields no batches")
+
+
+def fit(model: nn.Module, loader, steps: int, *, lr: float = 1e-3, weight_decay: float = 0.01,
+        schedule: str = "cosine", teacher: nn.Module | None = None, temperature: float = 2.0,
+        dev="auto", progress: bool = True, desc: str = "train") -> nn.Module:
+    """AdamW for ``steps`` batches. Masked weights stay exactly zero after every step. With a
+    ``teacher``, the loss adds KL distillation (temperature ``temperature``)."""
+    check_steps(steps)
+    dev = device(dev)
+    model.to(dev).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
+             if schedule == "cosine" else None)
+    bar = tqdm(batches(loader, steps), total=steps, desc=desc, disable=not progress, leave=False)
+    for x, y in bar:
+        x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+        out = model(x)
+        loss = F.cross_entropy(out, y)
+        if teacher is not None:
+            with torch.no_grad():
+                t = teacher(x)
+            loss = loss + temperature ** 2 * F.kl_div(
+                F.log_softmax(out / temperature, 1), F.softmax(t / temperature, 1),
+                reduction="batchmean")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        M.enforce(model)
+        if sched:
+            sched.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    return model.eval()
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader, dev=None) -> dict[str, float]:
+    """Top-1 accuracy (fraction) and mean cross-entropy over ``loader``."""
+    dev = next(model.parameters()).device if dev is None else device(dev)
+    was = model.training
+    model.eval()
+    correct, loss, n = 0, 0.0, 0
+    for x, y in loader:
+        x, y = x.to(dev), y.to(dev)
+        out = model(x)
+        loss += F.cross_entropy(out, y, reduction="sum").item()
+        correct += (out.argmax(1) == y).sum().item()
+        n += len(y)
+    model.train(was)
+    return {"top1": correct / n, "loss": loss / n}
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch: int = 256) -> nn.Module:
+    """Re-estimate every BatchNorm's running statistics on inputs ``x``, in place: the equally
+    weighted average of the statistics of each ``batch`` images (one batch: exactly those of
+    ``x``); no weight changes. Pruning shifts the activations each BN normalises, so a pruned
+    network with the dense network's statistics can collapse although its weights are fine.
+    Returns the model in eval mode."""
+    if not isinstance(x, torch.Tensor) or x.dim() < 2 or len(x) == 0:
+        raise ValueError("recalibrate_bn needs a non-empty batch of inputs (N, ...)")
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: the exact mean over the batches
+    model.train()
+    dev = next(model.parameters()).device
+    try:
+        for xb in torch.split(x, batch):
+            model(xb.to(dev))
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+        model.eval()
+    return model
+
+
+def fine_tune(model, loader, steps: int, lr: float = 3e-4, **kw) -> nn.Module:
+    """Mask-preserving fine-tune (constant learning rate, as the RD authors)."""
+    kw.setdefault("desc", "fine-tune")
+    return fit(model, loader, steps, lr=lr, schedule="constant", **kw)
+
+
+class TensorLoader:
+    """A minimal, fast DataLoader over in-memory tensors: shuffles with its own seeded generator
+    and, for CIFAR, applies random crop (pad 4) and horizontal flip on whole batches."""
+
+    def __init__(self, x, y, batch_size, shuffle, augment=False, seed=0):
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.shuffle, self.augment = shuffle, augment
+        self.gen = torch.Generator().manual_seed(seed)
+        self.dataset = x  # len(loader.dataset) works as with torch loaders
+
+    def __len__(self):
+        return (len(self.x) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self):
+        n = len(self.x)
+        order = torch.randperm(n, generator=self.gen) if self.shuffle else torch.arange(n)
+        for i in range(0, n, self.batch_size):
+            idx = order[i:i + self.batch_size]
+            xb = self.x[idx]
+            if self.augment:
+                xb = _crop_flip(xb, self.gen)
+            yield xb, self.y[idx]
+
+
+def _crop_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    dx, dy = torch.randint(0, 9, (2,), generator=gen).tolist()
+    out = padded[:, :, dy:dy + h, dx:dx + w]
+    flip = torch.rand(n, generator=gen) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), out.flip(3), out)

@@ -1,0 +1,23 @@
+"""``rp.rd``: rate–distortion pruning in one namespace (Xu et al., ICCV 2023).
+
+    curves = rp.rd.curves(model, calib)                 # per-layer D_l(a), cached
+    add = rp.rd.additivity(model, calib, curves)        # predicted vs measured joint distortion
+    choice = rp.rd.solve(costs, distortions, budget)    # the exact multiple-choice knapsack
+    amounts = rp.rd.refine(model, calib, amounts, 0.9)  # our measured-distortion refinement
+    rp.rd.register_distortion("kl", per_sample_fn)      # a new measure, usable everywhere
+
+What lives where: curves and additivity in :mod:`rdprune.core.curves`, measures in
+:mod:`rdprune.core.distortion`, the DP in :mod:`rdprune.core.knapsack`, refinement in
+:mod:`rdprune.core.refine`.
+"""
+from .curves import (COLUMNS, PATHS, additivity, additivity_stats, check_curves, curves,
+                     default_max_batch, fast_curves, grid_amounts, predicted, pruned_counts,
+                     reference_curves, sweep)
+from .distortion import distortion, names as distortions, register_distortion, unregister_distortion
+from .knapsack import solve
+from .refine import refine
+
+__all__ = ["COLUMNS", "PATHS", "additivity", "additivity_stats", "check_curves", "curves",
+           "default_max_batch", "distortion", "distortions", "fast_curves", "grid_amounts",
+           "predicted", "pruned_counts", "reference_curves", "refine", "register_distortion",
+           "solve", "sweep", "unregister_distortion"]

@@ -1,0 +1,188 @@
+"""One front door for every pruning method, and one evaluation helper.
+
+    net, record = rp.prune(model, "rd", 0.5, budget="flops", calib=calib)
+    net, record = rp.prune(model, "HBGS-B", 0.5, budget="flops", calib=selection, k=0.25)
+    net, record = rp.prune(model, "jointpruning", 0.5, budget="flops", calib=calib,
+                           train_loader=loader)
+    row = rp.evaluate_pruned(net, model, test_loader, calib=calib, finetune_loader=loader,
+                             finetune_steps=40)
+
+``target`` is always the fraction *removed* (of weights for ``budget="params"``, of FLOPs for
+``"flops"``). Every registered allocator (:func:`rdprune.allocation.register_allocator`: the six
+mask allocators, ``rd``, ``rd_filter`` and a user's own) goes through one path: curves when it
+needs them, :func:`rdprune.allocate`, then masks or its own surgery. Methods that are not
+per-layer allocations (HBGS and its variants, JointPruning, the width baselines) are registered
+here with :func:`register_method`. The record says what was achieved, counted on the pruned
+network itself (:func:`rdprune.structured.count`: masked weights as removed and their FLOPs
+scaled by density, the RD authors' accounting; channel removal as real).
+"""
+from __future__ import annotations
+
+import copy
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..core import allocators as A
+from ..core import masks as M
+from ..core import rd
+from ..core.loops import evaluate, fine_tune, recalibrate_bn
+from ..structured import hbgs as H
+from ..structured import jointpruning as J
+from ..structured import surgery as S
+from ..util import check_choice, check_target
+
+_METHODS: dict[str, Callable] = {}
+
+
+def register_method(name: str, fn: Callable) -> None:
+    """Make ``name`` a method of :func:`prune`: ``fn(model, target, budget, calib, **options)``
+    returns ``(pruned network, details)``, details a dict (e.g. ``{"trace": DataFrame}``)."""
+    if not isinstance(name, str) or not name or not callable(fn):
+        raise ValueError("register_method needs a name and a callable")
+    if name in A.names():
+        raise ValueError(f"{name!r} is an allocator already (rdprune.allocation)")
+    _METHODS[name] = fn
+
+
+def methods() -> list[str]:
+    """Everything :func:`prune` accepts: the registered allocators, then the other methods."""
+    return A.names() + list(_METHODS)
+
+
+def prune(model: nn.Module, method: str, target: float, budget: str = "params", *,
+          calib: torch.Tensor | None = None, **options):
+    """Prune a copy of ``model`` with ``method`` to ``target`` (the fraction of ``budget``
+    removed). ``calib``: the calibration (or, for HBGS, selection) inputs the method reads.
+    Returns ``(pruned network, record)``; the record holds ``method, target, budget,
+    params_reduction, flops_reduction, seconds`` and ``amounts`` (allocators) or
+    ``kept_channels`` (physically pruned networks), plus what the method reports (a trace)."""
+    check_choice("method", method, methods())
+    check_target(target, "weights" if budget == "params" else "FLOPs")
+    check_choice("budget", budget, A.BUDGETS)
+    example = calib[:1] if isinstance(calib, torch.Tensor) and len(calib) else None
+    tic = time.perf_counter()
+    if method in _METHODS:
+        net, details = _METHODS[method](model, float(target), budget, calib, **options)
+    else:
+        net, details = _allocated(model, method, float(target), budget, calib, **options)
+    seconds = time.perf_counter() - tic
+    before, after = S.count(model, example), S.count(net, example)
+    record = dict(method=method, target=float(target), budget=budget,
+                  params_reduction=1 - after["params"] / before["params"],
+                  flops_reduction=1 - after["flops"] / before["flops"],
+                  params=after["params"], flops=after["flops"], seconds=seconds, **details)
+    if "amounts" not in record:
+        record["kept_channels"] = S.widths(net)
+    return net, record
+
+
+def _allocated(model, method, target, budget, calib, *, curves=None, grid=None,
+               distortion="mse", refine=0, exclude=(), progress=False, **options):
+    """Every registered allocator: curves if needed, allocate, then masks or its surgery."""
+    entry = A.get(method)
+    if refine and method != "rd":
+        raise ValueError(f"refine applies to method 'rd' only (got {method!r}); set refine=0")
+    if entry.needs_curves and curves is None:
+        if calib is None:
+            raise ValueError(f"method {method!r} computes curves: pass calib= (a batch of inputs)")
+        if entry.curves is not None:
+            curves = entry.curves(model, calib, grid=grid, distortion=distortion,
+                                  progress=progress)
+        else:
+            curves = rd.curves(model, calib, grid=grid or 51, distortion=distortion,
+                               progress=progress)
+    extra = {"calib": calib} if entry.needs_calib else {}
+    amounts = A.allocate(method, model, target, budget, curves=curves, exclude=exclude,
+                         **extra, **options)
+    if refine:
+        amounts = rd.refine(model, calib, amounts, target, budget, exclude=exclude,
+                            grid=int(curves["amount"].nunique()), distortion=distortion,
+                            max_iter=refine, progress=progress)
+    if entry.structured:
+        return entry.apply(model, amounts), {"amounts": amounts}
+    return M.apply(copy.deepcopy(model), amounts), {"amounts": amounts}
+
+
+# ----------------------------------------------------------------------------- other methods
+def _hbgs(variant):
+    def run(model, target, budget, calib, *, selection=None, k=5, finetune_steps=0,
+            train_loader=None, progress=False, **options):
+        data = selection if selection is not None else calib
+        if data is None:
+            raise ValueError(f"{variant} scores candidates on held-out training inputs: pass "
+                             "calib= (or selection=), e.g. rp.data.selection_split(...)[0]")
+        net, trace = H.prune(model, data, target, budget, k=k, finetune_steps=finetune_steps,
+                             train_loader=train_loader, progress=progress,
+                             **H.METHODS[variant], **options)
+        return net, {"trace": trace}
+    return run
+
+
+def _jointpruning(model, target, budget, calib, *, train_loader=None, finish="inherit",
+                  progress=False, **options):
+    if budget != "flops":
+        raise ValueError("JointPruning searches under a FLOPs constraint; use budget='flops'")
+    if train_loader is None:
+        raise ValueError("JointPruning trains a supernet: pass train_loader= (training batches)")
+    check_choice("finish", finish, ("inherit", "build"))
+    vector, trace, supernet = J.search(model, train_loader, 1 - target, progress=progress,
+                                       return_supernet=True, **options)
+    net = J.inherit(supernet, vector, calib) if finish == "inherit" else J.build(model, vector)
+    return net, {"trace": trace, "vector": vector}
+
+
+def _uniform_width(model, target, budget, calib, **options):
+    return S.uniform_width(model, target, budget, example=_one(calib), **options), {}
+
+
+def _l1_filter(model, target, budget, calib, *, scope="global", **options):
+    return S.l1_filters(model, target, budget, scope=scope, example=_one(calib), **options), {}
+
+
+def _one(calib):
+    return calib[:1] if isinstance(calib, torch.Tensor) and len(calib) else None
+
+
+for _variant in H.METHODS:
+    register_method(_variant, _hbgs(_variant))
+register_method("jointpruning", _jointpruning)
+register_method("uniform_width", _uniform_width)
+register_method("l1_filter", _l1_filter)
+
+
+# ----------------------------------------------------------------------------- evaluation
+def evaluate_pruned(net: nn.Module, dense: nn.Module, test_loader, *,
+                    calib: torch.Tensor | None = None, finetune_loader=None,
+                    finetune_steps: int = 0, teacher: nn.Module | None = None, dev="auto",
+                    example: torch.Tensor | None = None):
+    """Count → evaluate → BN re-estimation → fine-tune → evaluate, on copies of ``net``.
+
+    Returns ``(row, tuned network)``: ``row`` has params, flops, params_reduction and
+    flops_reduction against ``dense``, ``top1_before`` (straight after pruning), ``top1_recal``
+    (BatchNorm statistics re-estimated on ``calib``; NaN without ``calib``) and ``top1_after``
+    (after ``finetune_steps`` of :func:`rdprune.train.fine_tune` on ``finetune_loader``, from the
+    re-estimated network when there is one, with KL distillation from ``teacher``, default
+    ``dense``; equal to the last evaluation when there is no fine-tune)."""
+    example = example if example is not None else _one(calib)
+    full, c = S.count(dense, example), S.count(net, example)
+    row = dict(params=int(c["params"]), flops=float(c["flops"]),
+               params_reduction=1 - c["params"] / full["params"],
+               flops_reduction=1 - c["flops"] / full["flops"],
+               top1_before=evaluate(net, test_loader)["top1"], top1_recal=float("nan"))
+    start = net
+    if calib is not None:
+        start = recalibrate_bn(copy.deepcopy(net), calib)
+        row["top1_recal"] = evaluate(start, test_loader)["top1"]
+    tuned = start
+    if finetune_steps:
+        if finetune_loader is None:
+            raise ValueError("finetune_steps > 0 needs finetune_loader= (training batches)")
+        tuned = fine_tune(copy.deepcopy(start), finetune_loader, finetune_steps,
+                          teacher=dense if teacher is None else teacher, dev=dev, progress=False)
+        row["top1_after"] = evaluate(tuned, test_loader)["top1"]
+    else:
+        row["top1_after"] = row["top1_recal"] if calib is not None else row["top1_before"]
+    return row, tuned

@@ -1,0 +1,146 @@
+"""Every preset, written once: how the zoo is trained (:data:`RECIPES`), how a pruning schedule runs
+(:data:`SCHEDULES`), the CLI's comparison defaults (:data:`BASELINES`) and the notebooks'
+parameters (:data:`NOTEBOOKS`). The CLI, :mod:`.pipeline`, :mod:`.reproduce` and the notebooks read
+these; a test keeps each notebook's ``parameters`` cell equal to ``NOTEBOOKS["quick"]``.
+
+What "quick" means, in each place:
+- a **recipe** ``quick``: 2 epochs of AdamW, minutes on a 2-core CPU (ResNet-20 ≥ 90 % top-1 on
+  Fashion-MNIST); ``smoke`` trains for seconds (tests); ``paper`` is the RD authors' CIFAR recipe
+  (AdamW lr 3e-4, batch 100, 50k steps for ResNets, 20k VGG-16, 80k DenseNet);
+- a **schedule** ``quick`` (``prune`` and ``baselines``): 256 calibration images, a 51-point grid,
+  200 fine-tuning steps per round; ``paper``: the authors' 1024 images, 101 points, worst-case
+  distortion and 80k/40k/60k fine-tuning steps;
+- the **notebooks'** ``quick``: half that calibration set (128 images, a 21-point grid) and
+  2,000 test images, so that all six notebooks finish in about half an hour here.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+from ..util import check_choice
+
+
+# ----------------------------------------------------------------------------- training recipes
+@dataclass(frozen=True)
+class Recipe:
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    batch_size: int = 128
+    epochs: float = 2.0           # dense training length (epochs, fractional allowed)
+    steps: int | None = None      # overrides epochs when set
+    schedule: str = "cosine"      # "cosine" | "constant"
+
+
+RECIPES = {
+    "quick": Recipe(),
+    "smoke": Recipe(epochs=0.1),  # seconds: for tests and a first look, not for results
+    "paper": Recipe(lr=3e-4, batch_size=100, steps=50_000),
+}
+_PAPER_STEPS = {"vgg16": 20_000, "densenet121": 80_000}  # the paper recipe's dense training
+
+
+def get_recipe(name: str | Recipe, model_name: str | None = None) -> Recipe:
+    """Look up a named recipe (the ``paper`` one has per-architecture step counts)."""
+    if isinstance(name, Recipe):
+        return name
+    check_choice("recipe", name, RECIPES)
+    r = RECIPES[name]
+    if name == "paper" and model_name in _PAPER_STEPS:
+        r = replace(r, steps=_PAPER_STEPS[model_name])
+    return r
+
+
+# ----------------------------------------------------------------------------- pruning schedules
+@dataclass(frozen=True)
+class Settings:
+    """Every schedule knob; :data:`SCHEDULES` holds the quick CPU and paper defaults."""
+    calib_n: int = 256
+    grid: int = 51
+    distortion: str = "mse"
+    per_round: float = 0.2
+    finetune_steps: int = 200
+    finetune_lr: float = 3e-4
+    batch_size: int = 128
+    eval_subset: int | None = None  # test images used for top-1 (None: all)
+    refine: int = 0  # rd only: rd.refine steps after the DP (0: the paper's method)
+
+
+SCHEDULES = {
+    "quick": Settings(),
+    # the RD authors' CIFAR settings (docs/rd-authors-code.md); fine-tune steps per model below
+    "paper": Settings(calib_n=1024, grid=101, distortion="worst_case", finetune_steps=80_000,
+                      batch_size=100),
+}
+_PAPER_FINETUNE = {"vgg16": 40_000, "densenet121": 60_000}
+SCHEDULE_RECIPE = {"quick": "quick", "paper": "paper"}  # the dense model each preset starts from
+
+
+def settings(preset: str = "quick", model_name: str | None = None, **overrides) -> Settings:
+    """A schedule preset with ``overrides`` (None values keep the preset's)."""
+    check_choice("preset", preset, SCHEDULES)
+    s = SCHEDULES[preset]
+    if preset == "paper" and model_name in _PAPER_FINETUNE:
+        s = replace(s, finetune_steps=_PAPER_FINETUNE[model_name])
+    unknown = set(overrides) - set(asdict(s))
+    if unknown:
+        raise ValueError(f"unknown settings {sorted(unknown)}; known: {sorted(asdict(s))}")
+    return replace(s, **{k: v for k, v in overrides.items() if v is not None})
+
+
+# ----------------------------------------------------------------------------- CLI comparison
+BASELINES = dict(model="resnet20", dataset="fashion_mnist", recipe="quick",
+                 methods=["rd", "global", "uniform", "uniform_plus", "erk", "lamp"],
+                 targets=[0.5, 0.8, 0.9, 0.95], budget="params",
+                 calib_n=SCHEDULES["quick"].calib_n, grid=SCHEDULES["quick"].grid, refine=0)
+
+# ----------------------------------------------------------------------------- notebooks
+_DIMS = [["channel"], ["channel", "depth"], ["channel", "depth", "resolution"]]
+_HBGS = ["HBGS", "HBGS-B", "HBGTS", "HBGTS-B"]
+_UNIFORM = ["omp", "backward", "random"]
+_COMPARED = ["rd", "rd_filter", "HBGS-B", "HBGTS-B", "jointpruning", "uniform_width", "l1_filter"]
+_COMPARED_ALL = _COMPARED[:2] + _HBGS + _COMPARED[4:]
+
+# Preset → {"*": parameters for every notebook, "<notebook stem>": its own}. Later wins.
+NOTEBOOKS: dict[str, dict[str, dict]] = {
+    "quick": {  # minutes on a 2-core CPU; Fashion-MNIST ships offline
+        "*": dict(dataset="fashion_mnist", model="resnet20", recipe="quick", calib_n=128, grid=21,
+                  eval_subset=2000,
+                  distortion="mse", seed=0, device="auto", interactive=False),
+        "01_rd_curves": dict(targets=[0.8, 0.9, 0.95]),
+        "02_additivity": dict(model=["lenet5", "resnet20"], targets=[0.8, 0.9, 0.95], n_configs=30,
+                              max_amount=0.5),
+        "03_rd_vs_baselines": dict(targets=[0.5, 0.6, 0.7, 0.8, 0.9],
+                                   iterative_methods=["rd", "lamp"], iterative_target=0.9,
+                                   per_round=0.5, finetune_steps=30, refine=0),
+        # 04-06: FLOPs / parameter *reductions*; ResNet-20 quick checkpoint, short CPU budgets
+        "04_jointpruning": dict(targets=[0.5, 0.7], dims=_DIMS, supernet_steps=120,
+                                search_steps=12, samples=4, retrain_steps=150),
+        "05_hbgs": dict(targets=[0.4, 0.6], methods=_HBGS, uniform_selectors=_UNIFORM, k=16,
+                        selection_n=128, round_finetune_steps=0, finetune_steps=30),
+        "06_comparison": dict(targets=[0.5, 0.7], methods=_COMPARED, k=0.25, selection_n=96,
+                              filter_grid=None, supernet_steps=120, search_steps=12, samples=4,
+                              finetune_steps=40, latency_batch=256, latency_repeats=5),
+    },
+    "paper": {  # the RD authors' CIFAR-10 protocol (docs/rd-authors-code.md); needs CIFAR-10, a GPU
+        "*": dict(dataset="cifar10", model="resnet32", recipe="paper", calib_n=1024, grid=101,
+                  eval_subset=None,
+                  distortion="worst_case", seed=0, device="auto", interactive=False),
+        "01_rd_curves": dict(targets=[0.9, 0.955, 0.98847]),
+        "02_additivity": dict(model=["resnet32", "vgg16"], targets=[0.9, 0.955, 0.98847],
+                              n_configs=200, max_amount=0.8),
+        "03_rd_vs_baselines": dict(targets=[0.5, 0.8, 0.9, 0.955, 0.98847],
+                                   iterative_methods=["rd", "lamp", "global", "erk"],
+                                   iterative_target=0.98847, per_round=0.2, finetune_steps=None,
+                                   refine=0),
+        # JointPruning note's CPU-scale suggestion (supernet ~40 epochs, 300 v-updates, N = 8,
+        # retrain ~100 epochs); HBGS slides: k = 5, 1 epoch between rounds, 63 / 95 % params
+        "04_jointpruning": dict(targets=[0.5, 0.7], dims=_DIMS, supernet_steps=30_000,
+                                search_steps=300, samples=8, retrain_steps=40_000),
+        "05_hbgs": dict(targets=[0.63, 0.95], methods=_HBGS, uniform_selectors=_UNIFORM, k=5,
+                        selection_n=1024, round_finetune_steps=390, finetune_steps=40_000),
+        "06_comparison": dict(targets=[0.5, 0.7], methods=_COMPARED_ALL, k=5, selection_n=1024,
+                              filter_grid=None, supernet_steps=30_000, search_steps=300,
+                              samples=8, finetune_steps=40_000, latency_batch=256,
+                              latency_repeats=20),
+    },
+}

@@ -1,0 +1,75 @@
+"""``rp.train``: cached pre-trained checkpoints of the zoo, plus the generic loops of
+:mod:`rdprune.core.loops` (``fit``, ``fine_tune``, ``evaluate``, ``recalibrate_bn``) under one name.
+Recipes (how long and how to train) live in :mod:`rdprune.lab.presets`."""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..core import masks as M
+from ..core.loops import device, evaluate, fine_tune, fit, recalibrate_bn  # noqa: F401 - rp.train API
+from ..util import atomic_write_bytes, state_hash  # noqa: F401 - rp.train API
+from . import data as D
+from . import models
+from .presets import RECIPES, Recipe, get_recipe  # noqa: F401 - rp.train API
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def save(model: nn.Module, path: Path, meta: dict) -> None:
+    buf = io.BytesIO()
+    torch.save({"state": model.state_dict(), "meta": meta, "hash": state_hash(model)}, buf)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def checkpoint_path(model_name, dataset, recipe_name, seed) -> Path:
+    return D.data_dir() / "checkpoints" / f"{model_name}-{dataset}-{recipe_name}-s{seed}.pt"
+
+
+def _load_checked(model, path, meta) -> str | None:
+    """Load ``path`` into ``model``; return None on success or the reason it is unusable."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if blob.get("meta") != meta:
+            return f"it was made with different settings ({blob.get('meta')} != {meta})"
+        M.load_state(model, blob["state"])
+        if state_hash(model) != blob["hash"]:
+            return "its contents do not match the stored hash"
+        return None
+    except Exception as e:  # noqa: BLE001 - any failure to read means corrupt
+        return f"it could not be read ({type(e).__name__}: {e})"
+
+
+def pretrained(model_name: str = "resnet20", dataset: str = "fashion_mnist",
+               recipe: str = "quick", seed: int = 0, *, dev="auto", progress: bool = True,
+               verbose: bool = True) -> nn.Module:
+    """A trained dense model, cached under ``data/checkpoints`` keyed by model, dataset, recipe and
+    seed. A corrupt or mismatched checkpoint is reported and retrained, never silently loaded."""
+    r = get_recipe(recipe, model_name)
+    meta = {"model": model_name, "dataset": dataset, "recipe": asdict(r), "seed": seed}
+    inf = D.info(dataset)
+    torch.manual_seed(seed)
+    model = models.build(model_name, inf.num_classes, inf.in_channels, image_size=inf.image_size)
+    path = checkpoint_path(model_name, dataset, recipe, seed)
+    if path.exists():
+        problem = _load_checked(model, path, meta)
+        if problem is None:
+            if verbose:
+                print(f"using cached checkpoint {path}")
+            return model.to(device(dev)).eval()
+        warnings.warn(f"checkpoint {path} is unusable: {problem}; retraining")
+        torch.manual_seed(seed)
+        model = models.build(model_name, inf.num_classes, inf.in_channels,
+                             image_size=inf.image_size)
+    train_loader, _ = D.loaders(dataset, r.batch_size, seed=seed)
+    steps = r.steps or int(round(r.epochs * len(train_loader)))
+    if verbose:
+        print(f"training {model_name} on {dataset} ({recipe} recipe, {steps} steps, seed {seed})")
+    fit(model, train_loader, steps, lr=r.lr, weight_decay=r.weight_decay, schedule=r.schedule,
+        dev=dev, progress=progress, desc=f"train {model_name}")
+    save(model, path, meta)
+    return model
