@@ -108,3 +108,21 @@ def test_evaluate_pruned_counts_recalibrates_and_fine_tunes(setting):
     assert plain["top1_recal"] != plain["top1_recal"]  # NaN: nothing re-estimated
     with pytest.raises(ValueError, match="finetune_loader"):
         rp.evaluate_pruned(net, model, test_loader, finetune_steps=3)
+
+
+def test_fine_tuning_never_returns_a_network_worse_on_held_out_images(setting, lenet):
+    """On a trained LeNet-5 at 30 % (accurate, so a destructive fine-tune can only lose)."""
+    _, calib, _, test_loader = setting
+    val, ft_loader = rp.data.selection_split("fashion_mnist", n=128, train_size=64, labels=True)
+    model = lenet
+    net, _ = rp.prune(model, "lamp", 0.3)
+    start = rp.train.evaluate(rp.train.recalibrate_bn(copy.deepcopy(net), calib), [val])["top1"]
+    assert start > 0.5
+    for lr, wrecked in ((10.0, True), (3e-4, None)):  # lr 10 destroys the network
+        row, tuned = rp.evaluate_pruned(net, model, test_loader, calib=calib, val=val, lr=lr,
+                                        finetune_loader=ft_loader, finetune_steps=3, dev="cpu")
+        assert row["val_before"] == start
+        assert rp.train.evaluate(tuned, [val])["top1"] >= start  # never worse where it matters
+        assert row["finetune_kept"] == (row["val_after"] >= start)
+        if wrecked:
+            assert not row["finetune_kept"] and row["top1_after"] == row["top1_recal"]

@@ -3,6 +3,7 @@
   python -m rdprune baselines   train the default model once, compare every allocator zero-shot
   python -m rdprune prune       prune on a schedule (one-shot or iterative), record every round
   python -m rdprune reproduce   execute the notebook collection with a preset
+  python -m rdprune report      README's tables from a run's files (publish, or compare a rerun)
 
 Method names, distortions and presets come from the library's registries (rdprune.allocation,
 rdprune.rd, rdprune.lab.presets); ``--help`` on each command lists them with their defaults.
@@ -17,6 +18,17 @@ import sys
 import pandas as pd
 
 
+class _Help(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the help says it already."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" not in text and action.default not in (None, False, argparse.SUPPRESS) \
+                and action.option_strings:
+            text += f" (default: {' '.join(map(str, action.default)) if isinstance(action.default, list) else action.default})"
+        return text
+
+
 def _common(p, presets):
     p.add_argument("--model", default=presets.BASELINES["model"],
                    help="zoo model name (rdprune.models.available())")
@@ -24,7 +36,8 @@ def _common(p, presets):
                    help="fashion_mnist (offline), cifar10, imagenet or synthetic")
     p.add_argument("--imagenet-root", default=None,
                    help="folder with ImageNet train/ and val/ (for --dataset imagenet)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the dense model, the calibration offset and the data order")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -98,19 +111,57 @@ def prune(args) -> int:
                          finetune_steps=args.finetune_steps, calib_n=args.calib_n,
                          grid=args.grid, refine=args.refine)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print("round 0 is the dense model; top1/loss after the round's fine-tune; predicted: RD "
+          "curves' sum; actual: distortion measured after pruning, before fine-tuning")
+    print(f"results: {table.attrs['out']}/results.csv (pruned weights in state.pt)")
+    return 0
+
+
+def report(args) -> int:
+    from pathlib import Path
+
+    from rdprune.lab import report as R
+    from rdprune.util import REPO
+    results = Path(args.results)
+    if not results.is_dir():
+        raise FileNotFoundError(f"{results} does not exist; run python -m rdprune reproduce first")
+    docs = REPO / "docs" / "results" / results.name
+    if args.publish:
+        names = R.publish(results, docs, REPO / "README.md")
+        print(f"copied to {docs}; README tables rewritten: {', '.join(names) or 'none'}")
+    if args.compare:
+        diff = R.compare(results, docs)
+        with pd.option_context("display.width", 160, "display.max_rows", 500):
+            print(diff.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        bad = diff[~diff.within]
+        print(f"{len(diff) - len(bad)} of {len(diff)} top-1 numbers within "
+              f"{R.TOLERANCE_PTS:g} points of {docs}")
+        return 1 if len(bad) else 0
+    if not args.publish:
+        for name, table in R.tables(results).items():
+            print(f"\n{name}:\n{table}")
     return 0
 
 
 def main(argv=None) -> int:
     import importlib
-
-    import rdprune as rp
-    from rdprune.lab import presets
     argv = list(sys.argv[1:] if argv is None else argv)
-    while "--import" in argv[:-1]:  # plugins register before the choices below are read
+    while "--import" in argv[:-1]:  # plugins register before the parser reads the registries
         i = argv.index("--import")
         importlib.import_module(argv[i + 1])
         del argv[i:i + 2]
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI, its choices read from the registries and its defaults from the presets."""
+    import rdprune as rp
+    from rdprune.lab import presets
     quick, base = presets.SCHEDULES["quick"], presets.BASELINES
     masked = rp.allocation.names(structured=False)
     parser = argparse.ArgumentParser(prog="python -m rdprune", description=__doc__,
@@ -119,7 +170,7 @@ def main(argv=None) -> int:
                         metavar="MODULE", help="import MODULE first (it may register allocators, "
                         "distortions or methods); repeatable")
     sub = parser.add_subparsers(dest="command", required=True)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _Help
 
     b = sub.add_parser("baselines", formatter_class=fmt,
                        help="train the default model once and compare allocators zero-shot")
@@ -130,11 +181,13 @@ def main(argv=None) -> int:
                    help=f"allocators to compare: {', '.join(masked)}")
     b.add_argument("--targets", nargs="+", type=float, default=base["targets"],
                    help="fractions removed, of weights or FLOPs per --budget, each in [0, 1)")
-    b.add_argument("--budget", default=base["budget"], choices=list(rp.allocation.BUDGETS))
+    b.add_argument("--budget", default=base["budget"], choices=list(rp.allocation.BUDGETS),
+                   help="what --targets remove: weights (params) or multiply-adds (flops)")
     b.add_argument("--calib-n", type=int, default=base["calib_n"],
                    help="number of calibration images (training split)")
     b.add_argument("--grid", type=int, default=base["grid"], help="RD amounts per layer")
-    b.add_argument("--distortion", default="mse", choices=rp.rd.distortions())
+    b.add_argument("--distortion", default="mse", choices=rp.rd.distortions(),
+                   help="RD's output distortion measure (rdprune.rd.register_distortion adds one)")
     b.add_argument("--refine", type=int, default=base["refine"],
                    help="also rows rd+refine: RD after this many measured-distortion steps")
     b.add_argument("--no-cache", action="store_true", help="recompute the table")
@@ -146,8 +199,12 @@ def main(argv=None) -> int:
     p.add_argument("--method", default="rd", choices=masked, help="mask allocator")
     p.add_argument("--target", type=float, default=0.9,
                    help="fraction removed, of weights or FLOPs per --budget, in [0, 1)")
-    p.add_argument("--schedule", default="oneshot", choices=["oneshot", "iterative"])
-    p.add_argument("--budget", default="params", choices=list(rp.allocation.BUDGETS))
+    p.add_argument("--schedule", default="oneshot", choices=["oneshot", "iterative"],
+                   help="one round to the target, or rounds that each remove the preset's "
+                        "per_round (20 %%) of the remaining weights, curves recomputed and a "
+                        "fine-tune each round")
+    p.add_argument("--budget", default="params", choices=list(rp.allocation.BUDGETS),
+                   help="what --target removes: weights (params) or multiply-adds (flops)")
     p.add_argument("--preset", default="quick", choices=list(presets.SCHEDULES),
                    help="schedule settings and dense recipe (rdprune.lab.presets)")
     p.add_argument("--calibration", default="train", choices=["train", "synthetic"],
@@ -161,18 +218,25 @@ def main(argv=None) -> int:
     p.add_argument("--grid", type=int, default=None,
                    help=f"RD amounts per layer (default: the preset's, {quick.grid} for quick)")
     p.add_argument("--refine", type=int, default=None,
-                   help="rd only: steps of measured-distortion refinement after the DP")
-    p.add_argument("--out", default=None, help="output folder (default results/runs/<settings>)")
+                   help="rd only: steps of measured-distortion refinement after the DP "
+                        "(default: the preset's, 0 = the paper's method)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: results/runs/<settings>-<hash of all settings>)")
     p.set_defaults(func=prune)
 
     rp.reproduce.add_parser(sub)
 
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    r = sub.add_parser("report", formatter_class=fmt,
+                       help="README's result tables from a run's files; publish or compare them")
+    r.add_argument("--results", default="results/quick",
+                   help="a reproduce output folder (results/<preset>)")
+    r.add_argument("--publish", action="store_true",
+                   help="copy its CSVs to docs/results/<preset>/ and rewrite README's tables")
+    r.add_argument("--compare", action="store_true",
+                   help="compare every top-1 with the committed docs/results/<preset>/ and exit "
+                        f"1 if one differs by more than {rp.lab.report.TOLERANCE_PTS:g} points")
+    r.set_defaults(func=report)
+    return parser
 
 
 if __name__ == "__main__":

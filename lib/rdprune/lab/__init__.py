@@ -4,7 +4,7 @@ door ``rp.prune`` and the evaluation helper (:mod:`.front`), schedules (:mod:`.p
 reproduction (:mod:`.reproduce`), figures (:mod:`.plots`) and the explorer widget
 (:mod:`.widgets`). Names are resolved here (a dataset, a model name); the floors below take
 models, tensors and loaders."""
-from . import data, front, models, pipeline, plots, presets, reproduce, train, widgets
+from . import data, front, models, pipeline, plots, presets, report, reproduce, train, widgets
 
-__all__ = ["data", "front", "models", "pipeline", "plots", "presets", "reproduce", "train",
-           "widgets"]
+__all__ = ["data", "front", "models", "pipeline", "plots", "presets", "report", "reproduce",
+           "train", "widgets"]

@@ -219,13 +219,16 @@ def _imagenet_calibration(root, n, gen):
 
 
 def selection_split(dataset: str = "fashion_mnist", n: int = 1024, *, batch_size: int = 128,
-                    seed: int = 0, train_size: int | None = None):
+                    seed: int = 0, train_size: int | None = None, labels: bool = False):
     """(n held-out TRAINING inputs, e.g. HBGS's selection set, and a shuffled loader over the rest
-    of the training split for fine-tuning, optionally only its first ``train_size`` images)."""
+    of the training split for fine-tuning, optionally only its first ``train_size`` images).
+    With ``labels`` the first item is ``(inputs, labels)``: a validation set that fine-tuning
+    never sees (:func:`rdprune.evaluate_pruned`'s ``val``)."""
     x, y = tensors(dataset, "train")
     if not 0 < n < len(x):
         raise ValueError(f"n must lie in (0, {len(x)}), got {n}")
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     rest = perm[n:] if train_size is None else perm[n:n + train_size]
-    return x[perm[:n]].clone(), TensorLoader(x[rest], y[rest], batch_size, shuffle=True,
-                                             augment=dataset == "cifar10", seed=seed)
+    held = (x[perm[:n]].clone(), y[perm[:n]].clone()) if labels else x[perm[:n]].clone()
+    return held, TensorLoader(x[rest], y[rest], batch_size, shuffle=True,
+                              augment=dataset == "cifar10", seed=seed)

@@ -156,16 +156,20 @@ register_method("l1_filter", _l1_filter)
 # ----------------------------------------------------------------------------- evaluation
 def evaluate_pruned(net: nn.Module, dense: nn.Module, test_loader, *,
                     calib: torch.Tensor | None = None, finetune_loader=None,
-                    finetune_steps: int = 0, teacher: nn.Module | None = None, dev="auto",
-                    example: torch.Tensor | None = None):
+                    finetune_steps: int = 0, teacher: nn.Module | None = None, val=None,
+                    lr: float = 3e-4, dev="auto", example: torch.Tensor | None = None):
     """Count → evaluate → BN re-estimation → fine-tune → evaluate, on copies of ``net``.
 
     Returns ``(row, tuned network)``: ``row`` has params, flops, params_reduction and
     flops_reduction against ``dense``, ``top1_before`` (straight after pruning), ``top1_recal``
-    (BatchNorm statistics re-estimated on ``calib``; NaN without ``calib``) and ``top1_after``
-    (after ``finetune_steps`` of :func:`rdprune.train.fine_tune` on ``finetune_loader``, from the
-    re-estimated network when there is one, with KL distillation from ``teacher``, default
-    ``dense``; equal to the last evaluation when there is no fine-tune)."""
+    (BatchNorm statistics re-estimated on ``calib``; NaN without ``calib``) and ``top1_after``.
+    The fine-tune (``finetune_steps`` of :func:`rdprune.train.fine_tune` at ``lr`` on
+    ``finetune_loader``, KL distillation from ``teacher``, default ``dense``) starts from the
+    re-estimated network and re-estimates the statistics again at its end, so that they belong to
+    the final weights. With ``val=(inputs, labels)`` (held-out *training* images) the fine-tuned
+    network is kept only if its top-1 there is at least the starting network's, else the start is
+    returned: fine-tuning never makes a network worse on data it was not trained on (row:
+    ``val_before``, ``val_after``, ``finetune_kept``)."""
     example = example if example is not None else _one(calib)
     full, c = S.count(dense, example), S.count(net, example)
     row = dict(params=int(c["params"]), flops=float(c["flops"]),
@@ -180,9 +184,16 @@ def evaluate_pruned(net: nn.Module, dense: nn.Module, test_loader, *,
     if finetune_steps:
         if finetune_loader is None:
             raise ValueError("finetune_steps > 0 needs finetune_loader= (training batches)")
-        tuned = fine_tune(copy.deepcopy(start), finetune_loader, finetune_steps,
+        tuned = fine_tune(copy.deepcopy(start), finetune_loader, finetune_steps, lr=lr,
                           teacher=dense if teacher is None else teacher, dev=dev, progress=False)
-        row["top1_after"] = evaluate(tuned, test_loader)["top1"]
-    else:
-        row["top1_after"] = row["top1_recal"] if calib is not None else row["top1_before"]
+        if calib is not None:
+            recalibrate_bn(tuned, calib)
+        if val is not None:
+            loader = [(val[0], val[1])]
+            row["val_before"] = evaluate(start, loader)["top1"]
+            row["val_after"] = evaluate(tuned, loader)["top1"]
+            row["finetune_kept"] = row["val_after"] >= row["val_before"]
+            tuned = tuned if row["finetune_kept"] else start
+    last = "top1_recal" if calib is not None else "top1_before"
+    row["top1_after"] = evaluate(tuned, test_loader)["top1"] if tuned is not start else row[last]
     return row, tuned

@@ -11,13 +11,19 @@
 :func:`rdprune.rd.refine` after the DP, which lowers the *measured* distortion where additivity
 is loose.
 
-Every round appends a row (method, schedule, round, target, sparsity, flops_left, top1, loss,
-predicted and actual distortion, seconds) to ``<out>/results.csv`` and saves the pruned weights,
-so an interrupted run resumes after the last finished round.
+Every round appends a row to ``<out>/results.csv`` and saves the pruned weights, so an
+interrupted run resumes after the last finished round. Columns: ``round`` (0 is the dense model,
+``stage`` says so), ``target`` and ``sparsity`` (fractions of the prunable weights removed),
+``flops_left`` (fraction of the dense prunable-layer FLOPs, masked weights counted as gone),
+``top1`` / ``loss`` on the test images *after* the round's fine-tune, ``predicted`` (the RD
+curves' sum at the allocation; NaN for methods without curves) and ``actual`` (output distortion
+measured right after pruning, before fine-tuning, against the network as it was before the
+round), ``seconds`` (the round's wall time, fine-tune included).
 """
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import json
 import time
@@ -146,13 +152,12 @@ def run(model_name: str = "resnet20", dataset: str = "fashion_mnist", method: st
     targets = schedule_targets(schedule, target, s.per_round)
     if calibration not in ("train", "synthetic"):
         raise ValueError("calibration must be 'train' (training images) or 'synthetic' (zero-data)")
-    name = f"{model_name}-{dataset}-{method}-{budget}-{schedule}-{target:g}-{preset}-{calibration}-s{seed}"
-    out = Path(out) if out else Path("results") / "runs" / name
-    out.mkdir(parents=True, exist_ok=True)
     recipe = recipe or SCHEDULE_RECIPE[preset]
     config = dict(model=model_name, dataset=dataset, recipe=recipe, method=method, schedule=schedule,
                   target=target, budget=budget, preset=preset, calibration=calibration,
                   seed=seed, settings=asdict(s))
+    out = Path(out) if out else Path("results") / "runs" / run_name(config)
+    out.mkdir(parents=True, exist_ok=True)
     model = train.pretrained(model_name, dataset, recipe, seed, dev=dev, progress=progress,
                              verbose=progress)
     train_loader, test_loader = D.loaders(dataset, s.batch_size, seed=seed, subset=None,
@@ -167,9 +172,9 @@ def run(model_name: str = "resnet20", dataset: str = "fashion_mnist", method: st
     rows, start = _resume(out, config, model) if resume else ([], 0)
     dense_flops = sum(M.layer_flops(model).values())
     if start == 0:
-        rows = [dict(method=method, schedule=schedule, round=0, target=0.0, sparsity=M.sparsity(model),
-                     flops_left=1.0, **train.evaluate(model, test_loader), predicted=0.0, actual=0.0,
-                     seconds=0.0)]
+        rows = [dict(method=method, schedule=schedule, round=0, stage="dense", target=0.0,
+                     sparsity=M.sparsity(model), flops_left=1.0, **train.evaluate(model, test_loader),
+                     predicted=0.0, actual=0.0, seconds=0.0)]
     for r, t in enumerate(targets, start=1):
         if r <= start:
             continue
@@ -179,21 +184,36 @@ def run(model_name: str = "resnet20", dataset: str = "fashion_mnist", method: st
         if s.finetune_steps:
             train.fine_tune(model, train_loader, s.finetune_steps, lr=s.finetune_lr, dev=dev,
                             progress=progress)
-        rows.append(dict(method=method, schedule=schedule, round=r, target=t,
+        rows.append(dict(method=method, schedule=schedule, round=r,
+                         stage="pruned + fine-tuned" if s.finetune_steps else "pruned", target=t,
                          sparsity=M.sparsity(model), flops_left=M.flops(model) / dense_flops,
                          **train.evaluate(model, test_loader), **dist,
                          seconds=time.perf_counter() - tic))
         _checkpoint(out, config, model, rows)
     table = pd.DataFrame(rows)
-    atomic_write_bytes(out / "results.csv", table.to_csv(index=False).encode())
+    atomic_write_bytes(out / "results.csv", _csv(table))
+    table.attrs["out"] = str(out)
     return table
+
+
+def run_name(config: dict) -> str:
+    """The run's folder: its main settings in words, then a hash of every setting that changes
+    results, so a run with other settings never reuses (or replaces) another's folder."""
+    key = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
+    c = config
+    return (f"{c['model']}-{c['dataset']}-{c['method']}-{c['budget']}-{c['schedule']}-"
+            f"{c['target']:g}-{c['preset']}-{c['calibration']}-s{c['seed']}-{key}")
+
+
+def _csv(table: pd.DataFrame) -> bytes:
+    return table.to_csv(index=False, float_format="%.6g").encode()
 
 
 def _checkpoint(out: Path, config, model, rows):
     buf = io.BytesIO()
     torch.save({"config": config, "rows": rows, "state": model.state_dict()}, buf)
     atomic_write_bytes(out / "state.pt", buf.getvalue())
-    atomic_write_bytes(out / "results.csv", pd.DataFrame(rows).to_csv(index=False).encode())
+    atomic_write_bytes(out / "results.csv", _csv(pd.DataFrame(rows)))
     atomic_write_bytes(out / "config.json", json.dumps(config, indent=2).encode())
 
 

@@ -105,7 +105,7 @@ NOTEBOOKS: dict[str, dict[str, dict]] = {
     "quick": {  # minutes on a 2-core CPU; Fashion-MNIST ships offline
         "*": dict(dataset="fashion_mnist", model="resnet20", recipe="quick", calib_n=128, grid=21,
                   eval_subset=2000,
-                  distortion="mse", seed=0, device="auto", interactive=False),
+                  distortion="mse", seed=0, device="auto"),
         "01_rd_curves": dict(targets=[0.8, 0.9, 0.95]),
         "02_additivity": dict(model=["lenet5", "resnet20"], targets=[0.8, 0.9, 0.95], n_configs=30,
                               max_amount=0.5),
@@ -124,7 +124,7 @@ NOTEBOOKS: dict[str, dict[str, dict]] = {
     "paper": {  # the RD authors' CIFAR-10 protocol (docs/rd-authors-code.md); needs CIFAR-10, a GPU
         "*": dict(dataset="cifar10", model="resnet32", recipe="paper", calib_n=1024, grid=101,
                   eval_subset=None,
-                  distortion="worst_case", seed=0, device="auto", interactive=False),
+                  distortion="worst_case", seed=0, device="auto"),
         "01_rd_curves": dict(targets=[0.9, 0.955, 0.98847]),
         "02_additivity": dict(model=["resnet32", "vgg16"], targets=[0.9, 0.955, 0.98847],
                               n_configs=200, max_amount=0.8),

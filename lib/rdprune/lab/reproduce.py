@@ -25,6 +25,9 @@ from ..util import REPO, data_dir
 from .presets import NOTEBOOKS as PRESETS
 
 NOTEBOOKS = REPO / "notebooks"
+# the kernel's own log (its "running over TCP without encryption" warning, once per notebook) is
+# not the notebook's output; errors still show
+QUIET_KERNEL = ["--IPKernelApp.log_level=ERROR"]
 
 def repo_file(*parts) -> Path:
     return REPO.joinpath(*parts)
@@ -150,6 +153,8 @@ def run(preset: str = "quick", only: list[str] | None = None, overrides: dict | 
         params = {k: v for k, v in parameters(path.stem, preset, overrides).items()
                   if k in decl[path]}
         params["out_dir"] = str(out)
+        if "interactive" in decl[path]:  # no browser in a batch run: the widgets stay off
+            params.setdefault("interactive", False)
         row = dict(notebook=path.stem, status="ok", seconds=0.0, output=str(out), reason="")
         problem = dataset_problem(params.get("dataset", decl[path].get("dataset")),
                                   {**decl[path], **params})
@@ -162,7 +167,8 @@ def run(preset: str = "quick", only: list[str] | None = None, overrides: dict | 
                 pm.execute_notebook(str(path), str(out / path.name), parameters=params,
                                     kernel_name="python3", progress_bar=cell_progress,
                                     cwd=str(REPO), log_output=False,
-                                    execution_timeout=cell_timeout)
+                                    execution_timeout=cell_timeout,
+                                    extra_arguments=QUIET_KERNEL)
             except Exception as e:  # noqa: BLE001 - any failure is reported, the rest go on
                 msg = f"{getattr(e, 'ename', type(e).__name__)}: {getattr(e, 'evalue', e)}"
                 row.update(status="failed", reason=msg.strip().splitlines()[0][:300])
@@ -220,7 +226,8 @@ def _cli(args) -> int:
 def add_parser(sub) -> None:
     p = sub.add_parser("reproduce", help="execute every notebook into results/<preset>/",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="quick", choices=list(PRESETS))
+    p.add_argument("--preset", default="quick", choices=list(PRESETS),
+                   help="notebook parameters (rdprune.lab.presets.NOTEBOOKS; default: quick)")
     p.add_argument("--only", action="append", metavar="NAME",
                    help="run only notebooks whose name is or contains NAME (repeatable)")
     p.add_argument("-p", "--param", nargs=2, action="append", metavar=("KEY", "VALUE"),

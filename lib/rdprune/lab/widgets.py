@@ -47,9 +47,10 @@ class Explorer:
     """Re-solve RD (and baseline) allocations for ``model`` from its cached ``curves``."""
 
     def __init__(self, model, curves: pd.DataFrame, max_states: int = INTERACTIVE_MAX_STATES, *,
-                 calib=None):
+                 calib=None, name: str | None = None):
         check_curves(model, curves)  # once: the weights hash is not recomputed on every call
         self.model, self.max_states, self.calib = model, max_states, calib
+        self.name = name or getattr(model, "arch", None) or type(model).__name__
         self.curves = curves.copy()
         self.curves.attrs = {k: v for k, v in curves.attrs.items() if k != "model_hash"}
         layers = M.prunable(model)
@@ -111,10 +112,12 @@ class Explorer:
         sols = {m: self.solve(target, budget, m) for m in methods}
         kind = "parameters" if budget == "params" else "FLOPs"
         fig = plots.allocation_bars({m: s.amounts for m, s in sols.items()}, self.model,
-                                    title=f"Per-layer amounts at {target:.0%} fewer {kind}")
+                                    title=f"{self.name}: per-layer amounts at {target:.1%} "
+                                          f"fewer {kind}")
         rows = "".join(f"<tr><td><b>{m}</b></td><td>{s.predicted:.4g}</td><td>{s.sparsity:.2%}"
                        f"</td><td>{s.flops_left:.2%}</td></tr>" for m, s in sols.items())
-        html = ("<table><tr><th>method</th><th>predicted distortion</th><th>sparsity</th>"
+        html = (f"<b>{self.name}</b>, {target:.1%} fewer {kind}"
+                "<table><tr><th>method</th><th>predicted distortion</th><th>sparsity</th>"
                 f"<th>FLOPs left</th></tr>{rows}</table>"
                 "<small>" + ", ".join(f"{m} solved in {self.seconds[m] * 1000:.1f} ms"
                                       for m in sols) + "</small>")
@@ -122,31 +125,46 @@ class Explorer:
         return fig, html, sols
 
     def ui(self, target: float = 0.9, budget: str = "params", compare: str = "lamp"):
-        """An ipywidgets box: target slider, params/FLOPs toggle, comparison dropdown; the bars
-        and the predicted distortion redraw on every change. ``box.controls`` holds the widgets."""
+        """An ipywidgets box: target slider (steps of 0.005), params/FLOPs toggle, comparison
+        dropdown; the bars and the table redraw together on every change, and changes that queue
+        up while a redraw runs are drawn once, at the latest setting. ``box.controls`` holds the
+        widgets."""
         import ipywidgets as W
         import matplotlib.pyplot as plt
-        slider = W.FloatSlider(value=target, min=0.0, max=0.99, step=0.01, description="target",
-                               continuous_update=False, readout_format=".2f")
+        label = {"description_width": "initial"}
+        slider = W.FloatSlider(value=target, min=0.0, max=0.995, step=0.005,
+                               description="target (fraction removed)", continuous_update=False,
+                               readout_format=".3f", style=label, layout=W.Layout(width="460px"))
         toggle = W.ToggleButtons(options=[("parameters", "params"), ("FLOPs", "flops")],
-                                 value=budget, description="budget")
-        dropdown = W.Dropdown(options=list(compare_choices()), value=compare, description="compare with")
+                                 value=budget, description="budget", style={
+                                     **label, "button_width": "90px"})
+        dropdown = W.Dropdown(options=list(compare_choices()), value=compare,
+                              description="compare with", style=label,
+                              layout=W.Layout(width="240px"))
         info, out = W.HTML(), W.Output()
+        drawn = {}
 
         def redraw(_change=None):
+            setting = (slider.value, toggle.value, dropdown.value)  # the latest, not the event's
+            if drawn.get("setting") == setting:
+                return  # a queued event for what is on screen already
             try:
-                fig, html, _ = self.view(slider.value, toggle.value, dropdown.value)
+                fig, html, _ = self.view(*setting)
             except ValueError as e:  # e.g. a target the constraints cannot reach
                 info.value = f"<b>cannot allocate:</b> {e}"
+                drawn["setting"] = None
                 return
+            _show(out, fig)  # the bars first, then the table: both show ``setting``
             info.value = html
-            _show(out, fig)
+            drawn["setting"] = setting
             plt.close(fig)
 
         for w in (slider, toggle, dropdown):
             w.observe(redraw, names="value")
         redraw()
-        box = W.VBox([W.HBox([slider, toggle, dropdown]), info, out])
+        box = W.VBox([W.HTML(f"<b>RD explorer — {self.name}</b>: move the target, switch the "
+                             "budget, pick a method to compare with"),
+                      W.HBox([slider, toggle]), dropdown, info, out])
         box.controls = dict(target=slider, budget=toggle, compare=dropdown, info=info, output=out)
         box.redraw = redraw
         return box

@@ -39,7 +39,7 @@ class Supernet(nn.Module):
         self.calib = None  # the calibration batch the search used (for inherit)
 
     def forward(self, x, cfg: Config, k: int | None = None, record: dict | None = None):
-        net, sp = self.net, self.space
+        net = self.net
         w = cfg.stage_widths
         x = _resize(x, cfg.resolution)
         x = F.relu(_bn(F.conv2d(x, net.conv1.weight[:w[0]], None, 1, 1), net.bn1, w[0], k, "bn1",

@@ -1,0 +1,75 @@
+"""README tables and notebook conclusions are computed from result files, never typed."""
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from rdprune.lab import report as R
+from rdprune.util import REPO
+
+
+def test_noise_is_two_standard_errors():
+    assert R.noise_pts(0.9, 2000) == pytest.approx(200 * math.sqrt(0.9 * 0.1 / 2000))
+    assert R.noise_pts(0.5, 10_000) == pytest.approx(1.0)
+    assert R.noise_pts(1.0, 100) > 0  # never zero, even at a perfect score
+
+
+def _results(rd, lamp, schedule="zero-shot"):
+    return pd.DataFrame([dict(method=m, schedule=schedule, target=0.5, top1=v)
+                         for m, v in (("rd", rd), ("lamp", lamp), ("global", 0.2))])
+
+
+@pytest.mark.parametrize("rd, lamp, word", [(0.90, 0.80, "wins"), (0.80, 0.90, "loses"),
+                                            (0.900, 0.895, "ties with lamp")])
+def test_rd_verdict_follows_the_numbers(rd, lamp, word):
+    text = R.rd_verdict(_results(rd, lamp), n_test=2000)
+    assert word in text and "50% sparsity" in text
+    assert "global" not in text  # compared with the best other allocator only
+
+
+def test_comparison_verdict_follows_the_numbers():
+    rows = [dict(method=m, target=0.5, top1_before=b, top1_recal=r, top1_after=a, speedup=s,
+                 finetune_kept=k)
+            for m, b, r, a, s, k in [("rd", 0.9, 0.9, 0.91, 1.0, True),
+                                     ("l1_filter", 0.2, 0.6, 0.80, 1.5, True),
+                                     ("HBGS-B", 0.1, 0.1, 0.10, 1.7, False)]]
+    text = R.comparison_verdict(pd.DataFrame(rows), n_test=2000)
+    assert "best after fine-tuning **rd**" in text and "fastest **HBGS-B**" in text
+    assert "40 points (l1_filter)" in text and "HBGS-B at 50%" in text
+    assert "rd" not in text.split("raised")[1].split("\n")[0].replace("re-estimat", "")
+
+
+def test_tables_render_and_replace_readme_blocks(tmp_path):
+    (tmp_path / "03_rd_vs_baselines").mkdir()
+    pd.DataFrame([dict(method="rd", schedule="zero-shot", target=0.5, top1=0.9),
+                  dict(method="lamp", schedule="zero-shot", target=0.5, top1=0.8)]).to_csv(
+        tmp_path / "03_rd_vs_baselines" / "results.csv", index=False)
+    blocks = R.tables(tmp_path)
+    assert list(blocks) == ["zero_shot"] and "| rd | 0.900 |" in blocks["zero_shot"]
+    text = "a\n<!-- table:zero_shot -->\nold\n<!-- /table:zero_shot -->\nb"
+    assert R.update_readme(text, blocks) == \
+        f"a\n<!-- table:zero_shot -->\n{blocks['zero_shot']}\n<!-- /table:zero_shot -->\nb"
+
+
+def test_compare_flags_what_moved(tmp_path):
+    for name, v in (("new", 0.90), ("old", 0.85)):
+        (tmp_path / name / "03_rd_vs_baselines").mkdir(parents=True)
+        pd.DataFrame([dict(method="rd", schedule="zero-shot", target=0.5, top1=v),
+                      dict(method="lamp", schedule="zero-shot", target=0.5, top1=0.8)]).to_csv(
+            tmp_path / name / "03_rd_vs_baselines" / "results.csv", index=False)
+    diff = R.compare(tmp_path / "new", tmp_path / "old", tolerance_pts=3)
+    assert diff.set_index("method").loc["rd", "diff_pts"] == pytest.approx(5.0)
+    assert diff.within.tolist() == [False, True]
+
+
+def test_readme_tables_equal_the_committed_results():
+    """README's result tables are exactly what docs/results/quick's CSVs render to (written by
+    ``python -m rdprune report --publish`` from a ``reproduce --preset quick`` run)."""
+    docs = REPO / "docs" / "results" / "quick"
+    blocks = R.tables(docs)
+    assert {"zero_shot", "comparison"} <= set(blocks), f"no committed results in {docs}"
+    readme = (REPO / "README.md").read_text()
+    assert R.update_readme(readme, blocks) == readme
+    for name in blocks:
+        assert f"<!-- table:{name} -->" in readme
