@@ -65,32 +65,41 @@ def test_erk_densities_never_exceed_one_and_follow_erk_ratio(resnet, target):
     assert max(scale.values()) / min(scale.values()) == pytest.approx(1, abs=0.05)
 
 
-def test_lamp_amounts_equal_direct_computation():
-    torch.manual_seed(1)
-    m = rp.models.build("lenet5")
+class _Small(torch.nn.Module):
+    """Every prunable layer type, each small enough to score by the definition (O(n²))."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3)            # 36 weights
+        self.conv2 = torch.nn.Conv2d(4, 6, 3, bias=False)  # 216
+        self.fc = torch.nn.Linear(6 * 4 * 4, 12)         # 1152
+        self.out = torch.nn.Linear(12, 10)               # 120
+        self.input_size = (1, 8, 8)
+
+    def forward(self, x):
+        x = torch.relu(self.conv2(torch.relu(self.conv(x))))
+        return self.out(torch.relu(self.fc(x.flatten(1))))
+
+
+@pytest.mark.parametrize("target", [0.3, 0.75, 0.9])
+def test_lamp_equals_the_score_definition_on_every_layer_type(target):
+    """LAMP (Lee et al. 2021): score(u) = u² / Σ_{v in the layer, v² ≥ u²} v², evaluated here
+    weight by weight from the definition (no sorting, no suffix sums), then the globally lowest
+    ceil(target·N) scores removed. Our allocation must remove exactly those counts per layer."""
+    torch.manual_seed(3)
+    m = _Small()
     scores = []
     for name, mod in M.prunable(m).items():
-        w = mod.weight.detach().flatten().double()
-        for i in range(len(w)):  # straight from the definition, no sorting tricks
-            pass
-        sq = w ** 2
-        s = torch.tensor([sq[i] / sq[sq >= sq[i]].sum() for i in range(len(sq))]) \
-            if len(sq) < 3000 else None
-        if s is None:  # large layer: vectorised definition (still O(n log n)-free)
-            srt = torch.sort(sq).values
-            suffix = srt.flip(0).cumsum(0).flip(0)
-            idx = torch.searchsorted(srt, sq)
-            s = sq / suffix[idx]
-        scores += [(float(v), name) for v in s]
-    n_total = len(scores)
-    k = math.ceil(0.9 * n_total)
-    scores.sort(key=lambda t: t[0])
+        sq = [float(v) ** 2 for v in mod.weight.detach().flatten().double()]
+        for u in sq:
+            scores.append((u / sum(v for v in sq if v >= u), name))
+    k = math.ceil(target * len(scores) - 1e-9)
     expected = {name: 0 for name in M.prunable(m)}
-    for _, name in scores[:k]:
+    for _, name in sorted(scores, key=lambda s: s[0])[:k]:
         expected[name] += 1
-    got = rp.allocate("lamp", m, 0.9)
-    for name, mod in M.prunable(m).items():
-        assert abs(got[name] * mod.weight.numel() - expected[name]) <= 1, name
+    got = rp.allocate("lamp", m, target)
+    assert {n: round(a * M.prunable(m)[n].weight.numel()) for n, a in got.items()} == expected
+    assert {type(mod) for mod in M.prunable(m).values()} == {torch.nn.Conv2d, torch.nn.Linear}
 
 
 def test_iterative_rounds_never_make_a_layer_less_sparse(resnet):

@@ -51,9 +51,15 @@ def test_toy_allocator_reaches_allocate_and_prune(registered):
 
 def test_toy_allocator_reaches_zero_shot_widget_and_cli(registered, lenet, calib, capsys):
     _, test_loader = rp.data.loaders("fashion_mnist", 512, subset=200)
-    table = rp.pipeline.zero_shot(lenet, ["toy", "lamp"], [0.5], calib[:64], test_loader)
+    table = rp.pipeline.zero_shot(lenet, ["toy", "lamp"], [0.5], calib[:64], test_loader,
+                                  distortion="l1")  # the toy distortion too
     assert set(table["method"]) == {"toy", "lamp"}
-    assert table.set_index("method").loc["toy", "sparsity"] >= 0.5
+    row = table.set_index("method").loc["toy"]
+    assert row["sparsity"] >= 0.5
+    pruned = M.apply(copy.deepcopy(lenet), toy(lenet, 0.5, "params"))
+    with torch.no_grad():
+        want = (pruned(calib[:64]) - lenet(calib[:64])).abs().mean().item()
+    assert row["distortion"] == pytest.approx(want, rel=1e-5)
     curves = rp.rd.curves(lenet, calib[:32], grid=6, progress=False, cache=False)
     ex = Explorer(lenet, curves)
     assert "toy" in compare_choices()

@@ -24,8 +24,15 @@ def _results(rd, lamp, schedule="zero-shot"):
                                             (0.900, 0.895, "ties with lamp")])
 def test_rd_verdict_follows_the_numbers(rd, lamp, word):
     text = R.rd_verdict(_results(rd, lamp), n_test=2000)
-    assert word in text and "50% sparsity" in text
+    assert word in text and "50 % sparsity" in text
     assert "global" not in text  # compared with the best other allocator only
+
+
+def test_rd_verdict_knows_chance():
+    at_chance = _results(0.08, 0.112).replace({0.2: 0.1})
+    text = R.rd_verdict(at_chance, n_test=2000, chance=0.1)
+    assert "at chance" in text and "loses" not in text
+    assert "loses" in R.rd_verdict(at_chance, n_test=2000)  # without: a number is a number
 
 
 def test_comparison_verdict_follows_the_numbers():
@@ -36,7 +43,7 @@ def test_comparison_verdict_follows_the_numbers():
                                      ("HBGS-B", 0.1, 0.1, 0.10, 1.7, False)]]
     text = R.comparison_verdict(pd.DataFrame(rows), n_test=2000)
     assert "best after fine-tuning **rd**" in text and "fastest **HBGS-B**" in text
-    assert "40 points (l1_filter)" in text and "HBGS-B at 50%" in text
+    assert "40 points (l1_filter)" in text and "HBGS-B at 50 %" in text
     assert "rd" not in text.split("raised")[1].split("\n")[0].replace("re-estimat", "")
 
 

@@ -46,7 +46,11 @@ def test_mismatched_checkpoint_is_not_loaded(tiny_recipe, monkeypatch):
 def test_quick_lenet_learns(lenet):
     _, test = rp.data.loaders("fashion_mnist", 1000)
     res = rp.train.evaluate(lenet, test)
-    assert 0.8 < res["top1"] <= 1 and res["loss"] < 0.6  # ~83 % after two epochs
+    untrained = rp.train.evaluate(rp.models.build("lenet5"), test)
+    # chance is 0.1 and an untrained LeNet-5 sits near it; a network that learned the task is far
+    # above both (two epochs reach about 0.83 here; the margin is for other machines' runs)
+    assert res["top1"] > max(0.5, untrained["top1"] + 0.4) and res["top1"] <= 1
+    assert res["loss"] < 0.5 * untrained["loss"]
 
 
 def test_unknown_recipe():

@@ -38,8 +38,14 @@ def test_resolve_is_interactive_on_resnet20(resnet_explorer):
         ex.solve(float(t), "params")
         times.append(time.perf_counter() - tic)
     median = statistics.median(times)
-    print(f"RD re-solve on resnet20, grid 101: median {median * 1000:.1f} ms")
-    assert median < 0.25  # ~35 ms on an idle core; generous for a shared CI machine
+    tic = time.perf_counter()
+    Explorer(ex.model, ex.curves).solve(0.5)  # what a new target would cost without the table
+    from_scratch = time.perf_counter() - tic
+    print(f"RD re-solve on resnet20, grid 101: median {median * 1000:.1f} ms, "
+          f"from scratch {from_scratch * 1000:.0f} ms")
+    # the point of the prebuilt DP table: a new target is a backtrack, several times cheaper than
+    # building the table (measured in one run, so machine load cancels out)
+    assert median * 3 < from_scratch
 
 
 @pytest.mark.parametrize("budget", ["params", "flops"])

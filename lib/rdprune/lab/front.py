@@ -134,11 +134,11 @@ def _jointpruning(model, target, budget, calib, *, train_loader=None, finish="in
     return net, {"trace": trace, "vector": vector}
 
 
-def _uniform_width(model, target, budget, calib, **options):
+def _uniform_width(model, target, budget, calib, *, progress=False, **options):
     return S.uniform_width(model, target, budget, example=_one(calib), **options), {}
 
 
-def _l1_filter(model, target, budget, calib, *, scope="global", **options):
+def _l1_filter(model, target, budget, calib, *, scope="global", progress=False, **options):
     return S.l1_filters(model, target, budget, scope=scope, example=_one(calib), **options), {}
 
 
@@ -157,7 +157,8 @@ register_method("l1_filter", _l1_filter)
 def evaluate_pruned(net: nn.Module, dense: nn.Module, test_loader, *,
                     calib: torch.Tensor | None = None, finetune_loader=None,
                     finetune_steps: int = 0, teacher: nn.Module | None = None, val=None,
-                    lr: float = 3e-4, dev="auto", example: torch.Tensor | None = None):
+                    lr: float = 3e-4, dev="auto", example: torch.Tensor | None = None,
+                    progress: bool = False):
     """Count → evaluate → BN re-estimation → fine-tune → evaluate, on copies of ``net``.
 
     Returns ``(row, tuned network)``: ``row`` has params, flops, params_reduction and
@@ -185,7 +186,8 @@ def evaluate_pruned(net: nn.Module, dense: nn.Module, test_loader, *,
         if finetune_loader is None:
             raise ValueError("finetune_steps > 0 needs finetune_loader= (training batches)")
         tuned = fine_tune(copy.deepcopy(start), finetune_loader, finetune_steps, lr=lr,
-                          teacher=dense if teacher is None else teacher, dev=dev, progress=False)
+                          teacher=dense if teacher is None else teacher, dev=dev,
+                          progress=progress)
         if calib is not None:
             recalibrate_bn(tuned, calib)
         if val is not None:

@@ -33,9 +33,15 @@ def _diff(a: float, b: float, n: int) -> tuple[float, float]:
     return 100 * (a - b), max(noise_pts(a, n), noise_pts(b, n))
 
 
-def rd_verdict(results: pd.DataFrame, n_test: int) -> str:
+def _pct(t: float) -> str:
+    return f"{100 * t:.4g} %"
+
+
+def rd_verdict(results: pd.DataFrame, n_test: int, chance: float | None = None) -> str:
     """Where RD wins and where it does not (notebook 03's results table: method, schedule,
-    target, top1), against the best other allocator at each schedule and target."""
+    target, top1), against the best other allocator at each schedule and target. With
+    ``chance`` (1 / classes), a setting where RD and the best other are both within noise of
+    chance is called that, not a win or a loss."""
     lines = []
     rows = results[results.method != "dense"]
     for schedule, part in rows.groupby("schedule", sort=False):
@@ -48,13 +54,16 @@ def rd_verdict(results: pd.DataFrame, n_test: int) -> str:
                 continue
             best = others.loc[t].idxmax()
             d, noise = _diff(r["rd"], others.loc[t, best], n_test)
-            if abs(d) <= noise:
+            floor = None if chance is None else 100 * chance + noise_pts(chance, n_test)
+            if floor is not None and 100 * max(r["rd"], others.loc[t, best]) <= floor:
+                word = f"and every other allocator are at chance ({chance:.2g})"
+            elif abs(d) <= noise:
                 word = f"ties with {best} (RD {d:+.1f} points, inside the ±{noise:.1f}-point noise)"
             elif d > 0:
                 word = f"**wins**: {d:+.1f} points over the best other, {best}"
             else:
                 word = f"**loses**: {d:+.1f} points behind {best}"
-            lines.append(f"- {schedule}, {t:.0%} sparsity: RD {r['rd']:.3f} {word}.")
+            lines.append(f"- {schedule}, {_pct(t)} sparsity: RD {r['rd']:.3f} {word}.")
     if not lines:
         return "RD and at least one other allocator are needed for a verdict."
     return (f"Top-1 on {n_test} test images, one seed; a difference counts only beyond two "
@@ -72,7 +81,7 @@ def comparison_verdict(results: pd.DataFrame, n_test: int) -> str:
                 abs(_diff(part.loc[m, "top1_after"], part.loc[best, "top1_after"], n_test)[0])
                 <= _diff(part.loc[m, "top1_after"], part.loc[best, "top1_after"], n_test)[1]]
         fast = part["speedup"].idxmax()
-        lines.append(f"- {t:.0%} FLOPs removed: best after fine-tuning **{best}** "
+        lines.append(f"- {_pct(t)} FLOPs removed: best after fine-tuning **{best}** "
                      f"({part.loc[best, 'top1_after']:.3f}"
                      + (f"; within noise: {', '.join(ties)}" if ties else "") + f"); fastest "
                      f"**{fast}** ({part.loc[fast, 'speedup']:.1f}× the dense network).")
@@ -88,7 +97,7 @@ def comparison_verdict(results: pd.DataFrame, n_test: int) -> str:
         refused = results[~results["finetune_kept"].astype(bool)]
         lines.append("- Fine-tuning made these worse on held-out training images, so the network "
                      "before it is reported: " + ", ".join(
-                         f"{m} at {t:.0%}" for m, t in zip(refused.method, refused.target)) + ".")
+                         f"{m} at {_pct(t)}" for m, t in zip(refused.method, refused.target)) + ".")
     return f"On {n_test} test images, one seed:\n\n" + "\n".join(lines)
 
 
@@ -125,20 +134,28 @@ def tables(root: str | Path) -> dict[str, str]:
     cmp = root / "06_comparison" / "results.csv"
     if cmp.is_file():
         r = pd.read_csv(cmp)
-        cols = {"top1_recal": "top-1 after pruning + BN", "top1_after": "after fine-tune",
-                "speedup": "CPU speed-up", "prune_seconds": "pruning s"}
-        w = r.pivot_table(index="method", columns="target", values=list(cols), sort=False)
-        w.columns = [f"{cols[v]} @ {t:.0%}" for v, t in w.columns]
+        shown = {"top1_recal": ("top-1 pruned + BN", "{:.3f}"),
+                 "top1_after": ("top-1 fine-tuned", "{:.3f}"),
+                 "speedup": ("CPU speed-up", "{:.1f}×"), "prune_seconds": ("pruning s", "{:.0f}")}
+        w = r.pivot_table(index="method", columns="target", values=list(shown), sort=False)
+        w = pd.DataFrame({f"{shown[v][0]} @ {t:.0%}": w[(v, t)].map(shown[v][1].format)
+                          for v in shown for t in sorted(r.target.unique())}, index=w.index)
         w.index.name = "FLOPs removed →"
         out["comparison"] = markdown(w, 3)
+    summary = root / "summary.csv"
+    if summary.is_file():
+        t = pd.read_csv(summary)[["notebook", "status", "seconds"]].set_index("notebook")
+        t["minutes"] = t.pop("seconds") / 60
+        t.loc["all"] = ["", t["minutes"].sum()]
+        out["times"] = markdown(t, 1)
     return out
 
 
 def update_readme(text: str, blocks: dict[str, str]) -> str:
     """``text`` with each ``<!-- table:NAME -->…<!-- /table:NAME -->`` block replaced."""
     for name, table in blocks.items():
-        pattern = re.compile(rf"(<!-- table:{name} -->\n).*?(\n<!-- /table:{name} -->)", re.S)
-        text = pattern.sub(lambda m: m.group(1) + table + m.group(2), text)
+        pattern = re.compile(rf"(<!-- table:{name} -->\n)(?:.*?\n)?(<!-- /table:{name} -->)", re.S)
+        text = pattern.sub(lambda m: m.group(1) + table + "\n" + m.group(2), text)
     return text
 
 
@@ -151,10 +168,11 @@ def publish(results: str | Path, docs: str | Path, readme: str | Path) -> list[s
         if src.is_file():
             (docs / folder).mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, docs / folder / "results.csv")
-    for extra in ("summary.csv",):
-        if (results / extra).is_file():
-            docs.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(results / extra, docs / extra)
+    if (results / "summary.csv").is_file():  # without the run's own output paths
+        docs.mkdir(parents=True, exist_ok=True)
+        summary = pd.read_csv(results / "summary.csv", keep_default_na=False)
+        summary[["notebook", "status", "seconds", "reason"]].to_csv(docs / "summary.csv",
+                                                                    index=False)
     blocks = tables(docs)
     path = Path(readme)
     path.write_text(update_readme(path.read_text(), blocks))

@@ -153,8 +153,9 @@ def run(preset: str = "quick", only: list[str] | None = None, overrides: dict | 
         params = {k: v for k, v in parameters(path.stem, preset, overrides).items()
                   if k in decl[path]}
         params["out_dir"] = str(out)
-        if "interactive" in decl[path]:  # no browser in a batch run: the widgets stay off
-            params.setdefault("interactive", False)
+        for quiet in ("interactive", "progress"):  # a batch run: no widgets, no progress bars
+            if quiet in decl[path]:
+                params.setdefault(quiet, False)
         row = dict(notebook=path.stem, status="ok", seconds=0.0, output=str(out), reason="")
         problem = dataset_problem(params.get("dataset", decl[path].get("dataset")),
                                   {**decl[path], **params})
