@@ -149,3 +149,19 @@ def test_rd_solver_resolves_any_target_within_budget(resnet):
         assert solver.predicted(target) <= direct_d * 1.02 + 1e-12
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         solver.amounts(1.0)
+
+
+@pytest.mark.parametrize("target", [0.1, 0.5, 0.9])
+def test_uniform_plus_on_an_mlp_has_no_dense_first_conv(target):
+    """The convention keeps the first *convolution* dense; a 784-300-100-10 MLP has none, so only
+    the last layer's 20 % floor applies and every target in reach is met."""
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 300), torch.nn.ReLU(),
+                              torch.nn.Linear(300, 100), torch.nn.ReLU(), torch.nn.Linear(100, 10))
+    mlp.input_size = (1, 28, 28)
+    a = rp.allocate("uniform_plus", mlp, target)
+    names = list(M.prunable(mlp))
+    assert a[names[-1]] <= 0.8 + 1e-12
+    assert a[names[0]] == pytest.approx(a[names[1]], abs=0.01)  # the first layer is not spared
+    removed, total, _ = _removed(mlp, a, "params")
+    assert removed >= target * total - 1e-6
