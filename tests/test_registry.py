@@ -147,3 +147,29 @@ def test_bad_plug_ins_are_refused():
         rp.rd.unregister_distortion("scalar")
     with pytest.raises(ValueError, match="unknown method"):
         rp.unregister_allocator("short")
+
+
+def test_plain_allocators_and_typos():
+    """An allocator without exclude= works when none is asked; a built-in refuses a typo'd
+    option instead of ignoring it; uniform with exclude still meets the target over all layers."""
+    model = rp.models.build("lenet5")
+    rp.register_allocator("plain", lambda model, target, budget: toy(model, target, budget))
+    try:
+        assert rp.allocate("plain", model, 0.5) == toy(model, 0.5, "params")
+    finally:
+        rp.unregister_allocator("plain")
+    with pytest.raises(ValueError, match="no option 'max_sates'"):
+        rp.allocate("lamp", model, 0.5, max_sates=10)
+    a = rp.allocate("uniform", model, 0.5, exclude=["fc3"])
+    kept = {k: m.weight.numel() for k, m in M.prunable(model).items()}
+    removed = sum(a.get(k, 0) * n for k, n in kept.items())
+    assert "fc3" not in a and removed >= 0.5 * sum(kept.values()) - len(kept)
+
+
+def test_space_of_any_depth_and_compare_of_nothing(tmp_path):
+    from rdprune import jointpruning as J
+    from rdprune.lab import report
+    sp = J.space_of(rp.models.CifarResNet(44, 10, 1) if hasattr(rp.models, "CifarResNet")
+                    else rp.models.build("resnet56"), image_size=28)
+    assert sp.n in (7, 9)
+    assert report.compare(tmp_path, tmp_path).empty

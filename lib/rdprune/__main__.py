@@ -75,7 +75,8 @@ def baselines(args) -> int:
                                 imagenet_root=args.imagenet_root).to(next(model.parameters()).device)
     key = hashlib.sha256(json.dumps([state_hash(model), args.methods, args.targets, args.calib_n,
                                      args.grid, args.budget, args.seed, args.refine,
-                                     args.distortion]).encode()).hexdigest()[:16]
+                                     rp.distortion.identity(args.distortion)]).encode()
+                         ).hexdigest()[:16]
     path = rp.data.data_dir() / "results" / f"baselines-{args.model}-{args.dataset}-{key}.csv"
     if path.exists() and not args.no_cache:
         print(f"using cached results {path} (--no-cache recomputes)")
@@ -131,6 +132,9 @@ def report(args) -> int:
         print(f"copied to {docs}; README tables rewritten: {', '.join(names) or 'none'}")
     if args.compare:
         diff = R.compare(results, docs)
+        if diff.empty:
+            raise ValueError(f"nothing to compare: no notebook 03 or 06 results in both {results} "
+                             f"and {docs}")
         with pd.option_context("display.width", 160, "display.max_rows", 500):
             print(diff.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         bad = diff[~diff.within]
@@ -146,10 +150,21 @@ def report(args) -> int:
 def main(argv=None) -> int:
     import importlib
     argv = list(sys.argv[1:] if argv is None else argv)
-    while "--import" in argv[:-1]:  # plugins register before the parser reads the registries
+    plugins = []  # plugins register before the parser reads the registries
+    for a in list(argv):
+        if a.startswith("--import="):
+            plugins.append(a.partition("=")[2])
+            argv.remove(a)
+    while "--import" in argv[:-1]:
         i = argv.index("--import")
-        importlib.import_module(argv[i + 1])
+        plugins.append(argv[i + 1])
         del argv[i:i + 2]
+    for name in plugins:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            print(f"error: --import {name}: {e} (is its folder on PYTHONPATH?)", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

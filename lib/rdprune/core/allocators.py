@@ -154,6 +154,8 @@ def _call(name, entry, model, target, budget, layers, given):
     open_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
     if "layers" in params:
         given["layers"] = layers
+    if "exclude" not in params and not open_kw and not given.get("exclude"):
+        given.pop("exclude", None)  # an allocator without exclude= is fine when none is asked
     unknown = [k for k in given if k not in params and not open_kw]
     if unknown:
         raise ValueError(f"allocator {name!r} takes no option {unknown[0]!r}")
@@ -287,30 +289,32 @@ def _erk(layers, target):
 
 
 # ----------------------------------------------------------------------------- the built-ins
-def _global(model, target, budget, *, layers, **_):
+def _global(model, target, budget, *, layers, exclude=()):
     return _global_ranking(layers, [_magnitude(layers.free[k]) for k in layers.names], target)
 
 
-def _lamp(model, target, budget, *, layers, **_):
+def _lamp(model, target, budget, *, layers, exclude=()):
     return _global_ranking(layers, [_lamp_scores(layers.free[k]) for k in layers.names], target)
 
 
-def _uniform(model, target, budget, *, layers, **_):
-    """The same amount everywhere, rounded up per layer so that the target is met."""
-    return layers.amounts([min(n, math.ceil(target * n - 1e-9)) for n in layers.n])
+def _uniform(model, target, budget, *, layers, exclude=()):
+    """The same amount in every free layer, the one that removes the target over all layers
+    (``target`` itself when nothing is excluded or pruned), rounded up per layer."""
+    a = min(1.0, max(0.0, layers.need(target) / layers.free_total)) if layers.free_total else 0.0
+    return layers.amounts([min(n, math.ceil(a * n - 1e-9)) for n in layers.n])
 
 
-def _uniform_plus_fn(model, target, budget, *, layers, **_):
+def _uniform_plus_fn(model, target, budget, *, layers, exclude=()):
     every = M.prunable(model)
     convs = [k for k, m in every.items() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))]
     return _uniform_plus(layers, target, convs[0] if convs else None, list(every)[-1])
 
 
-def _erk_fn(model, target, budget, *, layers, **_):
+def _erk_fn(model, target, budget, *, layers, exclude=()):
     return _erk(layers, target)
 
 
-def _rd_fn(model, target, budget, *, layers, curves, max_states=DEFAULT_MAX_STATES, **_):
+def _rd_fn(model, target, budget, *, layers, curves, exclude=(), max_states=DEFAULT_MAX_STATES):
     return _rd(model, layers, target, curves, max_states)
 
 

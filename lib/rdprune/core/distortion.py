@@ -19,6 +19,7 @@ curve paths share.
 from __future__ import annotations
 
 import copy
+import hashlib
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -74,8 +75,11 @@ def identity(kind: str) -> list[str]:
     """What a cache key needs to know of a measure: its name, function and reduction."""
     m = check(kind)
     fn = m.per_sample
+    code = getattr(fn, "__code__", None)  # two lambdas share a qualified name, not their code
+    body = hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()[:12] \
+        if code is not None else ""
     return [kind, f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}",
-            m.reduce]
+            body, m.reduce]
 
 
 def per_sample(kind: str, y_ref: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -193,11 +193,13 @@ def compare(new: str | Path, old: str | Path, tolerance_pts: float = TOLERANCE_P
         a, b = Path(new) / folder / "results.csv", Path(old) / folder / "results.csv"
         if not (a.is_file() and b.is_file()):
             continue
-        both = pd.read_csv(a).merge(pd.read_csv(b), on=keys, suffixes=("_new", "_old"))
+        both = pd.read_csv(a).merge(pd.read_csv(b), on=keys, how="outer",
+                                    suffixes=("_new", "_old"))  # a row in one run only: missing
         for col in cols:
             for _, r in both.iterrows():
                 d = 100 * (r[f"{col}_new"] - r[f"{col}_old"])
                 rows.append(dict(notebook=folder, **{k: r[k] for k in keys}, value=col,
                                  new=r[f"{col}_new"], old=r[f"{col}_old"], diff_pts=d,
-                                 within=abs(d) <= tolerance_pts))
-    return pd.DataFrame(rows)
+                                 within=bool(abs(d) <= tolerance_pts)))  # NaN: not within
+    return pd.DataFrame(rows, columns=["notebook", "method", "schedule", "target", "value", "new",
+                                       "old", "diff_pts", "within"])

@@ -141,7 +141,8 @@ def space_of(model: nn.Module, image_size: int | None = None) -> Space:
         if not size:
             raise ValueError("give image_size= (the input side in pixels) for this network")
         image_size = size[-1]
-    return space(f"resnet{6 * n + 2}", model.fc.out_features, model.conv1.in_channels, image_size)
+    return _space_cached(f"resnet{6 * n + 2}", int(model.fc.out_features),
+                         int(model.conv1.in_channels), int(image_size))
 
 
 # ----------------------------------------------------------------------------- vectors
