@@ -89,3 +89,31 @@ def test_zero_shot_table(lenet, calib):
     refined = both[both.method == "rd+refine"]
     assert (refined.distortion.to_numpy() <= df.distortion[df.method == "rd"].to_numpy()).all()
     assert (refined.sparsity >= refined.target - 1e-9).all()
+
+
+def test_a_fine_tune_that_hurts_held_out_images_is_undone(lenet, tmp_path, monkeypatch):
+    """The round's guard: a fine-tune that lowers top-1 on the held-out training images is
+    reverted (the round continues from the pruned weights), one that does not is kept."""
+    from rdprune.lab import train
+
+    def ruin(model, loader, steps, **kw):  # a "fine-tune" that destroys the network
+        seen.append(len(loader.x))
+        for p in model.parameters():
+            p.data.mul_(-3.0)
+        return model
+
+    seen = []
+    monkeypatch.setattr(train, "fine_tune", ruin)
+    kw = dict(out=tmp_path / "ruin", progress=False, finetune_steps=5, calib_n=64, grid=11,
+              eval_subset=500, val_n=256)
+    table = pipeline.run("lenet5", "fashion_mnist", "lamp", "oneshot", 0.5, **kw)
+    plain = pipeline.run("lenet5", "fashion_mnist", "lamp", "oneshot", 0.5,
+                         **{**kw, "out": tmp_path / "plain", "finetune_steps": 0})
+    last = table.iloc[-1]
+    assert not last.finetune_kept and last.val_after < last.val_before
+    assert last.stage == "pruned" and last.top1 == plain.top1.iloc[-1]
+    n_train = len(rp.data.tensors("fashion_mnist", "train")[0])
+    assert seen == [n_train - 256]  # the held-out images are not trained on
+    unguarded = pipeline.run("lenet5", "fashion_mnist", "lamp", "oneshot", 0.5,
+                             **{**kw, "out": tmp_path / "off", "val_n": 0})
+    assert unguarded.top1.iloc[-1] < plain.top1.iloc[-1]  # without the guard the harm stays

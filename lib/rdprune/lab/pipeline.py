@@ -19,6 +19,12 @@ interrupted run resumes after the last finished round. Columns: ``round`` (0 is 
 curves' sum at the allocation; NaN for methods without curves) and ``actual`` (output distortion
 measured right after pruning, before fine-tuning, against the network as it was before the
 round), ``seconds`` (the round's wall time, fine-tune included).
+
+**The fine-tune guard.** ``val_n`` (512) training images are held out of fine-tuning; a round's
+fine-tuned weights are kept only if their top-1 there is at least that of the network straight
+after pruning, otherwise the round continues from the pruned, un-tuned weights (columns
+``val_before``, ``val_after``, ``finetune_kept``). Fine-tuning thus never returns a network worse
+on images it was not trained on; ``val_n=0`` turns the guard off.
 """
 from __future__ import annotations
 
@@ -162,6 +168,10 @@ def run(model_name: str = "resnet20", dataset: str = "fashion_mnist", method: st
                              verbose=progress)
     train_loader, test_loader = D.loaders(dataset, s.batch_size, seed=seed, subset=None,
                                           imagenet_root=imagenet_root)
+    val = None
+    if s.val_n and s.finetune_steps:
+        val, train_loader = D.selection_split(dataset, s.val_n, batch_size=s.batch_size,
+                                              seed=seed, labels=True)
     if s.eval_subset:
         _, test_loader = D.loaders(dataset, s.batch_size, seed=seed, subset=s.eval_subset,
                                    imagenet_root=imagenet_root)
@@ -181,19 +191,34 @@ def run(model_name: str = "resnet20", dataset: str = "fashion_mnist", method: st
         tic = time.perf_counter()
         dist = prune_round(model, method, t, calib, budget=budget, grid=s.grid,
                            distortion=s.distortion, refine=s.refine, progress=progress)
-        if s.finetune_steps:
-            train.fine_tune(model, train_loader, s.finetune_steps, lr=s.finetune_lr, dev=dev,
-                            progress=progress)
-        rows.append(dict(method=method, schedule=schedule, round=r,
-                         stage="pruned + fine-tuned" if s.finetune_steps else "pruned", target=t,
+        guard = _fine_tune(model, train_loader, s, val, dev, progress) if s.finetune_steps else {}
+        stage = "pruned + fine-tuned" if guard.get("finetune_kept", bool(guard)) else "pruned"
+        rows.append(dict(method=method, schedule=schedule, round=r, stage=stage, target=t,
                          sparsity=M.sparsity(model), flops_left=M.flops(model) / dense_flops,
-                         **train.evaluate(model, test_loader), **dist,
+                         **train.evaluate(model, test_loader), **dist, **guard,
                          seconds=time.perf_counter() - tic))
         _checkpoint(out, config, model, rows)
     table = pd.DataFrame(rows)
     atomic_write_bytes(out / "results.csv", _csv(table))
     table.attrs["out"] = str(out)
     return table
+
+
+def _fine_tune(model, loader, s: Settings, val, dev, progress) -> dict:
+    """The round's fine-tune in place; with ``val`` (held-out training images and labels) the
+    tuned weights are kept only if their top-1 there is not below the start's."""
+    if val is None:
+        train.fine_tune(model, loader, s.finetune_steps, lr=s.finetune_lr, dev=dev,
+                        progress=progress)
+        return {"finetune_kept": True}
+    held = [val]
+    start = copy.deepcopy(model.state_dict())
+    before = train.evaluate(model, held)["top1"]
+    train.fine_tune(model, loader, s.finetune_steps, lr=s.finetune_lr, dev=dev, progress=progress)
+    after = train.evaluate(model, held)["top1"]
+    if after < before:
+        model.load_state_dict(start)
+    return {"val_before": before, "val_after": after, "finetune_kept": after >= before}
 
 
 def run_name(config: dict) -> str:

@@ -63,6 +63,7 @@ class Settings:
     batch_size: int = 128
     eval_subset: int | None = None  # test images used for top-1 (None: all)
     refine: int = 0  # rd only: rd.refine steps after the DP (0: the paper's method)
+    val_n: int = 512  # held-out training images guarding each fine-tune (0: no guard)
 
 
 SCHEDULES = {
