@@ -1,7 +1,6 @@
 """HBGS / HBGTS (rdprune.hbgs): exact wrappers and folding, exact compensation of linearly
 dependent filters, the greedy loop reaching its target with consistent accounting, the shared-
 prefix replay, the uniform baselines, and input validation. Random-init ResNet-20, 16 inputs."""
-import pandas as pd
 import pytest
 import torch
 

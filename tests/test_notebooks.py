@@ -6,7 +6,6 @@ for the additivity check and notebooks 04-06), a coarse grid, 128 calibration im
 fine-tuning / search steps. The tables and figures they write are checked for sane values.
 """
 import json
-from pathlib import Path
 
 import nbformat
 import numpy as np
@@ -18,13 +17,13 @@ from rdprune import reproduce
 pytestmark = pytest.mark.slow
 
 NOTEBOOKS = reproduce.notebooks()
-REQUIRED = {"dataset", "model", "recipe", "targets", "seed", "device", "out_dir"}  # and what each uses
+REQUIRED = {"dataset", "model", "recipe", "targets", "device", "out_dir"}  # and what each uses
 TARGETS = [0.5, 0.9]
 TINY = {
     "*": dict(model="lenet5", calib_n=128, grid=11, targets=TARGETS, interactive=True),
     "02_additivity": dict(model=["lenet5", "resnet20"], recipe="smoke", n_configs=8, calib_n=64,
                           grid=6),
-    "03_rd_vs_baselines": dict(iterative_methods=["rd"], iterative_target=0.75, per_round=0.5,
+    "03_rd_vs_baselines": dict(seeds=[0, 1], iterative_methods=["rd"], iterative_target=0.75, per_round=0.5,
                                finetune_steps=10, eval_subset=500, refine=2),
     # 04-06 need a ResNet (JointPruning's space, HBGS's wrapped 3x3 convs): the smoke ResNet-20
     "04_jointpruning": dict(model="resnet20", recipe="smoke", targets=[0.5], eval_subset=300,
@@ -33,7 +32,8 @@ TINY = {
     "05_hbgs": dict(model="resnet20", recipe="smoke", targets=[0.3], eval_subset=300,
                     methods=["HBGS-B", "HBGTS-B"], uniform_selectors=["backward", "random"],
                     selection_n=32, finetune_steps=3),
-    "06_comparison": dict(model="resnet20", recipe="smoke", targets=[0.5], eval_subset=300,
+    "06_comparison": dict(model="resnet20", recipe="smoke", seeds=[0, 1], targets=[0.5],
+                          eval_subset=300,
                           calib_n=32, grid=6, filter_grid=5, selection_n=32,
                           methods=["rd", "rd_filter", "HBGS-B", "jointpruning", "uniform_width",
                                    "l1_filter"], supernet_steps=6, search_steps=2, samples=2,
@@ -52,7 +52,10 @@ def test_notebook_is_clean_and_parameterised(path):
     assert "parameters" in code[0].metadata.get("tags", [])
     assert all(not c.outputs and c.execution_count is None for c in code), "strip the outputs"
     assert any(c.cell_type == "markdown" for c in nb.cells)
-    assert REQUIRED <= set(reproduce.declared(path))
+    declared = set(reproduce.declared(path))
+    assert REQUIRED <= declared and ({"seed", "seeds"} & declared)
+    if path.stem >= "03":  # the comparisons repeat over seeds
+        assert "seeds" in declared and "seed" not in declared
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -156,11 +159,16 @@ def test_baselines_outputs(executed):
     zs = res[res.schedule == "zero-shot"]
     assert set(zs.method) == {"rd", "rd+refine", "lamp", "global", "uniform", "uniform_plus", "erk"}
     assert (zs.sparsity - zs.target).abs().max() < 0.02
+    assert set(res.seed) == {0, 1} and len(zs) == 2 * len(zs[zs.seed == 0])  # every row per seed
     it = res[res.schedule == "iterative"]
-    assert list(it.method.unique()) == ["rd"] and it.sparsity.is_monotonic_increasing
-    assert it.sparsity.iloc[-1] == pytest.approx(0.75, abs=0.02)
-    dense = res[res.method == "dense"].top1.iloc[0]
-    assert dense > 0.5
+    assert list(it.method.unique()) == ["rd"]
+    for _, one in it.groupby("seed"):
+        assert one.sparsity.is_monotonic_increasing
+        assert one.sparsity.iloc[-1] == pytest.approx(0.75, abs=0.02)
+    dense = res[res.method == "dense"].top1
+    assert len(dense) == 2 and (dense > 0.5).all() and dense.iloc[0] != dense.iloc[1]  # two models
+    side = pd.read_csv(out / "side_by_side.csv", keep_default_na=False)
+    assert (side[side.source == "ours (this run)"].n_seeds == 2).all()
     side = pd.read_csv(out / "side_by_side.csv", keep_default_na=False)
     ours = side[side.source == "ours (this run)"]
     theirs = side[side.source != "ours (this run)"]
@@ -204,7 +212,8 @@ def test_comparison_outputs(executed):
     out = executed[1] / "06_comparison"
     _figures(out, "comparison", "allocation")
     res = pd.read_csv(out / "results.csv")
-    assert list(res.method) == TINY["06_comparison"]["methods"]
+    assert list(res.method) == TINY["06_comparison"]["methods"] * 2  # per seed
+    assert list(res.seed) == [0] * (len(res) // 2) + [1] * (len(res) // 2)
     assert (res.flops_reduction >= 0.5 - 1e-9).all() and (res.flops_reduction < 0.6).all()
     assert res[["top1_before", "top1_recal", "top1_after"]].stack().between(0, 1).all()
     assert (res.latency_ms > 0).all() and (res.prune_seconds >= 0).all()
@@ -249,6 +258,21 @@ def test_cli_skips_reports_failures_and_goes_on(tmp_path, capsys):
     assert main(["reproduce", "--notebooks", str(folder), "-p", "nonexistent", "1"]) == 2
     assert main(["reproduce", "--notebooks", str(folder), "--results", str(tmp_path / "r2"),
                  "--quiet", "--only", "b_ok", "-p", "b_ok:seed", "[1, 2]"]) == 0
+
+
+def test_a_preset_can_leave_a_notebook_out(tmp_path):
+    """The full preset skips 04-06 with the reason (and how to run them), runs the others."""
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    _tiny_notebook(folder / "06_comparison.ipynb", "raise SystemExit('must not run')")
+    _tiny_notebook(folder / "02_additivity.ipynb",
+                   "from pathlib import Path\nPath(out_dir, 'done.json').write_text('1')")
+    summary = reproduce.run("full", results=tmp_path / "res", folder=folder, progress=False)
+    status = dict(zip(summary.notebook, summary.status))
+    assert status == {"02_additivity": "ok", "06_comparison": "skipped"}
+    reason = summary.set_index("notebook").loc["06_comparison", "reason"]
+    assert "not in the full preset" in reason and "--only 06" in reason
+    assert reproduce.parameters("03_rd_vs_baselines", "full")["seeds"] == [0, 1, 2]
 
 
 def test_parse_values():

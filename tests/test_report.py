@@ -1,6 +1,5 @@
 """README tables and notebook conclusions are computed from result files, never typed."""
 import math
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -54,6 +53,13 @@ def test_tables_render_and_replace_readme_blocks(tmp_path):
         tmp_path / "03_rd_vs_baselines" / "results.csv", index=False)
     blocks = R.tables(tmp_path)
     assert list(blocks) == ["zero_shot"] and "| rd | 0.900 |" in blocks["zero_shot"]
+    seeded = _seeded([0.85, 0.86, 0.87], [0.80, 0.81, 0.82]).assign(dataset="fashion_mnist",
+                                                                     n_test=10_000)
+    seeded.to_csv(tmp_path / "03_rd_vs_baselines" / "results.csv", index=False)
+    with_seeds = R.tables(tmp_path)
+    assert "| rd | 0.860 ± 0.010 |" in with_seeds["zero_shot"]
+    assert "n = 3 seeds" in with_seeds["zero_shot"]
+    assert "**wins**" in with_seeds["verdict"] and "10000 test images" in with_seeds["verdict"]
     text = "a\n<!-- table:zero_shot -->\nold\n<!-- /table:zero_shot -->\nb"
     assert R.update_readme(text, blocks) == \
         f"a\n<!-- table:zero_shot -->\n{blocks['zero_shot']}\n<!-- /table:zero_shot -->\nb"
@@ -70,12 +76,54 @@ def test_compare_flags_what_moved(tmp_path):
     assert diff.set_index("method")["within"].to_dict() == {"rd": False, "lamp": True}
 
 
-def test_readme_tables_equal_the_committed_results():
-    """README's result tables are exactly what docs/results/quick's CSVs render to (written by
-    ``python -m rdprune report --publish`` from a ``reproduce --preset quick`` run)."""
-    docs = REPO / "docs" / "results" / "quick"
+def _seeded(rd, lamp, schedule="zero-shot"):
+    """One row per method and seed: rd and lamp top-1s per seed."""
+    return pd.DataFrame([dict(method=m, schedule=schedule, target=0.5, top1=v, seed=s)
+                         for s, (a, b) in enumerate(zip(rd, lamp))
+                         for m, v in (("rd", a), ("lamp", b))])
+
+
+def test_spread_is_mean_sd_and_n_over_seeds():
+    df = _seeded([0.90, 0.92, 0.94], [0.80, 0.80, 0.83])
+    s = R.spread(df, ["method", "target"], "top1").set_index("method")
+    assert s.loc["rd", "mean"] == pytest.approx(0.92) and s.loc["rd", "n"] == 3
+    assert s.loc["rd", "std"] == pytest.approx(0.02)  # the sample (n - 1) standard deviation
+    table = R.spread_table(df, "method", "target", "top1", label="top-1")
+    assert table.loc["rd", 0.5] == "0.920 ± 0.020" and "n = 3 seeds" in table.index.name
+    one = R.spread_table(df[df.seed == 0], "method", "target", "top1")
+    assert one.loc["rd", 0.5] == "0.900" and "one seed" in one.index.name
+
+
+def test_gap_pairs_seeds_and_its_interval_is_students_t():
+    df = _seeded([0.90, 0.92, 0.94], [0.89, 0.90, 0.91])
+    g = R.gap(df, "rd", "lamp")
+    # per-seed differences: 1, 2 and 3 points
+    assert g["mean"] == pytest.approx(2.0) and g["sd"] == pytest.approx(1.0) and g["n"] == 3
+    assert g["half"] == pytest.approx(4.303 * 1.0 / math.sqrt(3), rel=1e-3)
+    assert R.gap(df, "rd", "erk") is None
+    assert R.t95(1) == pytest.approx(12.706) and R.t95(1000) == pytest.approx(1.96)
+    with pytest.raises(ValueError, match="two seeds"):
+        R.t95(0)
+
+
+def test_rd_verdict_over_seeds_needs_a_consistent_gap():
+    # +5 points on every seed: a win; +5 on average but -5..+15 across seeds: inside the spread
+    steady = R.rd_verdict(_seeded([0.85, 0.86, 0.87], [0.80, 0.81, 0.82]), n_test=10_000)
+    assert "**wins**" in steady and "3 seeds" in steady
+    shaky = R.rd_verdict(_seeded([0.75, 0.95, 0.85], [0.80, 0.80, 0.80]), n_test=10_000)
+    assert "ties with lamp" in shaky and "wins" not in shaky
+    # the same means from one seed would be a win: the seeds are what makes it a tie
+    assert "**wins**" in R.rd_verdict(_seeded([0.85], [0.80]), n_test=10_000)
+
+
+@pytest.mark.parametrize("preset", [p.name for p in (REPO / "docs" / "results").iterdir()
+                                    if p.is_dir()])
+def test_readme_tables_equal_the_committed_results(preset):
+    """README's result tables are exactly what docs/results/<preset>'s CSVs render to (written by
+    ``python -m rdprune report --results results/<preset> --publish`` after a ``reproduce``)."""
+    docs = REPO / "docs" / "results" / preset
     blocks = R.tables(docs)
-    assert {"zero_shot", "comparison"} <= set(blocks), f"no committed results in {docs}"
+    assert {R.block_prefix(preset) + "zero_shot"} <= set(blocks), f"no results in {docs}"
     readme = (REPO / "README.md").read_text()
     assert R.update_readme(readme, blocks) == readme
     for name in blocks:

@@ -127,10 +127,8 @@ def report(args) -> int:
     if not results.is_dir():
         raise FileNotFoundError(f"{results} does not exist; run python -m rdprune reproduce first")
     docs = REPO / "docs" / "results" / results.name
-    if args.publish:
-        names = R.publish(results, docs, REPO / "README.md")
-        print(f"copied to {docs}; README tables rewritten: {', '.join(names) or 'none'}")
-    if args.compare:
+    status = 0
+    if args.compare:  # before --publish, which would overwrite what it compares against
         diff = R.compare(results, docs)
         if diff.empty:
             raise ValueError(f"nothing to compare: no notebook 03 or 06 results in both {results} "
@@ -140,7 +138,12 @@ def report(args) -> int:
         bad = diff[~diff.within]
         print(f"{len(diff) - len(bad)} of {len(diff)} top-1 numbers within "
               f"{R.TOLERANCE_PTS:g} points of {docs}")
-        return 1 if len(bad) else 0
+        status = 1 if len(bad) else 0
+    if args.publish:
+        names = R.publish(results, docs, REPO / "README.md")
+        print(f"copied to {docs}; README tables rewritten: {', '.join(names) or 'none'}")
+    if args.compare:
+        return status
     if not args.publish:
         for name, table in R.tables(results).items():
             print(f"\n{name}:\n{table}")

@@ -22,6 +22,10 @@ def _plt():
     return plt, sns
 
 
+def _n_seeds(df: pd.DataFrame) -> int:
+    return int(df["seed"].nunique()) if "seed" in df and len(df) else 1
+
+
 def _layer_order(curves: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(curves["layer"]))
 
@@ -143,11 +147,18 @@ def accuracy_vs_sparsity(table: pd.DataFrame, reference: pd.DataFrame | None = N
     dense = table[table["method"] == "dense"]
     runs = table[table["method"] != "dense"]
     style = "schedule" if "schedule" in runs.columns and runs["schedule"].nunique() > 1 else None
-    sns.lineplot(runs.sort_values("sparsity"), x="sparsity", y="top1", hue="method", style=style,
-                 markers=True, dashes=True, ax=ax, estimator=None, sort=False)
+    seeds = _n_seeds(runs)
+    if seeds > 1:  # the mean over seeds at each target, its standard deviation as a band
+        sns.lineplot(runs.sort_values("target"), x="target", y="top1", hue="method", style=style,
+                     markers=True, dashes=True, ax=ax, estimator="mean", errorbar="sd",
+                     err_style="band")
+    else:
+        sns.lineplot(runs.sort_values("sparsity"), x="sparsity", y="top1", hue="method",
+                     style=style, markers=True, dashes=True, ax=ax, estimator=None, sort=False)
     if len(dense):
-        ax.axhline(float(dense["top1"].iloc[0]), color="k", ls=":", lw=1, label="dense")
-    ax.set_xlabel("sparsity (fraction of prunable weights removed)")
+        ax.axhline(float(dense["top1"].mean()), color="k", ls=":", lw=1, label="dense")
+    ax.set_xlabel("sparsity (fraction of prunable weights removed)" if seeds == 1 else
+                  f"target sparsity (mean ± sd over {seeds} seeds)")
     ax.set_ylabel("top-1 accuracy")
     ax.set_title(title or f"Our runs{f' — {label}' if label else ''}")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
@@ -209,9 +220,21 @@ def method_scatter(df: pd.DataFrame, panels, *, hue: str = "method", dense: floa
     plt, sns = _plt()
     fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.8), squeeze=False)
     order = list(dict.fromkeys(df[hue]))
+    seeds = _n_seeds(df)
+    colours = dict(zip(order, sns.color_palette(n_colors=len(order))))
     for i, (ax, (x, y, xlabel, ylabel)) in enumerate(zip(axes[0], panels)):
-        sns.scatterplot(df, x=x, y=y, hue=hue, style=hue, hue_order=order, style_order=order,
-                        s=110, ax=ax, legend=i == len(panels) - 1)
+        shown = df
+        if seeds > 1:  # means over seeds, with ± one standard deviation as error bars
+            keys = [hue, "target"] if "target" in df else [hue]
+            g = df.groupby(keys, sort=False)[[x, y]]
+            shown, sd = g.mean().reset_index(), g.std().reset_index()
+            for h, part in shown.groupby(hue, sort=False):
+                err = sd[sd[hue] == h]
+                ax.errorbar(part[x], part[y], xerr=err[x], yerr=err[y], fmt="none",
+                            ecolor=colours[h], elinewidth=1.2, capsize=3, alpha=0.8)
+            ylabel = f"{ylabel} (mean ± sd, {seeds} seeds)"
+        sns.scatterplot(shown, x=x, y=y, hue=hue, style=hue, hue_order=order, style_order=order,
+                        palette=colours, s=110, ax=ax, legend=i == len(panels) - 1)
         if dense is not None and "top1" in y:
             ax.axhline(dense, color="k", ls=":", lw=1, label="dense")
         ax.set_xlabel(xlabel)

@@ -11,7 +11,10 @@ What "quick" means, in each place:
   200 fine-tuning steps per round; ``paper``: the authors' 1024 images, 101 points, worst-case
   distortion and 80k/40k/60k fine-tuning steps;
 - the **notebooks'** ``quick``: half that calibration set (128 images, a 21-point grid) and
-  2,000 test images, so that all six notebooks finish in about half an hour here.
+  2,000 test images, one seed, so that all six notebooks finish in about an hour here;
+- the **notebooks'** ``full``: the RD comparison (01-03) on all 10,000 test images, notebook 03
+  over 3 seeds with 150 fine-tuning steps per iterative round (5× quick), about 75 minutes here;
+  04-06 are skipped with the reason (their seeds lists work, 3 seeds cost about 2 hours more).
 """
 from __future__ import annotations
 
@@ -73,7 +76,9 @@ SCHEDULES = {
                       batch_size=100),
 }
 _PAPER_FINETUNE = {"vgg16": 40_000, "densenet121": 60_000}
-SCHEDULE_RECIPE = {"quick": "quick", "paper": "paper"}  # the dense model each preset starts from
+# the quick schedule with 150 fine-tuning steps per round and every test image (notebook 03's full)
+SCHEDULES["full"] = replace(SCHEDULES["quick"], finetune_steps=150)
+SCHEDULE_RECIPE = {"quick": "quick", "full": "quick", "paper": "paper"}  # the dense model each preset starts from
 
 
 def settings(preset: str = "quick", model_name: str | None = None, **overrides) -> Settings:
@@ -110,17 +115,34 @@ NOTEBOOKS: dict[str, dict[str, dict]] = {
         "01_rd_curves": dict(targets=[0.8, 0.9, 0.95]),
         "02_additivity": dict(model=["lenet5", "resnet20"], targets=[0.8, 0.9, 0.95], n_configs=30,
                               max_amount=0.5),
-        "03_rd_vs_baselines": dict(targets=[0.5, 0.6, 0.7, 0.8, 0.9],
+        "03_rd_vs_baselines": dict(seeds=[0], targets=[0.5, 0.6, 0.7, 0.8, 0.9],
                                    iterative_methods=["rd", "lamp"], iterative_target=0.9,
                                    per_round=0.5, finetune_steps=30, refine=0),
         # 04-06: FLOPs / parameter *reductions*; ResNet-20 quick checkpoint, short CPU budgets
-        "04_jointpruning": dict(targets=[0.5, 0.7], dims=_DIMS, supernet_steps=120,
+        "04_jointpruning": dict(seeds=[0], targets=[0.5, 0.7], dims=_DIMS, supernet_steps=120,
                                 search_steps=12, samples=4, retrain_steps=150),
-        "05_hbgs": dict(targets=[0.4, 0.6], methods=_HBGS, uniform_selectors=_UNIFORM, k=16,
+        "05_hbgs": dict(seeds=[0], targets=[0.4, 0.6], methods=_HBGS, uniform_selectors=_UNIFORM, k=16,
                         selection_n=128, round_finetune_steps=0, finetune_steps=30),
-        "06_comparison": dict(targets=[0.5, 0.7], methods=_COMPARED, k=0.25, selection_n=96,
+        "06_comparison": dict(seeds=[0], targets=[0.5, 0.7], methods=_COMPARED, k=0.25, selection_n=96,
                               filter_grid=None, supernet_steps=120, search_steps=12, samples=4,
                               finetune_steps=40, latency_batch=256, latency_repeats=5),
+    },
+    # 3 seeds and all 10,000 test images for the RD paper's comparison (notebooks 01-03), about
+    # 75 minutes on a 2-core CPU. 04-06 take the same seeds list, but 3 seeds of them add about
+    # 2 hours here: they are skipped with that reason (run them with -p seeds "[0, 1, 2]").
+    "full": {
+        "*": dict(dataset="fashion_mnist", model="resnet20", recipe="quick", calib_n=128, grid=21,
+                  eval_subset=None, distortion="mse", seed=0, device="auto"),
+        "01_rd_curves": dict(targets=[0.8, 0.9, 0.95]),
+        "02_additivity": dict(model=["lenet5", "resnet20"], targets=[0.8, 0.9, 0.95], n_configs=60,
+                              max_amount=0.5),
+        "03_rd_vs_baselines": dict(seeds=[0, 1, 2], targets=[0.5, 0.6, 0.7, 0.8, 0.9],
+                                   iterative_methods=["rd", "lamp"], iterative_target=0.9,
+                                   per_round=0.5, finetune_steps=150, refine=0),
+        **{stem: dict(_skip="not in the full preset (3 seeds of notebooks 04-06 take about 2 "
+                            "hours more here); run it with: python -m rdprune reproduce --only "
+                            + stem[:2] + " -p seeds \"[0, 1, 2]\" -p eval_subset None")
+           for stem in ("04_jointpruning", "05_hbgs", "06_comparison")},
     },
     "paper": {  # the RD authors' CIFAR-10 protocol (docs/rd-authors-code.md); needs CIFAR-10, a GPU
         "*": dict(dataset="cifar10", model="resnet32", recipe="paper", calib_n=1024, grid=101,
@@ -129,17 +151,17 @@ NOTEBOOKS: dict[str, dict[str, dict]] = {
         "01_rd_curves": dict(targets=[0.9, 0.955, 0.98847]),
         "02_additivity": dict(model=["resnet32", "vgg16"], targets=[0.9, 0.955, 0.98847],
                               n_configs=200, max_amount=0.8),
-        "03_rd_vs_baselines": dict(targets=[0.5, 0.8, 0.9, 0.955, 0.98847],
+        "03_rd_vs_baselines": dict(seeds=[0], targets=[0.5, 0.8, 0.9, 0.955, 0.98847],
                                    iterative_methods=["rd", "lamp", "global", "erk"],
                                    iterative_target=0.98847, per_round=0.2, finetune_steps=None,
                                    refine=0),
         # JointPruning note's CPU-scale suggestion (supernet ~40 epochs, 300 v-updates, N = 8,
         # retrain ~100 epochs); HBGS slides: k = 5, 1 epoch between rounds, 63 / 95 % params
-        "04_jointpruning": dict(targets=[0.5, 0.7], dims=_DIMS, supernet_steps=30_000,
+        "04_jointpruning": dict(seeds=[0], targets=[0.5, 0.7], dims=_DIMS, supernet_steps=30_000,
                                 search_steps=300, samples=8, retrain_steps=40_000),
-        "05_hbgs": dict(targets=[0.63, 0.95], methods=_HBGS, uniform_selectors=_UNIFORM, k=5,
+        "05_hbgs": dict(seeds=[0], targets=[0.63, 0.95], methods=_HBGS, uniform_selectors=_UNIFORM, k=5,
                         selection_n=1024, round_finetune_steps=390, finetune_steps=40_000),
-        "06_comparison": dict(targets=[0.5, 0.7], methods=_COMPARED_ALL, k=5, selection_n=1024,
+        "06_comparison": dict(seeds=[0], targets=[0.5, 0.7], methods=_COMPARED_ALL, k=5, selection_n=1024,
                               filter_grid=None, supernet_steps=30_000, search_steps=300,
                               samples=8, finetune_steps=40_000, latency_batch=256,
                               latency_repeats=20),

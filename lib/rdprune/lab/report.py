@@ -2,6 +2,9 @@
 
 - :func:`noise_pts`: how far apart two top-1 numbers measured on ``n`` test images must be before
   the difference means anything (two standard errors of one estimate, in points);
+- :func:`spread` and :func:`spread_table`: mean, standard deviation and n over seeds (a
+  ``seed`` column) of every group, long form or as a ``mean ± sd`` table; :func:`gap`: the
+  difference of two methods paired by seed, with its 95 % interval;
 - :func:`rd_verdict` (notebook 03) and :func:`comparison_verdict` (notebook 06): conclusions as
   Markdown, each sentence computed from the results table;
 - :func:`tables`: README's result tables rendered from ``results/<preset>/``'s CSVs, and
@@ -33,19 +36,114 @@ def _diff(a: float, b: float, n: int) -> tuple[float, float]:
     return 100 * (a - b), max(noise_pts(a, n), noise_pts(b, n))
 
 
+# two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom (then the normal's)
+_T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+        2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+        2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+
+
+def t95(dof: int) -> float:
+    """The two-sided 95 % quantile of Student's t with ``dof`` degrees of freedom."""
+    if dof < 1:
+        raise ValueError("a t interval needs at least two seeds (one degree of freedom)")
+    return _T95[dof - 1] if dof <= len(_T95) else 1.96
+
+
+def spread(df: pd.DataFrame, by, values, seed: str = "seed") -> pd.DataFrame:
+    """Long form: one row per group of ``by`` and value column of ``values``, with the mean,
+    sample standard deviation (NaN for one seed) and n (number of seeds) over the rows of the
+    group. A table without a ``seed`` column counts as one seed per row."""
+    by, values = [by] if isinstance(by, str) else list(by), [values] if isinstance(
+        values, str) else list(values)
+    long = df.melt(id_vars=by, value_vars=values, var_name="value", value_name="x")
+    out = long.groupby(by + ["value"], sort=False)["x"].agg(mean="mean", std="std", n="count")
+    return out.reset_index()
+
+
+def fmt(mean: float, std: float, digits: int = 3) -> str:
+    """``mean ± std`` (just the mean for one seed, ``–`` for none)."""
+    if pd.isna(mean):
+        return "–"
+    return f"{mean:.{digits}f}" if pd.isna(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def spread_table(df: pd.DataFrame, index, columns, value: str, digits: int = 3,
+                 label: str | None = None) -> pd.DataFrame:
+    """A table of ``mean ± sd`` strings over seeds (index × columns); the index name says n
+    (the number of seeds), per cell where groups differ."""
+    index = [index] if isinstance(index, str) else list(index)
+    columns = [columns] if isinstance(columns, str) else list(columns)
+    s = spread(df, index + columns, value)
+    one_n = s["n"].nunique() == 1
+    s["cell"] = [fmt(m, sd, digits) + ("" if one_n else f" (n={n})")
+                 for m, sd, n in zip(s["mean"], s["std"], s["n"])]
+    out = s.pivot(index=index, columns=columns, values="cell")
+    out = out.reindex(index=list(dict.fromkeys(map(tuple, s[index].values))) if len(index) > 1
+                      else list(dict.fromkeys(s[index[0]])))
+    n = int(s["n"].iloc[0]) if len(s) else 0
+    what = label or value
+    out.index.name = (f"{what} (mean ± sd, n = {n} seeds)" if one_n and n > 1
+                      else f"{what} (one seed)" if one_n else f"{what} (mean ± sd, n per cell)")
+    if len(index) > 1:
+        out.index.names = index
+    return out
+
+
+def gap(results: pd.DataFrame, a: str, b: str, value: str = "top1",
+        seed: str = "seed") -> dict | None:
+    """``a`` minus ``b`` in points, paired by seed (``results``: one row per method and seed):
+    mean, sd and n of the per-seed differences and the half-width of their 95 % t interval
+    (NaN for one seed). None when the two share no seed."""
+    seeds = results[seed] if seed in results else pd.Series(0, index=results.index)
+    one = results.assign(_seed=seeds)
+    pa = one[one.method == a].groupby("_seed")[value].mean()
+    pb = one[one.method == b].groupby("_seed")[value].mean()
+    d = (100 * (pa - pb)).dropna()
+    if not len(d):
+        return None
+    n = len(d)
+    sd = float(d.std()) if n > 1 else float("nan")
+    half = t95(n - 1) * sd / math.sqrt(n) if n > 1 else float("nan")
+    return dict(mean=float(d.mean()), sd=sd, n=n, half=half, a=float(pa.mean()),
+                b=float(pb.mean()))
+
+
 def _pct(t: float) -> str:
     return f"{100 * t:.4g} %"
 
 
+def _judge(g: dict, n_test: int) -> tuple[str, float]:
+    """'win' / 'loss' / 'tie' for a paired gap, and the noise it was judged against (points):
+    with one seed, two standard errors of one top-1 on ``n_test`` images; with several, the 95 %
+    interval of the mean per-seed difference, never narrower than the test-set noise of a mean
+    over that many seeds."""
+    binom = max(noise_pts(g["a"], n_test), noise_pts(g["b"], n_test)) / math.sqrt(g["n"])
+    noise = binom if g["n"] == 1 else max(g["half"], binom)
+    word = "tie" if abs(g["mean"]) <= noise else ("win" if g["mean"] > 0 else "loss")
+    return word, noise
+
+
+def _seeds_text(n_seeds: int, n_test: int) -> str:
+    if n_seeds == 1:
+        return (f"Top-1 on {n_test} test images, one seed; a difference counts only beyond two "
+                "standard errors of one estimate.")
+    return (f"Top-1 on {n_test} test images, mean over {n_seeds} seeds (each seed: its own dense "
+            "model, calibration images and fine-tuning order); a difference counts only when "
+            "the 95 % interval of the per-seed differences excludes zero and it exceeds the "
+            "test-set noise.")
+
+
 def rd_verdict(results: pd.DataFrame, n_test: int, chance: float | None = None) -> str:
     """Where RD wins and where it does not (notebook 03's results table: method, schedule,
-    target, top1), against the best other allocator at each schedule and target. With
-    ``chance`` (1 / classes), a setting where RD and the best other are both within noise of
-    chance is called that, not a win or a loss."""
+    target, top1 and, for several seeds, seed), against the best other allocator (by mean
+    top-1) at each schedule and target, paired by seed. With ``chance`` (1 / classes), a
+    setting where RD and the best other are both within noise of chance is called that, not a
+    win or a loss."""
     lines = []
     rows = results[results.method != "dense"]
+    n_seeds = int(rows["seed"].nunique()) if "seed" in rows else 1
     for schedule, part in rows.groupby("schedule", sort=False):
-        top = part.pivot_table(index="target", columns="method", values="top1", aggfunc="last")
+        top = part.pivot_table(index="target", columns="method", values="top1", aggfunc="mean")
         if "rd" not in top or top.shape[1] < 2:
             continue
         others = top.drop(columns=[c for c in top if c.startswith("rd")])
@@ -53,52 +151,62 @@ def rd_verdict(results: pd.DataFrame, n_test: int, chance: float | None = None) 
             if others.loc[t].isna().all() or pd.isna(r["rd"]):
                 continue
             best = others.loc[t].idxmax()
-            d, noise = _diff(r["rd"], others.loc[t, best], n_test)
+            g = gap(part[part.target == t], "rd", best)
+            word, noise = _judge(g, n_test)
+            spread_ = "" if g["n"] == 1 else f" ± {g['sd']:.1f} sd"
             floor = None if chance is None else 100 * chance + noise_pts(chance, n_test)
-            if floor is not None and 100 * max(r["rd"], others.loc[t, best]) <= floor:
-                word = f"and every other allocator are at chance ({chance:.2g})"
-            elif abs(d) <= noise:
-                word = f"ties with {best} (RD {d:+.1f} points, inside the ±{noise:.1f}-point noise)"
-            elif d > 0:
-                word = f"**wins**: {d:+.1f} points over the best other, {best}"
+            if floor is not None and 100 * max(g["a"], g["b"]) <= floor:
+                text = f"and every other allocator are at chance ({chance:.2g})"
+            elif word == "tie":
+                text = (f"ties with {best} (RD {g['mean']:+.1f}{spread_} points, inside the "
+                        f"±{noise:.1f}-point noise)")
+            elif word == "win":
+                text = (f"**wins**: {g['mean']:+.1f}{spread_} points over the best other, {best} "
+                        f"(noise ±{noise:.1f})")
             else:
-                word = f"**loses**: {d:+.1f} points behind {best}"
-            lines.append(f"- {schedule}, {_pct(t)} sparsity: RD {r['rd']:.3f} {word}.")
+                text = (f"**loses**: {g['mean']:+.1f}{spread_} points behind {best} "
+                        f"(noise ±{noise:.1f})")
+            lines.append(f"- {schedule}, {_pct(t)} sparsity: RD {g['a']:.3f} {text}.")
     if not lines:
         return "RD and at least one other allocator are needed for a verdict."
-    return (f"Top-1 on {n_test} test images, one seed; a difference counts only beyond two "
-            f"standard errors of one estimate.\n\n" + "\n".join(lines))
+    return _seeds_text(n_seeds, n_test) + "\n\n" + "\n".join(lines)
 
 
 def comparison_verdict(results: pd.DataFrame, n_test: int) -> str:
-    """Notebook 06's reading, computed: the best top-1 after fine-tuning and the fastest network
-    at each target, what BN re-estimation did, and where fine-tuning was refused."""
+    """Notebook 06's reading, computed: the best mean top-1 after fine-tuning and the fastest
+    network at each target (methods within the noise of the best named), what BN re-estimation
+    did, and where fine-tuning was refused."""
     lines = []
+    n_seeds = int(results["seed"].nunique()) if "seed" in results else 1
     for t, part in results.groupby("target"):
-        part = part.set_index("method")
-        best = part["top1_after"].idxmax()
-        ties = [m for m in part.index if m != best and
-                abs(_diff(part.loc[m, "top1_after"], part.loc[best, "top1_after"], n_test)[0])
-                <= _diff(part.loc[m, "top1_after"], part.loc[best, "top1_after"], n_test)[1]]
-        fast = part["speedup"].idxmax()
+        means = part.groupby("method", sort=False)[["top1_after", "speedup"]].mean()
+        best = means["top1_after"].idxmax()
+        ties = [m for m in means.index if m != best and
+                _judge(gap(part, m, best, "top1_after"), n_test)[0] == "tie"]
+        fast = means["speedup"].idxmax()
         lines.append(f"- {_pct(t)} FLOPs removed: best after fine-tuning **{best}** "
-                     f"({part.loc[best, 'top1_after']:.3f}"
+                     f"({means.loc[best, 'top1_after']:.3f}"
                      + (f"; within noise: {', '.join(ties)}" if ties else "") + f"); fastest "
-                     f"**{fast}** ({part.loc[fast, 'speedup']:.1f}× the dense network).")
+                     f"**{fast}** ({means.loc[fast, 'speedup']:.1f}× the dense network).")
     recal = (results["top1_recal"] - results["top1_before"]).groupby(results["method"]).mean()
     helped = recal[recal * 100 > noise_pts(0.5, n_test)]
     if len(helped):
         lines.append("- Re-estimating BN statistics raised top-1 straight after pruning by "
                      + ", ".join(f"{100 * v:.0f} points ({m})" for m, v in helped.items())
-                     + " on average over the targets.")
+                     + " on average over the targets" + (" and seeds." if n_seeds > 1 else "."))
     else:
         lines.append("- Re-estimating BN statistics changed no method's top-1 beyond noise.")
     if "finetune_kept" in results and (~results["finetune_kept"].astype(bool)).any():
         refused = results[~results["finetune_kept"].astype(bool)]
+        where = [f"{m} at {_pct(t)}" + (f" (seed {s})" if n_seeds > 1 else "")
+                 for m, t, s in zip(refused.method, refused.target,
+                                    refused["seed"] if "seed" in refused else [0] * len(refused))]
         lines.append("- Fine-tuning made these worse on held-out training images, so the network "
-                     "before it is reported: " + ", ".join(
-                         f"{m} at {_pct(t)}" for m, t in zip(refused.method, refused.target)) + ".")
-    return f"On {n_test} test images, one seed:\n\n" + "\n".join(lines)
+                     "before it is reported: " + ", ".join(where) + ".")
+    head = (f"On {n_test} test images, one seed:" if n_seeds == 1 else
+            f"On {n_test} test images, means over {n_seeds} seeds (ties: the 95 % interval of "
+            "the per-seed differences includes zero, or the gap is inside the test-set noise):")
+    return head + "\n\n" + "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- README tables
@@ -114,33 +222,51 @@ def markdown(df: pd.DataFrame, digits: int = 3) -> str:
     return "\n".join([head, rule, *body])
 
 
-def tables(root: str | Path) -> dict[str, str]:
-    """README's tables from a results folder (``results/<preset>`` or a committed copy)."""
+def block_prefix(preset: str) -> str:
+    """README block names of a preset's tables: ``zero_shot`` for quick (and folders that are not
+    a preset's), ``full_zero_shot`` for full..."""
+    from .presets import NOTEBOOKS
+    return f"{preset}_" if preset in NOTEBOOKS and preset != "quick" else ""
+
+
+def tables(root: str | Path, prefix: str | None = None) -> dict[str, str]:
+    """README's tables from a results folder (``results/<preset>`` or a committed copy): means ±
+    standard deviations over the seeds a run has (plain values for one seed). Block names get
+    ``prefix`` (default: :func:`block_prefix` of the folder's name)."""
     root, out = Path(root), {}
+    prefix = block_prefix(root.name) if prefix is None else prefix
     zs = root / "03_rd_vs_baselines" / "results.csv"
     if zs.is_file():
         r = pd.read_csv(zs)
-        z = r[r.schedule == "zero-shot"].pivot_table(index="method", columns="target",
-                                                     values="top1", sort=False)
-        z.columns = [f"{c:.0%}" for c in z.columns]
-        z.index.name = "top-1, zero-shot, sparsity →"
-        out["zero_shot"] = markdown(z)
-        it = r[r.schedule == "iterative"]
-        if len(it):
-            i = it.pivot_table(index="method", columns="target", values="top1", sort=False)
-            i.columns = [f"{c:.1%}" for c in i.columns]
-            i.index.name = "top-1, iterative, sparsity →"
-            out["iterative"] = markdown(i)
+        for key, schedule, digits in (("zero_shot", "zero-shot", "{:.0%}"),
+                                      ("iterative", "iterative", "{:.1%}")):
+            part = r[r.schedule == schedule]
+            if len(part):
+                z = spread_table(part, "method", "target", "top1", label=f"top-1, {schedule}")
+                z.columns = [digits.format(c) for c in z.columns]
+                z.index.name += ", sparsity →"
+                out[key] = markdown(z)
+        if "n_test" in r:  # the conclusion, computed (README quotes it for the full preset)
+            from . import data as D
+            chance = 1 / D.info(r["dataset"].iloc[0]).num_classes
+            out["verdict"] = rd_verdict(r, int(r["n_test"].iloc[0]), chance=chance)
     cmp = root / "06_comparison" / "results.csv"
     if cmp.is_file():
         r = pd.read_csv(cmp)
-        shown = {"top1_recal": ("top-1 pruned + BN", "{:.3f}"),
-                 "top1_after": ("top-1 fine-tuned", "{:.3f}"),
-                 "speedup": ("CPU speed-up", "{:.1f}×"), "prune_seconds": ("pruning s", "{:.0f}")}
-        w = r.pivot_table(index="method", columns="target", values=list(shown), sort=False)
-        w = pd.DataFrame({f"{shown[v][0]} @ {t:.0%}": w[(v, t)].map(shown[v][1].format)
-                          for v in shown for t in sorted(r.target.unique())}, index=w.index)
-        w.index.name = "FLOPs removed →"
+        shown = {"top1_recal": "top-1 pruned + BN", "top1_after": "top-1 fine-tuned"}
+        cols = {}
+        for v, name in shown.items():
+            w = spread_table(r, "method", "target", v)
+            cols.update({f"{name} @ {t:.0%}": w[t] for t in sorted(r.target.unique())})
+        means = r.pivot_table(index="method", columns="target", sort=False,
+                              values=["speedup", "prune_seconds"], aggfunc="mean")
+        for v, name, f in (("speedup", "CPU speed-up", "{:.1f}×"),
+                           ("prune_seconds", "pruning s", "{:.0f}")):
+            cols.update({f"{name} @ {t:.0%}": means[(v, t)].map(f.format)
+                         for t in sorted(r.target.unique())})
+        w = pd.DataFrame(cols).reindex(list(dict.fromkeys(r.method)))
+        w.index.name = "FLOPs removed →" + ("" if "seed" not in r or r.seed.nunique() == 1 else
+                                           f" (mean ± sd, {r.seed.nunique()} seeds)")
         out["comparison"] = markdown(w, 3)
     summary = root / "summary.csv"
     if summary.is_file():
@@ -148,7 +274,7 @@ def tables(root: str | Path) -> dict[str, str]:
         t["minutes"] = t.pop("seconds") / 60
         t.loc["all"] = ["", t["minutes"].sum()]
         out["times"] = markdown(t, 1)
-    return out
+    return {prefix + k: v for k, v in out.items()}
 
 
 def update_readme(text: str, blocks: dict[str, str]) -> str:
@@ -165,9 +291,10 @@ def publish(results: str | Path, docs: str | Path, readme: str | Path) -> list[s
     results, docs = Path(results), Path(docs)
     for folder in ("03_rd_vs_baselines", "06_comparison"):
         src = results / folder / "results.csv"
-        if src.is_file():
-            (docs / folder).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, docs / folder / "results.csv")
+        dst = docs / folder / "results.csv"
+        if src.is_file() and not (dst.exists() and dst.samefile(src)):
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
     if (results / "summary.csv").is_file():  # without the run's own output paths
         docs.mkdir(parents=True, exist_ok=True)
         summary = pd.read_csv(results / "summary.csv", keep_default_na=False)
@@ -193,8 +320,10 @@ def compare(new: str | Path, old: str | Path, tolerance_pts: float = TOLERANCE_P
         a, b = Path(new) / folder / "results.csv", Path(old) / folder / "results.csv"
         if not (a.is_file() and b.is_file()):
             continue
-        both = pd.read_csv(a).merge(pd.read_csv(b), on=keys, how="outer",
-                                    suffixes=("_new", "_old"))  # a row in one run only: missing
+        # means over seeds; a row in one run only: missing
+        a_, b_ = (pd.read_csv(f).groupby(keys, sort=False)[cols].mean().reset_index()
+                  for f in (a, b))
+        both = a_.merge(b_, on=keys, how="outer", suffixes=("_new", "_old"))
         for col in cols:
             for _, r in both.iterrows():
                 d = 100 * (r[f"{col}_new"] - r[f"{col}_old"])
