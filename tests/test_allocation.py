@@ -164,3 +164,49 @@ def test_uniform_plus_on_an_mlp_has_no_dense_first_conv(target):
     assert a[names[0]] == pytest.approx(a[names[1]], abs=0.01)  # the first layer is not spared
     removed, total, _ = _removed(mlp, a, "params")
     assert removed >= target * total - 1e-6
+
+
+def _tied_model(seed):
+    """A small conv net whose weights take few distinct values (many ties), partly masked."""
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 6, 3),
+                              torch.nn.Flatten(), torch.nn.Linear(6 * 4 * 4, 5))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_((p * 10).round() / 10)
+    net.input_size = (1, 8, 8)
+    M.apply(net, {"2": 0.3})
+    return net
+
+
+def _reference_scores(model, method):
+    """Each prunable layer's scores, ascending, written from the definitions: |w|, or LAMP's
+    w_u² / Σ_{|w_v| ≥ |w_u|} w_v² (ties: the later in sorted position counts from there);
+    masked weights -1."""
+    out = []
+    for m in M.prunable(model).values():
+        w, keep = m.weight.detach().flatten().double(), M.mask_of(m).flatten()
+        live = w[keep]
+        if method == "global":
+            s = live.abs()
+        else:
+            sq = torch.sort(live ** 2).values
+            s = torch.tensor([sq[i] / sq[i:].sum() for i in range(len(sq))], dtype=torch.float64)
+        out.append(torch.sort(torch.cat([torch.full((int((~keep).sum()),), -1.0,
+                                                    dtype=torch.float64), s])).values)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("budget", ["params", "flops"])
+@pytest.mark.parametrize("method", ["global", "lamp"])
+def test_global_ranking_without_a_global_sort_equals_the_sort(method, budget, seed):
+    from rdprune.core import allocators as A
+    net = _tied_model(seed)
+    scores = [A.ranking_scores(method, m) for m in M.prunable(net).values()]
+    for mine, definition in zip(scores, _reference_scores(net, method)):
+        torch.testing.assert_close(mine, definition, rtol=1e-12, atol=0)
+    for target in (0.05, 0.3, 0.5, 0.77, 0.9, 0.99):
+        fast = A.allocate(method, net, target, budget)
+        ref = A.global_ranking_reference(A.Layers(net, budget), scores, target)
+        assert fast == pytest.approx(ref, abs=1e-12), (target, fast, ref)

@@ -81,6 +81,7 @@ def curves(model: nn.Module, calib: torch.Tensor, grid: int = 101, distortion: s
     batch (not yet timed here: we had no GPU)."""
     D.check_inputs(model, calib, grid, distortion)
     check_choice("curve method", method, PATHS)
+    M.remember(model, calib)  # FLOPs of a model without input_size come from this sample
     all_layers = M.prunable(model)
     names = list(layers) if layers is not None else list(all_layers)
     unknown = [k for k in names if k not in all_layers]

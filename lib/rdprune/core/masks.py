@@ -126,44 +126,91 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Module
 
 
 # ----------------------------------------------------------------------------- FLOPs
+_EXAMPLE = "_rdprune_example"  # one remembered input sample, set by remember()
+
+
+def remember(model: nn.Module, calib: torch.Tensor) -> None:
+    """Keep one sample of ``calib`` on ``model`` as its example input, so that FLOPs can be
+    counted on a model without ``input_size`` (any torchvision or user model). Curves,
+    ``allocate(..., calib=)`` and ``rp.prune(..., calib=)`` call it; a model's own
+    ``input_size`` (our zoo's) wins."""
+    if isinstance(calib, torch.Tensor) and calib.dim() >= 1 and len(calib):
+        object.__setattr__(model, _EXAMPLE, calib[:1].detach().clone())
+
+
+def example_input(model: nn.Module) -> torch.Tensor:
+    """One input sample for counting: zeros of ``model.input_size`` when the model has one, else
+    the sample :func:`remember` kept; a ValueError that says what to pass otherwise."""
+    p = next(model.parameters())
+    size = tuple(getattr(model, "input_size", ()) or ())
+    if size:
+        return torch.zeros(1, *size, device=p.device, dtype=p.dtype)
+    x = getattr(model, _EXAMPLE, None)
+    if x is None:
+        raise ValueError("cannot count FLOPs: the model has no input_size and no calibration batch "
+                         "was given yet; pass calib= (rd.curves, allocate, rp.prune) or set "
+                         "model.input_size = (C, H, W)")
+    return x.to(p.device)
+
+
 def layer_flops(model: nn.Module) -> dict[str, int]:
-    """Dense multiply-adds of each prunable layer for one input of ``model.input_size``, counted
-    with ``torch.utils.flop_counter.FlopCounterMode`` (its FLOPs are 2 per multiply-add).
-    Cached on the model, keyed by the input size and every prunable weight's shape: masks do not
-    change dense FLOPs, structural pruning (a copy keeps the cache) changes the shapes."""
-    size = tuple(getattr(model, "input_size", ()))
+    """Dense multiply-adds of each prunable layer for one input (:func:`example_input`: zeros of
+    ``model.input_size``, else a remembered calibration sample), counted with
+    ``torch.utils.flop_counter.FlopCounterMode`` (its FLOPs are 2 per multiply-add).
+    Cached on the model, keyed by the input's shape and every prunable weight's shape: masks do
+    not change dense FLOPs, structural pruning (a copy keeps the cache) changes the shapes."""
+    x = example_input(model)
     layers = prunable(model)
-    key = (size, tuple((k, tuple(m.weight.shape)) for k, m in layers.items()))
+    key = (tuple(x.shape), str(x.dtype), tuple((k, tuple(m.weight.shape)) for k, m in layers.items()))
     cached = getattr(model, "_rdprune_flops", None)
     if cached and cached[0] == key:
         return dict(cached[1])
-    if not size:
-        raise ValueError("model has no input_size; build it with rdprune.models.build or set "
-                         "model.input_size = (C, H, W)")
-    counts = module_flops(model, torch.zeros(1, *size))
+    counts, order = module_flops(model, x, order=True)
     out = {name: counts.get(name, 0) // 2 for name in layers}
     model._rdprune_flops = (key, out)
+    model._rdprune_order = tuple(n for n in order if n in layers)
     return dict(out)
 
 
-def module_flops(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
-    """FLOPs (2 per multiply-add) per module name for input ``x``, plus ``""`` for the total."""
+def forward_order(model: nn.Module) -> list[str]:
+    """Prunable layer names in the order the forward pass first calls them (recorded by
+    :func:`layer_flops` on the example input), registration order for layers never called or
+    when no example is known."""
+    layers = list(prunable(model))
+    try:
+        layer_flops(model)
+    except ValueError:
+        return layers
+    seen = list(getattr(model, "_rdprune_order", ()))
+    return [n for n in seen if n in layers] + [n for n in layers if n not in seen]
+
+
+def module_flops(model: nn.Module, x: torch.Tensor, order: bool = False):
+    """FLOPs (2 per multiply-add) per module name for input ``x``, plus ``""`` for the total;
+    with ``order``, also the module names in the order they were first called."""
     from torch.utils.flop_counter import FlopCounterMode
     was_training = model.training
     model.eval()
     p = next(model.parameters())
+    called: list[str] = []
+    names = {m: n for n, m in model.named_modules()}
+    hooks = [m.register_forward_pre_hook(lambda mod, _: called.append(names[mod]))
+             for m in model.modules() if order and isinstance(m, PRUNABLE_TYPES)]
+    x = x.to(p.device, p.dtype) if x.is_floating_point() else x.to(p.device)  # ids stay integer
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(x.to(p.device, p.dtype))
+            model(x)
     finally:
         model.train(was_training)
+        for h in hooks:
+            h.remove()
     out = {}
     for key, ops in counter.get_flop_counts().items():
         if key == "Global":
             out[""] = sum(ops.values())
         else:  # keys look like "ClassName.layer1.0.conv1"
             out[key.partition(".")[2]] = sum(ops.values())
-    return out
+    return (out, list(dict.fromkeys(called))) if order else out
 
 
 def flops(model: nn.Module) -> float:

@@ -13,11 +13,12 @@ What lives where: curves and additivity in :mod:`rdprune.core.curves`, measures 
 from .curves import (COLUMNS, PATHS, additivity, additivity_stats, check_curves, curves,
                      default_max_batch, fast_curves, grid_amounts, predicted, pruned_counts,
                      reference_curves, sweep)
-from .distortion import distortion, names as distortions, register_distortion, unregister_distortion
+from .distortion import (distortion, identity as distortion_identity, names as distortions,
+                         register_distortion, unregister_distortion)
 from .knapsack import solve
 from .refine import refine
 
 __all__ = ["COLUMNS", "PATHS", "additivity", "additivity_stats", "check_curves", "curves",
-           "default_max_batch", "distortion", "distortions", "fast_curves", "grid_amounts",
+           "default_max_batch", "distortion", "distortion_identity", "distortions", "fast_curves", "grid_amounts",
            "predicted", "pruned_counts", "reference_curves", "refine", "register_distortion",
            "solve", "sweep", "unregister_distortion"]

@@ -60,9 +60,14 @@ def prune(model: nn.Module, method: str, target: float, budget: str = "params", 
     params_reduction, flops_reduction, seconds`` and ``amounts`` (allocators) or
     ``kept_channels`` (physically pruned networks), plus what the method reports (a trace)."""
     check_choice("method", method, methods())
+    if method in _METHODS and method in A.names():  # an allocator registered after the method
+        raise ValueError(f"{method!r} is both a method of rp.prune and an allocator "
+                         "(rdprune.allocation.register_allocator); unregister one of them")
     check_target(target, "weights" if budget == "params" else "FLOPs")
     check_choice("budget", budget, A.BUDGETS)
     example = calib[:1] if isinstance(calib, torch.Tensor) and len(calib) else None
+    if example is not None:
+        M.remember(model, calib)  # FLOPs of a model without input_size
     tic = time.perf_counter()
     if method in _METHODS:
         net, details = _METHODS[method](model, float(target), budget, calib, **options)

@@ -161,7 +161,8 @@ def run(model_name: str = "resnet20", dataset: str = "fashion_mnist", method: st
     recipe = recipe or SCHEDULE_RECIPE[preset]
     config = dict(model=model_name, dataset=dataset, recipe=recipe, method=method, schedule=schedule,
                   target=target, budget=budget, preset=preset, calibration=calibration,
-                  seed=seed, settings=asdict(s))
+                  seed=seed, settings=asdict(s),
+                  distortion_fn=rd.distortion_identity(s.distortion))  # a re-registered name
     out = Path(out) if out else Path("results") / "runs" / run_name(config)
     out.mkdir(parents=True, exist_ok=True)
     model = train.pretrained(model_name, dataset, recipe, seed, dev=dev, progress=progress,

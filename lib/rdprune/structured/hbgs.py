@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..core import masks as M
 from ..core.loops import fine_tune
 from . import filters as FL
 from .surgery import BUDGETS, count, removed
@@ -366,7 +367,7 @@ def uniform(model: nn.Module, target: float, budget: str = "flops", selector: st
     ``error`` is the weight-space relative error of the selection)."""
     _check(target, budget, selector=(selector, SELECTORS + ("random",)))
     p = next(model.parameters())
-    x = example if example is not None else torch.zeros(1, *model.input_size, device=p.device)
+    x = example if example is not None else M.example_input(model).to(p.device)
     _, net, hw, _, full, base, limit = _setup(model, x, target, budget, sides=("out",))
     ws = wrappers(net)
     shape0 = {n: _shape(w) for n, w in ws.items()}

@@ -57,13 +57,9 @@ _EPS = 1e-9
 
 def _example(model: nn.Module, example: torch.Tensor | None = None) -> torch.Tensor:
     if example is not None:
+        M.remember(model, example)
         return example[:1]
-    size = tuple(getattr(model, "input_size", ()))
-    if not size:
-        raise ValueError("model has no input_size; build it with rdprune.models.build or set "
-                         "model.input_size = (C, H, W)")
-    p = next(model.parameters())
-    return torch.zeros(1, *size, device=p.device, dtype=p.dtype)
+    return M.example_input(model)
 
 
 def count(model: nn.Module, example: torch.Tensor | None = None) -> dict[str, int]:
