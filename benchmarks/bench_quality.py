@@ -8,7 +8,6 @@ benchmarks/quality.csv.
 import argparse
 from pathlib import Path
 
-import pandas as pd
 
 import rdprune as rp
 
