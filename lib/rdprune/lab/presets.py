@@ -13,7 +13,7 @@ What "quick" means, in each place:
 - the **notebooks'** ``quick``: half that calibration set (128 images, a 21-point grid) and
   2,000 test images, one seed, so that all six notebooks finish in about an hour here;
 - the **notebooks'** ``full``: the RD comparison (01-03) on all 10,000 test images, notebook 03
-  over 3 seeds with 150 fine-tuning steps per iterative round (5× quick), about 75 minutes here;
+  over 3 seeds with 60 fine-tuning steps per iterative round (2× quick), about an hour here;
   04-06 are skipped with the reason (their seeds lists work, 3 seeds cost about 2 hours more).
 """
 from __future__ import annotations
@@ -76,8 +76,8 @@ SCHEDULES = {
                       batch_size=100),
 }
 _PAPER_FINETUNE = {"vgg16": 40_000, "densenet121": 60_000}
-# the quick schedule with 150 fine-tuning steps per round and every test image (notebook 03's full)
-SCHEDULES["full"] = replace(SCHEDULES["quick"], finetune_steps=150)
+# the quick schedule with every test image (notebook 03's full preset sets its own steps)
+SCHEDULES["full"] = SCHEDULES["quick"]
 SCHEDULE_RECIPE = {"quick": "quick", "full": "quick", "paper": "paper"}  # the dense model each preset starts from
 
 
@@ -128,7 +128,7 @@ NOTEBOOKS: dict[str, dict[str, dict]] = {
                               finetune_steps=40, latency_batch=256, latency_repeats=5),
     },
     # 3 seeds and all 10,000 test images for the RD paper's comparison (notebooks 01-03), about
-    # 75 minutes on a 2-core CPU. 04-06 take the same seeds list, but 3 seeds of them add about
+    # an hour on a 2-core CPU. 04-06 take the same seeds list, but 3 seeds of them add about
     # 2 hours here: they are skipped with that reason (run them with -p seeds "[0, 1, 2]").
     "full": {
         "*": dict(dataset="fashion_mnist", model="resnet20", recipe="quick", calib_n=128, grid=21,
@@ -138,7 +138,7 @@ NOTEBOOKS: dict[str, dict[str, dict]] = {
                               max_amount=0.5),
         "03_rd_vs_baselines": dict(seeds=[0, 1, 2], targets=[0.5, 0.6, 0.7, 0.8, 0.9],
                                    iterative_methods=["rd", "lamp"], iterative_target=0.9,
-                                   per_round=0.5, finetune_steps=150, refine=0),
+                                   per_round=0.5, finetune_steps=60, refine=0),
         **{stem: dict(_skip="not in the full preset (3 seeds of notebooks 04-06 take about 2 "
                             "hours more here); run it with: python -m rdprune reproduce --only "
                             + stem[:2] + " -p seeds \"[0, 1, 2]\" -p eval_subset None")
