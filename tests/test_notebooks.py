@@ -168,7 +168,7 @@ def test_baselines_outputs(executed):
     dense = res[res.method == "dense"].top1
     assert len(dense) == 2 and (dense > 0.5).all() and dense.iloc[0] != dense.iloc[1]  # two models
     side = pd.read_csv(out / "side_by_side.csv", keep_default_na=False)
-    assert (side[side.source == "ours (this run)"].n_seeds == 2).all()
+    assert (pd.to_numeric(side[side.source == "ours (this run)"].n_seeds) == 2).all()
     side = pd.read_csv(out / "side_by_side.csv", keep_default_na=False)
     ours = side[side.source == "ours (this run)"]
     theirs = side[side.source != "ours (this run)"]
