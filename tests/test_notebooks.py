@@ -264,7 +264,7 @@ def test_a_preset_can_leave_a_notebook_out(tmp_path):
     """The full preset skips 04-06 with the reason (and how to run them), runs the others."""
     folder = tmp_path / "nbs"
     folder.mkdir()
-    _tiny_notebook(folder / "06_comparison.ipynb", "raise SystemExit('must not run')")
+    _tiny_notebook(folder / "06_comparison.ipynb", "raise RuntimeError('must not run')")
     _tiny_notebook(folder / "02_additivity.ipynb",
                    "from pathlib import Path\nPath(out_dir, 'done.json').write_text('1')")
     summary = reproduce.run("full", results=tmp_path / "res", folder=folder, progress=False)
@@ -273,6 +273,9 @@ def test_a_preset_can_leave_a_notebook_out(tmp_path):
     reason = summary.set_index("notebook").loc["06_comparison", "reason"]
     assert "not in the full preset" in reason and "--only 06" in reason
     assert reproduce.parameters("03_rd_vs_baselines", "full")["seeds"] == [0, 1, 2]
+    asked = reproduce.run("full", only=["06"], results=tmp_path / "r2", folder=folder,
+                          progress=False)  # --only names it: it runs (and fails here, on purpose)
+    assert asked.status.tolist() == ["failed"] and "must not run" in asked.reason.iloc[0]
 
 
 def test_parse_values():

@@ -90,6 +90,9 @@ def test_spread_is_mean_sd_and_n_over_seeds():
     assert s.loc["rd", "std"] == pytest.approx(0.02)  # the sample (n - 1) standard deviation
     table = R.spread_table(df, "method", "target", "top1", label="top-1")
     assert table.loc["rd", 0.5] == "0.920 ± 0.020" and "n = 3 seeds" in table.index.name
+    two = R.spread_table(df, ["method", "schedule"], "target", "top1", label="top-1")
+    assert two.loc[("rd", "zero-shot"), 0.5] == "0.920 ± 0.020"
+    assert "n = 3 seeds" in two.columns.name  # the label survives a two-level index
     one = R.spread_table(df[df.seed == 0], "method", "target", "top1")
     assert one.loc["rd", 0.5] == "0.900" and "one seed" in one.index.name
 
@@ -101,7 +104,9 @@ def test_gap_pairs_seeds_and_its_interval_is_students_t():
     assert g["mean"] == pytest.approx(2.0) and g["sd"] == pytest.approx(1.0) and g["n"] == 3
     assert g["half"] == pytest.approx(4.303 * 1.0 / math.sqrt(3), rel=1e-3)
     assert R.gap(df, "rd", "erk") is None
-    assert R.t95(1) == pytest.approx(12.706) and R.t95(1000) == pytest.approx(1.96)
+    partial = R.gap(df[~((df.method == "lamp") & (df.seed == 2))], "rd", "lamp")
+    assert partial["n"] == 2 and partial["a"] == pytest.approx(0.91)  # shared seeds only
+    assert R.t95(1) == pytest.approx(12.706) and R.t95(1000) == pytest.approx(1.962, abs=1e-3) and R.t95(40) == pytest.approx(2.021, abs=5e-3)
     with pytest.raises(ValueError, match="two seeds"):
         R.t95(0)
 
@@ -112,6 +117,9 @@ def test_rd_verdict_over_seeds_needs_a_consistent_gap():
     assert "**wins**" in steady and "3 seeds" in steady
     shaky = R.rd_verdict(_seeded([0.75, 0.95, 0.85], [0.80, 0.80, 0.80]), n_test=10_000)
     assert "ties with lamp" in shaky and "wins" not in shaky
+    # the seeds share the test images: a steady +1 point stays inside their ±1.6-point noise
+    shared = R.rd_verdict(_seeded([0.81, 0.81, 0.81], [0.80, 0.80, 0.80]), n_test=2000)
+    assert "ties with lamp" in shared
     # the same means from one seed would be a win: the seeds are what makes it a tie
     assert "**wins**" in R.rd_verdict(_seeded([0.85], [0.80]), n_test=10_000)
 

@@ -24,7 +24,8 @@ round), ``seconds`` (the round's wall time, fine-tune included).
 fine-tuned weights are kept only if their top-1 there is at least that of the network straight
 after pruning, otherwise the round continues from the pruned, un-tuned weights (columns
 ``val_before``, ``val_after``, ``finetune_kept``). Fine-tuning thus never returns a network worse
-on images it was not trained on; ``val_n=0`` turns the guard off.
+on images it was not trained on; ``val_n=0`` turns the guard off (ImageNet runs have no guard
+yet: its ImageFolder has no in-memory tensors to hold images out of).
 """
 from __future__ import annotations
 
@@ -170,7 +171,7 @@ def run(model_name: str = "resnet20", dataset: str = "fashion_mnist", method: st
     train_loader, test_loader = D.loaders(dataset, s.batch_size, seed=seed, subset=None,
                                           imagenet_root=imagenet_root)
     val = None
-    if s.val_n and s.finetune_steps:
+    if s.val_n and s.finetune_steps and dataset != "imagenet":  # ImageNet: no guard yet
         val, train_loader = D.selection_split(dataset, s.val_n, batch_size=s.batch_size,
                                               seed=seed, labels=True)
     if s.eval_subset:

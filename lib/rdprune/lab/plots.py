@@ -158,7 +158,7 @@ def accuracy_vs_sparsity(table: pd.DataFrame, reference: pd.DataFrame | None = N
     if len(dense):
         ax.axhline(float(dense["top1"].mean()), color="k", ls=":", lw=1, label="dense")
     ax.set_xlabel("sparsity (fraction of prunable weights removed)" if seeds == 1 else
-                  f"target sparsity (mean ± sd over {seeds} seeds)")
+                  f"target: fraction removed of the budget (mean ± sd over {seeds} seeds)")
     ax.set_ylabel("top-1 accuracy")
     ax.set_title(title or f"Our runs{f' — {label}' if label else ''}")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)

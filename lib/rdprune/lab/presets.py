@@ -140,8 +140,8 @@ NOTEBOOKS: dict[str, dict[str, dict]] = {
                                    iterative_methods=["rd", "lamp"], iterative_target=0.9,
                                    per_round=0.5, finetune_steps=60, refine=0),
         **{stem: dict(_skip="not in the full preset (3 seeds of notebooks 04-06 take about 2 "
-                            "hours more here); run it with: python -m rdprune reproduce --only "
-                            + stem[:2] + " -p seeds \"[0, 1, 2]\" -p eval_subset None")
+                            "hours more here); run it with: python -m rdprune reproduce --preset full --only "
+                            + stem[:2] + " -p seeds \"[0, 1, 2]\"")
            for stem in ("04_jointpruning", "05_hbgs", "06_comparison")},
     },
     "paper": {  # the RD authors' CIFAR-10 protocol (docs/rd-authors-code.md); needs CIFAR-10, a GPU

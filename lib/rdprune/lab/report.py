@@ -46,7 +46,7 @@ def t95(dof: int) -> float:
     """The two-sided 95 % quantile of Student's t with ``dof`` degrees of freedom."""
     if dof < 1:
         raise ValueError("a t interval needs at least two seeds (one degree of freedom)")
-    return _T95[dof - 1] if dof <= len(_T95) else 1.96
+    return _T95[dof - 1] if dof <= len(_T95) else 1.96 + 2.4 / dof  # within 0.005 beyond 30
 
 
 def spread(df: pd.DataFrame, by, values, seed: str = "seed") -> pd.DataFrame:
@@ -84,8 +84,8 @@ def spread_table(df: pd.DataFrame, index, columns, value: str, digits: int = 3,
     what = label or value
     out.index.name = (f"{what} (mean ± sd, n = {n} seeds)" if one_n and n > 1
                       else f"{what} (one seed)" if one_n else f"{what} (mean ± sd, n per cell)")
-    if len(index) > 1:
-        out.index.names = index
+    if len(index) > 1:  # the label goes on the columns: a MultiIndex has one name per level
+        out.columns.name, out.index.names = out.index.name, index
     return out
 
 
@@ -101,6 +101,7 @@ def gap(results: pd.DataFrame, a: str, b: str, value: str = "top1",
     d = (100 * (pa - pb)).dropna()
     if not len(d):
         return None
+    pa, pb = pa[d.index], pb[d.index]  # the seeds both have
     n = len(d)
     sd = float(d.std()) if n > 1 else float("nan")
     half = t95(n - 1) * sd / math.sqrt(n) if n > 1 else float("nan")
@@ -115,9 +116,9 @@ def _pct(t: float) -> str:
 def _judge(g: dict, n_test: int) -> tuple[str, float]:
     """'win' / 'loss' / 'tie' for a paired gap, and the noise it was judged against (points):
     with one seed, two standard errors of one top-1 on ``n_test`` images; with several, the 95 %
-    interval of the mean per-seed difference, never narrower than the test-set noise of a mean
-    over that many seeds."""
-    binom = max(noise_pts(g["a"], n_test), noise_pts(g["b"], n_test)) / math.sqrt(g["n"])
+    interval of the mean per-seed difference, never narrower than that test-set noise (every
+    seed is scored on the same test images, so their noise does not average out)."""
+    binom = max(noise_pts(g["a"], n_test), noise_pts(g["b"], n_test))
     noise = binom if g["n"] == 1 else max(g["half"], binom)
     word = "tie" if abs(g["mean"]) <= noise else ("win" if g["mean"] > 0 else "loss")
     return word, noise
@@ -128,9 +129,9 @@ def _seeds_text(n_seeds: int, n_test: int) -> str:
         return (f"Top-1 on {n_test} test images, one seed; a difference counts only beyond two "
                 "standard errors of one estimate.")
     return (f"Top-1 on {n_test} test images, mean over {n_seeds} seeds (each seed: its own dense "
-            "model, calibration images and fine-tuning order); a difference counts only when "
-            "the 95 % interval of the per-seed differences excludes zero and it exceeds the "
-            "test-set noise.")
+            "model, calibration images and fine-tuning order; all seeds share the test images); "
+            "a difference counts only when the 95 % interval of the per-seed differences "
+            "excludes zero and it exceeds two standard errors of one top-1 on those images.")
 
 
 def rd_verdict(results: pd.DataFrame, n_test: int, chance: float | None = None) -> str:
@@ -152,6 +153,8 @@ def rd_verdict(results: pd.DataFrame, n_test: int, chance: float | None = None) 
                 continue
             best = others.loc[t].idxmax()
             g = gap(part[part.target == t], "rd", best)
+            if g is None:  # no seed has both
+                continue
             word, noise = _judge(g, n_test)
             spread_ = "" if g["n"] == 1 else f" ± {g['sd']:.1f} sd"
             floor = None if chance is None else 100 * chance + noise_pts(chance, n_test)
@@ -181,8 +184,8 @@ def comparison_verdict(results: pd.DataFrame, n_test: int) -> str:
     for t, part in results.groupby("target"):
         means = part.groupby("method", sort=False)[["top1_after", "speedup"]].mean()
         best = means["top1_after"].idxmax()
-        ties = [m for m in means.index if m != best and
-                _judge(gap(part, m, best, "top1_after"), n_test)[0] == "tie"]
+        gaps = {m: gap(part, m, best, "top1_after") for m in means.index if m != best}
+        ties = [m for m, g in gaps.items() if g is not None and _judge(g, n_test)[0] == "tie"]
         fast = means["speedup"].idxmax()
         lines.append(f"- {_pct(t)} FLOPs removed: best after fine-tuning **{best}** "
                      f"({means.loc[best, 'top1_after']:.3f}"

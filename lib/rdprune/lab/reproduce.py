@@ -7,7 +7,7 @@ step) into
 A notebook whose dataset is not available (its ``dataset`` parameter; e.g. CIFAR-10 offline) is
 skipped with the reason, a failing notebook does not stop the others, and the command exits
 non-zero naming the failures. A preset may leave a notebook out (``_skip``: the reason, e.g. the
-``full`` preset's 04-06), which is then reported as skipped. Parameters can be overridden: ``-p KEY VALUE`` for every notebook
+``full`` preset's 04-06), which is then reported as skipped unless ``--only`` names it. Parameters can be overridden: ``-p KEY VALUE`` for every notebook
 that declares KEY, ``-p NOTEBOOK:KEY VALUE`` for one (values are read as Python/JSON literals,
 else kept as strings).
 """
@@ -158,7 +158,8 @@ def run(preset: str = "quick", only: list[str] | None = None, overrides: dict | 
             if quiet in decl[path]:
                 params.setdefault(quiet, False)
         row = dict(notebook=path.stem, status="ok", seconds=0.0, output=str(out), reason="")
-        problem = (parameters(path.stem, preset, overrides).get("_skip")  # not in this preset
+        skip = None if only else parameters(path.stem, preset, overrides).get("_skip")
+        problem = (skip  # not in this preset, unless --only asked for it
                    or dataset_problem(params.get("dataset", decl[path].get("dataset")),
                                       {**decl[path], **params}))
         if problem:
