@@ -69,3 +69,55 @@ def test_forward_order_not_registration_order_decides_uniform_plus():
     assert amounts.get("body.0", 0.0) == 0.0  # the first convolution the input meets stays dense
     assert amounts["fc"] <= 0.8 + 1e-9  # the last layer keeps at least 20 %
     assert M.sparsity(M.apply(copy.deepcopy(net), amounts)) >= 0.5 - 1e-9
+
+
+# ----------------------------------------------------------------------------- structured guards
+class ConvHead(nn.Module):
+    """Ends in a 1×1 conv classifier (SqueezeNet style): its output channels are the classes."""
+
+    def __init__(self, groups=1):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                      nn.Conv2d(16, 32, 3, padding=1, groups=groups),
+                                      nn.BatchNorm2d(32), nn.ReLU())
+        self.classifier = nn.Sequential(nn.Conv2d(32, 10, 1), nn.AdaptiveAvgPool2d(1),
+                                        nn.Flatten())
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+def test_structured_methods_keep_a_conv_classifiers_output_width():
+    from rdprune import structured as S
+    torch.manual_seed(0)
+    net, x = ConvHead().eval(), torch.randn(4, 1, 12, 12)
+    M.remember(net, x)
+    assert S.output_convs(net) == ["classifier.0"]
+    assert "classifier.0" not in S.groups(net, x)
+    for small in (S.uniform_width(net, 0.5, example=x), S.l1_filters(net, 0.5, example=x),
+                  rp.prune(net, "uniform_width", 0.5, "flops", calib=x)[0]):
+        assert small(x).shape == (4, 10)
+        assert small.classifier[0].out_channels == 10 and small.features[3].out_channels < 32
+    with pytest.raises(ValueError, match="model's outputs"):
+        S.remove_filters(net, {"classifier.0": [0]}, example=x)
+
+
+def test_grouped_convs_and_channel_shuffles_are_refused_before_surgery():
+    from rdprune import structured as S
+    x = torch.randn(2, 1, 12, 12)
+    with pytest.raises(ValueError, match=r"grouped convolutions \(features\.3\)"):
+        S.uniform_width(ConvHead(groups=4), 0.5, example=x)
+    shuffle = torchvision.models.shufflenet_v2_x0_5(num_classes=10).eval()
+    with pytest.raises(ValueError, match="shuffles channels"):
+        S.l1_filters(shuffle, 0.5, example=torch.randn(2, 3, 32, 32))
+
+
+def test_hbgs_says_which_convs_it_could_not_wrap():
+    from rdprune.structured import hbgs
+    net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=8), nn.ReLU(),
+                        nn.Conv2d(8, 16, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(16, 10))
+    ok, skipped = hbgs.wrappable(net)
+    assert ok == [] and skipped == {"0": "the stem", "2": "grouped (groups=8)", "4": "1×1"}
+    with pytest.raises(ValueError, match=r"none it could wrap \(0: the stem; 2: grouped"):
+        hbgs.prune(net, torch.randn(8, 1, 12, 12), 0.3, progress=False)

@@ -14,6 +14,7 @@ import argparse
 import hashlib
 import json
 import sys
+from pathlib import Path
 
 import pandas as pd
 
@@ -31,9 +32,15 @@ class _Help(argparse.HelpFormatter):
 
 def _common(p, presets):
     p.add_argument("--model", default=presets.BASELINES["model"],
-                   help="zoo model name (rdprune.models.available())")
+                   help="a zoo name (rdprune.models.available()), torchvision:NAME, timm:NAME "
+                        "or path/to/file.py:factory (a function returning the nn.Module); "
+                        "trained with --recipe and cached unless --weights is given")
+    p.add_argument("--weights", default=None, metavar="FILE.pt",
+                   help="a checkpoint (state dict) to load into the model instead of training it")
     p.add_argument("--dataset", default=presets.BASELINES["dataset"],
-                   help="fashion_mnist (offline), cifar10, imagenet or synthetic")
+                   help="fashion_mnist (offline), cifar10, imagenet, synthetic, or "
+                        "imagefolder:/path (train/ and val/ class folders, ImageNet transforms); "
+                        "the calibration images come from its training split")
     p.add_argument("--imagenet-root", default=None,
                    help="folder with ImageNet train/ and val/ (for --dataset imagenet)")
     p.add_argument("--seed", type=int, default=0,
@@ -46,10 +53,12 @@ def _check(args) -> None:
     """Every numeric option and name, before any model is loaded or trained."""
     import rdprune as rp
     from rdprune.core.loops import device
-    from rdprune.util import check_choice, check_target
+    from rdprune.util import check_target
     device(args.device)
     rp.lab.data.info(args.dataset)
-    check_choice("model", args.model, rp.models.available())
+    rp.models.check(args.model)
+    if args.weights is not None and not Path(args.weights).is_file():
+        raise ValueError(f"--weights {args.weights}: no such file")
     for t in getattr(args, "targets", None) or [getattr(args, "target", 0.0)]:
         check_target(t, "weights" if args.budget == "params" else "FLOPs")
     for name in ("calib_n", "grid", "finetune_steps", "refine"):
@@ -70,14 +79,15 @@ def baselines(args) -> int:
                              f"{', '.join(rp.allocation.names(structured=False))}")
     _check(args)
     model = rp.train.pretrained(args.model, args.dataset, args.recipe, args.seed, dev=args.device,
-                                progress=not args.quiet)
+                                progress=not args.quiet, weights=args.weights)
     calib = rp.data.calibration(args.dataset, args.calib_n, args.seed,
                                 imagenet_root=args.imagenet_root).to(next(model.parameters()).device)
     key = hashlib.sha256(json.dumps([state_hash(model), args.methods, args.targets, args.calib_n,
                                      args.grid, args.budget, args.seed, args.refine,
                                      rp.distortion.identity(args.distortion)]).encode()
                          ).hexdigest()[:16]
-    path = rp.data.data_dir() / "results" / f"baselines-{args.model}-{args.dataset}-{key}.csv"
+    path = (rp.data.data_dir() / "results"
+            / f"baselines-{rp.models.slug(args.model)}-{rp.lab.data.slug(args.dataset)}-{key}.csv")
     if path.exists() and not args.no_cache:
         print(f"using cached results {path} (--no-cache recomputes)")
         table = pd.read_csv(path)
@@ -108,7 +118,7 @@ def prune(args) -> int:
     table = pipeline.run(args.model, args.dataset, args.method, args.schedule, args.target,
                          budget=args.budget, preset=args.preset, calibration=args.calibration,
                          seed=args.seed, out=args.out, progress=not args.quiet, dev=args.device,
-                         imagenet_root=args.imagenet_root,
+                         imagenet_root=args.imagenet_root, weights=args.weights,
                          finetune_steps=args.finetune_steps, calib_n=args.calib_n,
                          grid=args.grid, refine=args.refine)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
@@ -119,8 +129,6 @@ def prune(args) -> int:
 
 
 def report(args) -> int:
-    from pathlib import Path
-
     from rdprune.lab import report as R
     from rdprune.util import REPO
     results = Path(args.results)

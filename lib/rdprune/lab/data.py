@@ -8,10 +8,17 @@ loader is a tensor shuffle and the calibration set is an exact, reproducible sli
 Calibration sets are always taken from the *training* split with the *test-time* transform (the RD
 authors' CIFAR code accidentally kept the random crop/flip there, so its distortion is not zero at
 amount 0; ours is).
+
+A folder of your own images is the data set ``imagefolder:/path``: ``/path/train/<class>/*`` and
+``/path/val/<class>/*`` (torchvision ``ImageFolder`` layout), read with ImageNet's transforms
+(test and calibration: resize 256, centre crop 224, ImageNet mean/std; training: random resized
+crop 224 and flip) as RGB, so torchvision and timm models see what they were built for.
 """
 from __future__ import annotations
 
 import gzip
+import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +29,7 @@ from ..core.loops import TensorLoader
 from ..util import data_dir
 
 DATASETS = ("fashion_mnist", "cifar10", "imagenet", "synthetic")
+IN_MEMORY = ("fashion_mnist", "cifar10")  # held as tensors: held-out splits are exact slices
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
 _FMNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -43,8 +51,27 @@ class Info:
     image_size: int
 
 
+FOLDER = "imagefolder:"
+
+
+def _folder(name: str, imagenet_root: str | None = None) -> str | None:
+    """The image folder of ``imagefolder:/path`` (or ImageNet's root), None for the others."""
+    return name[len(FOLDER):] if name.startswith(FOLDER) else imagenet_root
+
+
+def slug(name: str) -> str:
+    """A file-name-safe data set name (an image folder's name plus a hash of its path)."""
+    if not name.startswith(FOLDER):
+        return name
+    root = Path(_folder(name)).resolve()
+    return f"imagefolder_{root.name}-{hashlib.sha256(str(root).encode()).hexdigest()[:8]}"
+
+
 def info(name: str) -> Info:
     _check(name)
+    if name.startswith(FOLDER):
+        classes = sorted(p.name for p in (Path(_folder(name)) / "train").iterdir() if p.is_dir())
+        return Info(name, len(classes), 3, 224)
     return {
         "fashion_mnist": Info(name, 10, 1, 28),
         "cifar10": Info(name, 10, 3, 32),
@@ -54,8 +81,16 @@ def info(name: str) -> Info:
 
 
 def _check(name: str) -> None:
+    if isinstance(name, str) and name.startswith(FOLDER):
+        root = Path(_folder(name))
+        for split in ("train", "val"):
+            if not (root / split).is_dir() or not any(p.is_dir() for p in (root / split).iterdir()):
+                raise ValueError(f"{name}: {root / split} is not a folder of class folders; an "
+                                 "image folder holds train/<class>/* and val/<class>/*")
+        return
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)} or "
+                         f"{FOLDER}/path (a folder with train/ and val/ ImageFolders)")
 
 
 # ----------------------------------------------------------------------------- Fashion-MNIST
@@ -151,8 +186,8 @@ def loaders(name: str = "fashion_mnist", batch_size: int = 128, *, seed: int = 0
     training images, for quick experiments. ImageNet needs ``imagenet_root`` with train/ and val/
     ImageFolders."""
     _check(name)
-    if name == "imagenet":
-        return _imagenet_loaders(imagenet_root, batch_size)
+    if name == "imagenet" or name.startswith(FOLDER):
+        return _imagenet_loaders(_folder(name, imagenet_root), batch_size)
     if name == "synthetic":
         raise ValueError("'synthetic' has no labels; use calibration('synthetic', ...) instead")
     xtr, ytr = tensors(name, "train")
@@ -177,8 +212,9 @@ def _imagenet_loaders(root, batch_size):
     te = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), norm])
     train = datasets.ImageFolder(str(Path(root) / "train"), tr)
     val = datasets.ImageFolder(str(Path(root) / "val"), te)
-    return (DataLoader(train, batch_size, shuffle=True, num_workers=8),
-            DataLoader(val, batch_size, shuffle=False, num_workers=8))
+    workers = min(8, os.cpu_count() or 1)
+    return (DataLoader(train, batch_size, shuffle=True, num_workers=workers),
+            DataLoader(val, batch_size, shuffle=False, num_workers=workers))
 
 
 def calibration(name: str = "fashion_mnist", n: int = 1024, seed: int = 0, *,
@@ -197,8 +233,8 @@ def calibration(name: str = "fashion_mnist", n: int = 1024, seed: int = 0, *,
     if name == "synthetic":
         shape = tuple(shape or (1, 28, 28))
         return torch.randn((n, *shape), generator=gen)
-    if name == "imagenet":
-        return _imagenet_calibration(imagenet_root, n, gen)
+    if name == "imagenet" or name.startswith(FOLDER):
+        return _imagenet_calibration(_folder(name, imagenet_root), n, gen)
     x, _ = tensors(name, "train")
     if n > len(x):
         raise ValueError(f"asked for {n} calibration images but {name} has {len(x)}")
@@ -213,6 +249,8 @@ def _imagenet_calibration(root, n, gen):
     from torchvision import datasets, transforms as T
     te = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(*_STATS["imagenet"])])
     ds = datasets.ImageFolder(str(Path(root) / "train"), te)
+    if n > len(ds):
+        raise ValueError(f"asked for {n} calibration images but {root}/train has {len(ds)}")
     stride = len(ds) // n
     start = int(torch.randint(0, stride, (1,), generator=gen))
     return torch.stack([ds[start + i * stride][0] for i in range(n)])

@@ -46,7 +46,7 @@ from ..core import rd
 from ..core.allocators import allocate
 from ..util import atomic_write_bytes
 from . import data as D
-from . import train
+from . import models, train
 from .presets import SCHEDULE_RECIPE, SCHEDULES as PRESETS, Settings, settings  # noqa: F401
 
 SCHEDULES = ("oneshot", "iterative")
@@ -146,10 +146,12 @@ def run(model_name: str = "resnet20", dataset: str = "fashion_mnist", method: st
         schedule: str = "oneshot", target: float = 0.9, *, budget: str = "params",
         preset: str = "quick", recipe: str | None = None, calibration: str = "train",
         seed: int = 0, out: str | Path | None = None, imagenet_root: str | None = None,
-        resume: bool = True, progress: bool = True, dev="auto", **overrides) -> pd.DataFrame:
+        resume: bool = True, progress: bool = True, dev="auto", weights: str | Path | None = None,
+        **overrides) -> pd.DataFrame:
     """Train (or load) the dense model, then prune it on a schedule. Returns the per-round table
     and writes it to ``out`` (default ``results/runs/<name>``). ``overrides`` set any
-    :class:`Settings` field. ``recipe`` trains the dense model (default: the preset's)."""
+    :class:`Settings` field. ``recipe`` trains the dense model (default: the preset's);
+    ``weights`` (a checkpoint file) loads it instead (:func:`rdprune.train.load_weights`)."""
     s = settings(preset, model_name, **overrides)
     if A.get(method).structured:
         raise ValueError(f"the pipeline prunes weights with masks; {method!r} removes filters "
@@ -164,14 +166,17 @@ def run(model_name: str = "resnet20", dataset: str = "fashion_mnist", method: st
                   target=target, budget=budget, preset=preset, calibration=calibration,
                   seed=seed, settings=asdict(s),
                   distortion_fn=rd.distortion_identity(s.distortion))  # a re-registered name
+    if weights is not None:  # the run folder follows the file's contents, not only its name
+        config["weights"] = hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16] \
+            if Path(weights).is_file() else str(weights)
     out = Path(out) if out else Path("results") / "runs" / run_name(config)
     out.mkdir(parents=True, exist_ok=True)
     model = train.pretrained(model_name, dataset, recipe, seed, dev=dev, progress=progress,
-                             verbose=progress)
+                             verbose=progress, weights=weights)
     train_loader, test_loader = D.loaders(dataset, s.batch_size, seed=seed, subset=None,
                                           imagenet_root=imagenet_root)
     val = None
-    if s.val_n and s.finetune_steps and dataset != "imagenet":  # ImageNet: no guard yet
+    if s.val_n and s.finetune_steps and dataset in D.IN_MEMORY:  # image folders: no guard yet
         val, train_loader = D.selection_split(dataset, s.val_n, batch_size=s.batch_size,
                                               seed=seed, labels=True)
     if s.eval_subset:
@@ -228,7 +233,7 @@ def run_name(config: dict) -> str:
     results, so a run with other settings never reuses (or replaces) another's folder."""
     key = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
     c = config
-    return (f"{c['model']}-{c['dataset']}-{c['method']}-{c['budget']}-{c['schedule']}-"
+    return (f"{models.slug(c['model'])}-{D.slug(c['dataset'])}-{c['method']}-{c['budget']}-{c['schedule']}-"
             f"{c['target']:g}-{c['preset']}-{c['calibration']}-s{c['seed']}-{key}")
 
 

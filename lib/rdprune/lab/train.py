@@ -27,7 +27,34 @@ def save(model: nn.Module, path: Path, meta: dict) -> None:
 
 
 def checkpoint_path(model_name, dataset, recipe_name, seed) -> Path:
-    return D.data_dir() / "checkpoints" / f"{model_name}-{dataset}-{recipe_name}-s{seed}.pt"
+    return (D.data_dir() / "checkpoints"
+            / f"{models.slug(model_name)}-{D.slug(dataset)}-{recipe_name}-s{seed}.pt")
+
+
+def load_weights(model: nn.Module, path) -> nn.Module:
+    """Load a user's checkpoint into ``model``: a state dict, or a dict holding one under
+    ``state``, ``state_dict`` or ``model`` (masks of a pruned checkpoint included). A file that
+    does not fit the model is a ValueError that names the first mismatches."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--weights {path}: no such file")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"--weights {path} could not be read ({type(e).__name__}: {e})") from e
+    for key in ("state", "state_dict", "model"):
+        if isinstance(blob, dict) and isinstance(blob.get(key), dict):
+            blob = blob[key]
+            break
+    if not isinstance(blob, dict) or not all(torch.is_tensor(v) for v in blob.values()):
+        raise ValueError(f"--weights {path} holds no state dict of tensors")
+    try:
+        M.load_state(model, blob)
+    except RuntimeError as e:
+        first = "; ".join(str(e).splitlines()[1:4]).strip()
+        raise ValueError(f"--weights {path} does not fit {getattr(model, 'arch', 'the model')} "
+                         f"({first}); build the model it was saved from") from e
+    return model
 
 
 def _load_checked(model, path, meta) -> str | None:
@@ -46,14 +73,20 @@ def _load_checked(model, path, meta) -> str | None:
 
 def pretrained(model_name: str = "resnet20", dataset: str = "fashion_mnist",
                recipe: str = "quick", seed: int = 0, *, dev="auto", progress: bool = True,
-               verbose: bool = True) -> nn.Module:
+               verbose: bool = True, weights: str | Path | None = None) -> nn.Module:
     """A trained dense model, cached under ``data/checkpoints`` keyed by model, dataset, recipe and
-    seed. A corrupt or mismatched checkpoint is reported and retrained, never silently loaded."""
+    seed. A corrupt or mismatched checkpoint is reported and retrained, never silently loaded.
+    ``model_name`` is a zoo name or a spec (:func:`rdprune.models.build`); with ``weights`` (a
+    user's checkpoint, :func:`load_weights`) nothing is trained."""
     r = get_recipe(recipe, model_name)
     meta = {"model": model_name, "dataset": dataset, "recipe": asdict(r), "seed": seed}
     inf = D.info(dataset)
     torch.manual_seed(seed)
     model = models.build(model_name, inf.num_classes, inf.in_channels, image_size=inf.image_size)
+    if weights is not None:
+        if verbose:
+            print(f"using weights {weights}")
+        return load_weights(model, weights).to(device(dev)).eval()
     path = checkpoint_path(model_name, dataset, recipe, seed)
     if path.exists():
         problem = _load_checked(model, path, meta)

@@ -55,8 +55,8 @@ from ..core.loops import fine_tune
 from . import filters as FL
 from .surgery import BUDGETS, count, removed
 
-__all__ = ["METHODS", "SELECTORS", "CRITERIA", "Wrapped", "wrap", "wrappers", "fold", "cost",
-           "remove", "prune", "uniform"]
+__all__ = ["METHODS", "SELECTORS", "CRITERIA", "Wrapped", "wrap", "wrappable", "wrappers", "fold",
+           "cost", "remove", "prune", "uniform"]
 SELECTORS = ("omp", "backward")
 CRITERIA = ("layer", "output")
 METHODS = {"HBGS": dict(criterion="layer", selector="omp"),
@@ -95,13 +95,29 @@ def _set(model, name, module):
     setattr(model.get_submodule(parent), attr, module)
 
 
+def wrappable(model: nn.Module) -> tuple[list[str], dict[str, str]]:
+    """(the convs :func:`wrap` wraps, {every other conv: why not}): the stem, 1×1 convs, grouped
+    or depthwise convs and non-zero padding are not wrapped (module doc)."""
+    ok, skipped = [], {}
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    for i, (name, m) in enumerate(convs):
+        parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+        why = ("the stem" if i == 0 else "1×1" if m.kernel_size == (1, 1)
+               else f"grouped (groups={m.groups})" if m.groups != 1
+               else f"padding mode {m.padding_mode!r}" if m.padding_mode != "zeros"
+               else "already wrapped" if isinstance(parent, Wrapped) else None)
+        if why:
+            skipped[name] = why
+        else:
+            ok.append(name)
+    return ok, skipped
+
+
 def wrap(model: nn.Module) -> nn.Module:
     """A copy with every K×K conv except the stem wrapped as P → W → Q (module doc)."""
     model = copy.deepcopy(model)
-    for name, m in [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)][1:]:
-        if m.kernel_size != (1, 1) and m.groups == 1 and m.padding_mode == "zeros" and not \
-                isinstance(model.get_submodule(name.rpartition(".")[0]), Wrapped):
-            _set(model, name, Wrapped(m))
+    for name in wrappable(model)[0]:
+        _set(model, name, Wrapped(model.get_submodule(name)))
     return model
 
 
@@ -296,6 +312,12 @@ def _setup(model, data, target, budget, sides=("out", "in")):
     hw, plan = _probe(net, x)
     for n in set(wrappers(net)) - set(hw):  # never executed: unwrap
         _set(net, n, wrappers(net)[n].conv)
+    if not wrappers(net):
+        _, skipped = wrappable(model)
+        why = "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:8])
+        raise ValueError("HBGS prunes K×K convs (K > 1, groups 1, zero padding, not the stem) and "
+                         f"this model has none it could wrap ({why or 'no Conv2d at all'}"
+                         f"{'; ...' if len(skipped) > 8 else ''}); use rd_filter or a mask method")
     net._hbgs_hw, full = hw, count(model, x[:1])
     base = {key: full[key] - cost(net, hw, {"params": 0, "flops": 0})[key] for key in full}
     limit = (1.0 - float(target)) * full[budget]
@@ -303,7 +325,9 @@ def _setup(model, data, target, budget, sides=("out", "in")):
              for n, (m, si, _, o, kk, b) in ((n, _shape(w)) for n, w in wrappers(net).items())}
     if (low := cost(net, hw, base, budget, least)[budget]) > limit:
         raise ValueError(f"a {budget} reduction of {target:.3g} is out of reach: one filter per "
-                         f"pruned side of every wrapped conv still costs {low} > {limit:.0f}")
+                         f"pruned side of every wrapped conv still costs {low} > {limit:.0f} "
+                         f"({len(wrappers(net))} convs wrapped, "
+                         f"{len(wrappable(model)[1])} left whole: see hbgs.wrappable(model))")
     return x, net, hw, plan, full, base, limit
 
 

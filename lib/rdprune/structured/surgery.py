@@ -15,6 +15,12 @@
   being the group's first conv in forward order. Removing channel ``i`` of any member removes it
   from all members; :func:`remove_filters` therefore refuses two names of the same group.
   Every group is prunable (the residual stage groups included) as long as one channel remains.
+* **What is never pruned, and what is refused.** A group holding the model's output conv (a 1×1
+  conv classifier, :func:`output_convs`) is left out, so the output width stays; every surgery
+  checks that the network still runs and gives an output of the original shape. A grouped conv
+  that is not depthwise (ResNeXt, RegNet) is refused before any surgery (:func:`check_convs`);
+  a channel shuffle (ShuffleNet) is refused when Torch-Pruning cannot trace it or its surgery
+  breaks, with our message.
 * **Cost.** :func:`count` runs the real network: params = every parameter (BN included),
   flops = multiply-adds = ``FlopCounterMode`` FLOPs / 2 for one input (convs and linears;
   BN, ReLU, pooling and additions are not counted, as everywhere in rdprune). A mask-pruned
@@ -49,6 +55,7 @@ from ..core import masks as M
 from ..core.masks import module_flops
 
 __all__ = ["count", "latency_ms", "kept_weights", "groups", "coupled_groups", "dependency_graph",
+           "output_convs", "check_convs",
            "filter_scores", "remove_filters", "removed", "widths", "uniform_width", "l1_filters",
            "BUDGETS"]
 BUDGETS = ("flops", "params")
@@ -112,10 +119,19 @@ def dependency_graph(model: nn.Module, example=None):
     import torch_pruning as tp
     was = model.training
     model.eval()
-    with torch.enable_grad():
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=_example(model, example),
-                                                   verbose=False)
-    model.train(was)
+    try:
+        with torch.enable_grad():
+            dg = tp.DependencyGraph().build_dependency(
+                model, example_inputs=_example(model, example), verbose=False)
+    except ValueError:
+        raise
+    except Exception as e:  # noqa: BLE001 - Torch-Pruning's failure, said in our words
+        raise ValueError(f"Torch-Pruning cannot follow this model's channels ({type(e).__name__}: "
+                         f"{e}); it probably reshapes or shuffles channels (e.g. ShuffleNet's "
+                         "channel shuffle). Filter pruning cannot serve it; use a mask method "
+                         "(rp.prune(model, 'rd' or 'lamp', ...))") from e
+    finally:
+        model.train(was)
     return dg
 
 
@@ -126,11 +142,35 @@ def _conv_items(dg, group):
             and dg.is_out_channel_pruning_fn(item.dep.handler)]
 
 
-def coupled_groups(model: nn.Module, dg) -> dict[str, tuple]:
+def output_convs(model: nn.Module) -> list[str]:
+    """Convs whose output channels are the model's outputs: the last prunable layer the forward
+    pass calls, when it is a conv (a SqueezeNet- or FCN-style 1×1 classifier). Their groups are
+    never pruned, so the output width stays (needs an example input, see :func:`count`)."""
+    order = M.forward_order(model)
+    last = order[-1] if order else None
+    return [last] if last and isinstance(model.get_submodule(last), nn.Conv2d) else []
+
+
+def check_convs(model: nn.Module) -> None:
+    """ValueError, before any surgery, for a grouped conv that is not depthwise (ResNeXt, RegNet):
+    Torch-Pruning slices such a conv inconsistently and the network breaks later."""
+    bad = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1
+           and not (m.groups == m.in_channels == m.out_channels)]
+    if bad:
+        raise ValueError(f"grouped convolutions ({', '.join(bad[:5])}"
+                         f"{', ...' if len(bad) > 5 else ''}) cannot be filter-pruned "
+                         "consistently here (only depthwise ones are); use a mask method "
+                         "(rp.prune(model, 'rd' or 'lamp', ...)) for this model")
+
+
+def coupled_groups(model: nn.Module, dg, *, outputs: bool = False) -> dict[str, tuple]:
     """{root name: (root module, [(member name, module, idxs, root_idxs)], Torch-Pruning group of
-    all its channels)} in forward order."""
+    all its channels)} in forward order. The group of an output conv (:func:`output_convs`) is
+    left out unless ``outputs``; a non-depthwise grouped conv raises (:func:`check_convs`)."""
+    check_convs(model)
     names = {m: n for n, m in model.named_modules()}
     order = {n: i for i, n in enumerate(names.values())}
+    skip = set() if outputs else {model.get_submodule(n) for n in output_convs(model)}
     seen, out = set(), {}
     for name, m in model.named_modules():
         if not isinstance(m, nn.Conv2d) or m in seen or m not in dg.module2node:
@@ -140,7 +180,8 @@ def coupled_groups(model: nn.Module, dg) -> dict[str, tuple]:
         members = sorted(((names[c], c, i, r) for c, i, r in _conv_items(dg, g)),
                          key=lambda t: order[t[0]])
         seen.update(c for _, c, _, _ in members)
-        out[name] = (m, members, g)
+        if not skip & {c for _, c, _, _ in members}:
+            out[name] = (m, members, g)
     return out
 
 
@@ -162,6 +203,11 @@ def remove_filters(model: nn.Module, removal: Mapping[str, Sequence[int]], *,
     of every coupled layer (module doc). Returns the pruned network (a copy unless ``inplace``)."""
     model = model if inplace else copy.deepcopy(model)
     dg = dependency_graph(model, example)
+    check_convs(model)
+    x = _example(model, example)
+    with torch.no_grad():
+        width = _out_shape(model, x)
+    keep = {model.get_submodule(n) for n in output_convs(model)}
     convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
     todo = {}
     for name, idxs in removal.items():
@@ -182,10 +228,36 @@ def remove_filters(model: nn.Module, removal: Mapping[str, Sequence[int]], *,
         if shared:
             raise ValueError(f"{name!r} and {shared[0]!r} share output channels (one coupled "
                              "group); name only one of them")
+        if keep & set(members):
+            raise ValueError(f"the output channels of {name!r} are the model's outputs (its "
+                             "classifier); they are never removed")
     for name, idxs in todo.items():  # regroup each time: index maps of concatenations shift
         m = convs[name]
-        dg.get_pruning_group(m, dg.get_pruner_of_module(m).prune_out_channels, idxs).prune()
+        try:
+            dg.get_pruning_group(m, dg.get_pruner_of_module(m).prune_out_channels, idxs).prune()
+            with torch.no_grad():
+                ok = _out_shape(model, x) == width
+        except Exception as e:  # noqa: BLE001 - Torch-Pruning's own failure, said in our words
+            ok, why = False, f"{type(e).__name__}: {e}"
+        else:
+            why = "the output shape changed"
+        if not ok:
+            raise ValueError(f"removing filters of {name!r} does not give a consistent network "
+                             f"({why}); its channels are probably reshaped or shuffled (e.g. "
+                             "ShuffleNet's channel shuffle), which filter surgery cannot follow. "
+                             "Leave that group out, or use a mask method (rp.prune(model, 'rd', "
+                             "...))")
     return model
+
+
+def _out_shape(model, x):
+    was = model.training
+    model.eval()
+    try:
+        out = model(x)
+    finally:
+        model.train(was)
+    return tuple(out.shape) if torch.is_tensor(out) else None
 
 
 # ----------------------------------------------------------------------------- baselines
