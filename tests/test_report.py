@@ -95,6 +95,11 @@ def test_spread_is_mean_sd_and_n_over_seeds():
     assert "n = 3 seeds" in two.columns.name  # the label survives a two-level index
     one = R.spread_table(df[df.seed == 0], "method", "target", "top1")
     assert one.loc["rd", 0.5] == "0.900" and "one seed" in one.index.name
+    side = R.spread_tables(df.assign(loss=df.top1 / 7), "method", "target",
+                           [("top1", 3), ("loss", 4)])
+    assert list(side.columns.get_level_values(0).unique()) == ["top1", "loss"]
+    assert side[("top1", 0.5)]["rd"] == "0.920 ± 0.020"
+    assert side[("loss", 0.5)]["rd"] == f"{0.92 / 7:.4f} ± {0.02 / 7:.4f}"
 
 
 def test_gap_pairs_seeds_and_its_interval_is_students_t():

@@ -2,7 +2,7 @@
 
 - :func:`noise_pts`: how far apart two top-1 numbers measured on ``n`` test images must be before
   the difference means anything (two standard errors of one estimate, in points);
-- :func:`spread` and :func:`spread_table`: mean, standard deviation and n over seeds (a
+- :func:`spread`, :func:`spread_table` and :func:`spread_tables`: mean, standard deviation and n over seeds (a
   ``seed`` column) of every group, long form or as a ``mean ± sd`` table; :func:`gap`: the
   difference of two methods paired by seed, with its 95 % interval;
 - :func:`rd_verdict` (notebook 03) and :func:`comparison_verdict` (notebook 06): conclusions as
@@ -87,6 +87,14 @@ def spread_table(df: pd.DataFrame, index, columns, value: str, digits: int = 3,
     if len(index) > 1:  # the label goes on the columns: a MultiIndex has one name per level
         out.columns.name, out.index.names = out.index.name, index
     return out
+
+
+def spread_tables(df: pd.DataFrame, index, columns, values) -> pd.DataFrame:
+    """:func:`spread_table` of several columns side by side: ``values`` is a list of
+    ``(column, digits)`` pairs (or a dict), each heading its block of the result."""
+    values = dict(values)
+    return pd.concat({v: spread_table(df, index, columns, v, digits=d) for v, d in values.items()},
+                     axis=1)
 
 
 def gap(results: pd.DataFrame, a: str, b: str, value: str = "top1",
