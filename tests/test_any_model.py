@@ -121,3 +121,107 @@ def test_hbgs_says_which_convs_it_could_not_wrap():
     assert ok == [] and skipped == {"0": "the stem", "2": "grouped (groups=8)", "4": "1×1"}
     with pytest.raises(ValueError, match=r"none it could wrap \(0: the stem; 2: grouped"):
         hbgs.prune(net, torch.randn(8, 1, 12, 12), 0.3, progress=False)
+
+
+@pytest.mark.parametrize("budget", ["params", "flops"])
+def test_every_allocator_refuses_a_target_exclude_makes_unreachable(resnet18, budget):
+    """One clear error, the same for all, before any allocator runs (the layers left free hold
+    less than the target)."""
+    x = torch.randn(2, 3, 16, 16)
+    net = copy.deepcopy(resnet18)
+    curves = rp.rd.curves(net, x, grid=3, layers=["fc"], cache=False, progress=False)
+    for method in A.names(structured=False):
+        with pytest.raises(ValueError, match="out of reach.*exclude fewer layers"):
+            rp.allocate(method, net, 0.5, budget, curves=curves, calib=x,
+                        exclude=["conv1", "layer*"])
+
+
+# ----------------------------------------------------------------------------- fast path fallback
+class Mixed(nn.Module):
+    """One layer called twice, one used only through a functional call, two plain ones."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.shared = nn.Linear(8, 16), nn.Linear(16, 16)
+        self.fn, self.head = nn.Linear(16, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = self.shared(torch.relu(self.shared(torch.relu(self.a(x)))))
+        return self.head(torch.relu(nn.functional.linear(h, self.fn.weight, self.fn.bias)))
+
+
+class Branchy(Mixed):
+    """Control flow on values: torch.fx cannot trace it."""
+
+    def forward(self, x):
+        return super().forward(x) if x.sum() > -1e9 else x
+
+
+@pytest.mark.parametrize("cls, slow", [(Mixed, {"shared", "fn"}),
+                                       (Branchy, {"a", "shared", "fn", "head"})])
+def test_the_fast_path_falls_back_per_layer_and_says_which(cls, slow):
+    torch.manual_seed(0)
+    net, x = cls().eval(), torch.randn(32, 8)
+    with pytest.warns(UserWarning, match="cannot serve") as caught:
+        fast = rp.rd.curves(net, x, grid=6, cache=False, progress=False)
+    assert sum("cannot serve" in str(w.message) for w in caught) == 1  # one warning, not one per layer
+    paths = fast.attrs["paths"]
+    assert {k for k, v in paths.items() if v == "reference"} == slow
+    assert {k for k, v in paths.items() if v == "fast"} == set(M.prunable(net)) - slow
+    ref = rp.rd.curves(net, x, grid=6, cache=False, progress=False, method="reference")
+    assert set(ref.attrs["paths"].values()) == {"reference"}
+    scale = ref.groupby("layer")["distortion"].transform("max").clip(lower=1e-30)
+    assert ((fast.distortion - ref.distortion).abs() / scale).max() <= 1e-5
+    assert (ref.groupby("layer")["distortion"].max() > 0).all()  # every layer really measured
+
+
+# ----------------------------------------------------------------------------- tied weights
+class TiedLM(nn.Module):
+    """A language model's output layer tied to its input embedding; two layers sharing one."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(50, 16)
+        self.a, self.b = nn.Linear(16, 16), nn.Linear(16, 16)
+        self.b.weight = self.a.weight
+        self.head = nn.Linear(16, 50, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, ids):
+        return self.head(torch.relu(self.b(torch.relu(self.a(self.embed(ids))))))
+
+
+def test_tied_weights_appear_once_and_an_embeddings_tie_is_left_out_with_a_warning():
+    net = TiedLM()
+    with pytest.warns(UserWarning, match=r"tied weights: head \(tied to embed\)"):
+        assert list(M.prunable(net)) == ["a"]
+    before = net.embed.weight.detach().clone()
+    M.apply(net, {"a": 0.5})
+    assert torch.equal(net.embed.weight, before)  # the embedding is untouched
+    assert float((net.b.weight == 0).float().mean()) == 0.5  # b shares a's weight, so its mask
+
+
+# ----------------------------------------------------------------------------- FLOPs per weight
+def test_flops_follow_the_weight_through_functional_and_shared_calls():
+    net = Mixed()
+    M.remember(net, torch.randn(3, 8))
+    assert M.layer_flops(net) == {"a": 8 * 16, "shared": 2 * 16 * 16, "fn": 16 * 16,
+                                  "head": 16 * 4}
+
+
+def test_attention_out_proj_is_counted_and_low_coverage_is_said():
+    """torchvision's ViT calls out_proj functionally (and eval mode would take the fused MHA
+    kernel, which has no FLOP formula): its FLOPs are credited to it all the same."""
+    torch.manual_seed(0)
+    vit = torchvision.models.VisionTransformer(image_size=32, patch_size=4, num_layers=2,
+                                               num_heads=2, hidden_dim=64, mlp_dim=128,
+                                               num_classes=10).eval()
+    M.remember(vit, torch.randn(2, 3, 32, 32))
+    with pytest.warns(UserWarning, match=r"prunable layers hold \d+% of the model's counted"):
+        flops = M.layer_flops(vit)
+    tokens = (32 // 4) ** 2 + 1
+    for i in range(2):
+        layer = f"encoder.layers.encoder_layer_{i}"
+        assert flops[f"{layer}.self_attention.out_proj"] == tokens * 64 * 64
+        assert flops[f"{layer}.mlp.0"] == tokens * 64 * 128
+    assert flops["conv_proj"] == 64 * 3 * 4 * 4 * 64 and flops["heads.head"] == 64 * 10

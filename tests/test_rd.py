@@ -50,8 +50,8 @@ def test_curves_are_cached_and_resume_after_interruption(tmp_path, monkeypatch):
     calls = []
     real = C.fast_curves
 
-    def interrupted(model, x_all, names, *a):
-        for i, item in enumerate(real(model, x_all, names, *a)):
+    def interrupted(model, x_all, names, *a, **kw):
+        for i, item in enumerate(real(model, x_all, names, *a, **kw)):
             calls.append(item[0])
             if len(calls) == 2:
                 raise KeyboardInterrupt
@@ -59,7 +59,8 @@ def test_curves_are_cached_and_resume_after_interruption(tmp_path, monkeypatch):
     monkeypatch.setattr(C, "fast_curves", interrupted)
     with pytest.raises(KeyboardInterrupt):
         rd.curves(model, x, grid=6, progress=False)
-    monkeypatch.setattr(C, "fast_curves", lambda model, x_all, names, *a: (calls.extend(names), real(model, x_all, names, *a))[1])
+    monkeypatch.setattr(C, "fast_curves", lambda model, x_all, names, *a, **kw: (
+        calls.extend(names), real(model, x_all, names, *a, **kw))[1])
     full = rd.curves(model, x, grid=6, progress=False)
     names = list(M.prunable(model))
     assert calls[2:] == names[1:], "only the unfinished layers are recomputed"

@@ -6,7 +6,11 @@
 
 Fast path (default): the dense network runs once per calibration chunk and keeps every
 intermediate value; for each layer only the downstream part is recomputed
-(:mod:`rdprune.core.downstream`), several amounts at once (:func:`sweep`). Amounts at or below a
+(:mod:`rdprune.core.downstream`), several amounts at once (:func:`sweep`). It degrades per layer,
+not per model: a layer the trace cannot perturb alone (used through a functional call, shared),
+or every layer of a model ``torch.fx`` cannot trace or whose trace fails when run, is measured by
+full forward passes instead, with one warning naming those layers; ``curves.attrs["paths"]``
+says which layer went which way. Amounts at or below a
 layer's current sparsity change nothing: their distortion is exactly 0 and they are not computed.
 The reference path runs one full forward pass per (layer, amount), as the authors do, for tests
 and benchmarks. On the CPU both paths run a channels-last copy of a conv net (about 20 % faster
@@ -33,7 +37,7 @@ from tqdm.auto import tqdm
 from ..util import atomic_write_bytes, check_choice, data_dir, state_hash
 from . import distortion as D
 from . import masks as M
-from .downstream import Downstream, layer_forward
+from .downstream import Downstream, Untraceable, layer_forward
 
 PATHS = ("fast", "reference")  # how curves are computed (same numbers, different cost)
 COLUMNS = ["layer", "amount", "n_weights", "flops", "distortion"]
@@ -91,12 +95,12 @@ def curves(model: nn.Module, calib: torch.Tensor, grid: int = 101, distortion: s
     amounts = grid_amounts(grid)
     flops = M.layer_flops(model)
     folder = _cache_dir(model, calib, int(grid), distortion, method, names) if cache else None
-    frames, todo = {}, []
+    frames, todo, paths = {}, [], {}
     for name in names:
         path = folder / f"{name or 'model'}.csv" if folder else None
         df = _read_layer(path, name, len(amounts)) if path and path.exists() else None
         if df is not None:
-            frames[name] = df
+            frames[name], paths[name] = df, "cached"
         else:
             todo.append(name)
     if todo:
@@ -104,7 +108,7 @@ def curves(model: nn.Module, calib: torch.Tensor, grid: int = 101, distortion: s
         x_all = calib.to(dev)
         compute = fast_curves if method == "fast" else reference_curves
         for name, dist in compute(model, x_all, todo, amounts, distortion, batch, max_batch,
-                                  progress):
+                                  progress, paths=paths):
             module = all_layers[name]
             df = pd.DataFrame({"layer": name, "amount": amounts, "n_weights": module.weight.numel(),
                                "flops": flops[name], "distortion": dist})[COLUMNS]
@@ -112,7 +116,8 @@ def curves(model: nn.Module, calib: torch.Tensor, grid: int = 101, distortion: s
                 atomic_write_bytes(folder / f"{name or 'model'}.csv", df.to_csv(index=False).encode())
             frames[name] = df
     out = pd.concat([frames[k] for k in names], ignore_index=True)
-    out.attrs.update(model_hash=state_hash(model), distortion=distortion, grid=int(grid))
+    out.attrs.update(model_hash=state_hash(model), distortion=distortion, grid=int(grid),
+                     paths={k: paths[k] for k in names})
     return out
 
 
@@ -137,21 +142,41 @@ def _variant(like, weight, order, k):
 
 
 @torch.no_grad()
-def sweep(model, x_all, jobs, total, distortion, batch, max_batch, progress, desc, y_refs=None):
+def sweep(model, x_all, jobs, total, distortion, batch, max_batch, progress, desc, y_refs=None,
+          paths=None):
     """The fast path. ``jobs`` yields ``(layer, source weight, prune order, counts)``; for each,
     yields ``(layer, distortions)``: ``model`` with that layer's weight replaced by the source with
     ``order[:k]`` zeroed, for every ``k`` in ``counts``, against ``y_refs`` (logits per calibration
     chunk; default ``model``'s own). Only the layer's downstream cone is recomputed, several
     counts at once. The dense pass of a chunk is kept across layers when the calibration set is a
-    single chunk, else recomputed per layer: 1/grid of the work the reference does anyway."""
+    single chunk, else recomputed per layer: 1/grid of the work the reference does anyway.
+    Layers the trace cannot serve (:func:`fast_plan`) get full forward passes, one warning, and
+    ``paths[layer]`` (when a dict is given) says ``"fast"`` or ``"reference"``."""
     max_batch = max_batch or default_max_batch(x_all.device)
     model, x_all = D.channels_last(model, x_all)
-    ds = Downstream(model)
     modules = M.prunable(model)
     chunks = list(torch.split(x_all, batch))
-    kept = ds.run(chunks[0]) if len(chunks) == 1 else None
+    ds, why = fast_plan(model, chunks[0])
+    kept = ds.run(chunks[0]) if ds is not None and len(chunks) == 1 else None
+    refs, warned = None, False
     for name, weight, order, counts in tqdm(jobs, total=total, desc=desc, disable=not progress):
         module = modules[name]
+        if name in why:  # full forward passes for what the trace cannot serve
+            if not warned:
+                slow = [k for k in modules if k in why]
+                warnings.warn(f"the fast curve path cannot serve {len(slow)} layer(s) of this "
+                              f"model ({_reasons(why, slow)}); they are measured with full "
+                              "forward passes (same numbers, slower)")
+                warned = True
+            if refs is None:
+                refs = y_refs if y_refs is not None else [model(x) for x in chunks]
+            if paths is not None:
+                paths[name] = "reference"
+            yield name, _full_passes(model, module, weight, order, counts, refs, chunks,
+                                     distortion)
+            continue
+        if paths is not None:
+            paths[name] = "fast"
         reducer = D.Reducer(distortion, len(counts))
         for c, x in enumerate(chunks if counts else []):
             env = kept if kept is not None else ds.run(x)
@@ -170,7 +195,39 @@ def sweep(model, x_all, jobs, total, distortion, batch, max_batch, progress, des
         yield name, reducer.value() if counts else np.zeros(0)
 
 
-def fast_curves(model, x_all, names, amounts, distortion, batch, max_batch, progress):
+def fast_plan(model, x) -> tuple[Downstream | None, dict[str, str]]:
+    """(the traced model, or None when it cannot be traced or its trace fails on ``x``;
+    {layer: why the fast path cannot serve it}: every layer in the first case)."""
+    try:
+        ds = Downstream(model)
+        ds.check(model, x[:2])
+    except Untraceable as e:
+        return None, {k: str(e) for k in M.prunable(model)}
+    return ds, dict(ds.unserved)
+
+
+def _reasons(why, slow):
+    if len({why[k] for k in slow}) == 1:
+        return f"{', '.join(slow[:6])}{', ...' if len(slow) > 6 else ''}: {why[slow[0]]}"
+    return "; ".join(f"{k}: {why[k]}" for k in slow[:6]) + ("; ..." if len(slow) > 6 else "")
+
+
+def _full_passes(model, module, weight, order, counts, refs, chunks, distortion):
+    """Distortion of ``model`` with ``module``'s weight set to ``weight`` less ``order[:k]``, for
+    each ``k`` in ``counts``: one whole forward pass each (the reference way)."""
+    original = module.weight.detach().clone()
+    out = np.zeros(len(counts))
+    try:
+        for i, k in enumerate(counts):
+            module.weight.copy_(_variant(original, weight, order, k))
+            out[i] = D.measure(refs, model, chunks, distortion)
+    finally:
+        module.weight.copy_(original)
+    return out
+
+
+def fast_curves(model, x_all, names, amounts, distortion, batch, max_batch, progress,
+                paths=None):
     """Layer by layer (so each finished layer is cached at once): every amount above the layer's
     current sparsity, through :func:`sweep`."""
     todo = {}
@@ -182,14 +239,15 @@ def fast_curves(model, x_all, names, amounts, distortion, batch, max_batch, prog
             todo[name] = [i for i, k in enumerate(counts) if k > already]
             yield name, module.weight, M.prune_order(module), [counts[i] for i in todo[name]]
     for name, values in sweep(model, x_all, jobs(), len(names), distortion, batch, max_batch,
-                               progress, "RD curves"):
+                               progress, "RD curves", paths=paths):
         dist = np.zeros(len(amounts))
         dist[todo[name]] = values
         yield name, dist
 
 
 @torch.no_grad()
-def reference_curves(model, x_all, names, amounts, distortion, batch, max_batch, progress):
+def reference_curves(model, x_all, names, amounts, distortion, batch, max_batch, progress,
+                     paths=None):
     """One full forward pass per (layer, amount), as in the authors' code."""
     model, x_all = D.channels_last(model, x_all)
     chunks = list(torch.split(x_all, batch))
@@ -200,15 +258,11 @@ def reference_curves(model, x_all, names, amounts, distortion, batch, max_batch,
         order = M.prune_order(module)
         original = module.weight.detach().clone()
         dist = np.zeros(len(amounts))
-        try:
-            for i, k in enumerate(counts):
-                if k <= already:
-                    continue
-                module.weight.copy_(_variant(original, original, order, k))
-                dist[i] = D.measure(refs, model, chunks, distortion)
-                module.weight.copy_(original)
-        finally:
-            module.weight.copy_(original)
+        todo = [i for i, k in enumerate(counts) if k > already]
+        dist[todo] = _full_passes(model, module, original, order, [counts[i] for i in todo],
+                                  refs, chunks, distortion)
+        if paths is not None:
+            paths[name] = "reference"
         yield name, dist
 
 

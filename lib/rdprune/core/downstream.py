@@ -9,6 +9,11 @@ the graph says exactly what depends on what.
 Several perturbations of the same layer go through the cone as one batch: the layer's outputs
 for ``m`` weight variants are stacked along the batch axis (m·N samples), and every kept
 activation that meets the cone is tiled m times.
+
+What the trace cannot serve is said, not hidden: a model ``torch.fx`` cannot trace raises
+:class:`Untraceable`; a layer the graph does not call exactly once as a module (called through a
+functional op, shared, or never called) is listed in ``unserved`` with the reason, and
+:func:`rdprune.core.curves.sweep` measures those layers with full forward passes instead.
 """
 from __future__ import annotations
 
@@ -27,15 +32,20 @@ def layer_forward(module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> t
     return F.linear(x, weight, module.bias)
 
 
+class Untraceable(ValueError):
+    """``torch.fx`` cannot trace the model, or its trace does not compute what the model does."""
+
+
 class Downstream:
-    """A traced model that can re-run the part of the network downstream of a prunable layer."""
+    """A traced model that can re-run the part of the network downstream of a prunable layer;
+    ``unserved``: {prunable layer: why the trace cannot perturb it alone}."""
 
     def __init__(self, model: nn.Module):
         try:
             self.gm = fx.symbolic_trace(model)
         except Exception as e:  # noqa: BLE001
-            raise ValueError(f"{type(model).__name__} cannot be traced by torch.fx ({e}); use "
-                             "rdprune.rd.curves(..., method='reference')") from e
+            raise Untraceable(f"{type(model).__name__} cannot be traced by torch.fx "
+                              f"({type(e).__name__}: {e})") from e
         self.modules = dict(self.gm.named_modules())
         self.nodes = list(self.gm.graph.nodes)
         self.index = {n: i for i, n in enumerate(self.nodes)}
@@ -43,13 +53,16 @@ class Downstream:
         for n in self.nodes:
             if n.op == "call_module":
                 calls.setdefault(n.target, []).append(n)
-        self.layer_node = {}
+        self.layer_node, self.unserved = {}, {}
         for name in M.prunable(model):
             found = calls.get(name, [])
-            if len(found) != 1:
-                raise ValueError(f"layer {name!r} is called {len(found)} times in the forward "
-                                 "pass; use method='reference'")
-            self.layer_node[name] = found[0]
+            if len(found) == 1:
+                self.layer_node[name] = found[0]
+            else:
+                self.unserved[name] = (f"called {len(found)} times as a module in the traced "
+                                       "forward pass" + (" (its weight is used by a functional "
+                                                         "call, or not at all)" if not found
+                                                         else ""))
         inputs = [n for n in self.nodes if n.op == "placeholder"]
         self.batchy = self.descendants(inputs)  # values that carry the batch axis
         self._cones: dict[frozenset, tuple] = {}  # start nodes -> (cone, frees)
@@ -81,6 +94,22 @@ class Downstream:
 
     def output(self, env):
         return env[self.nodes[-1]]
+
+    @torch.no_grad()
+    def check(self, model: nn.Module, x: torch.Tensor) -> None:
+        """:class:`Untraceable` unless the traced graph gives ``model``'s own output on ``x``."""
+        try:
+            got = self.output(self.run(x))
+        except Exception as e:  # noqa: BLE001 - a trace that fails when run
+            raise Untraceable(f"the torch.fx trace of {type(model).__name__} fails when run "
+                              f"({type(e).__name__}: {e})") from e
+        want = model(x)
+        if not (isinstance(got, torch.Tensor) and isinstance(want, torch.Tensor)
+                and got.shape == want.shape
+                and torch.allclose(got, want, rtol=1e-4,
+                                   atol=1e-5 * float(want.abs().max().clamp_min(1e-30)))):
+            raise Untraceable(f"the torch.fx trace of {type(model).__name__} does not compute "
+                              "the model's output")
 
     def layer_input(self, env, name):
         node = self.layer_node[name]

@@ -25,13 +25,44 @@ _EPS = 1e-9  # floor(a*n) guard against 0.29*100 == 28.999999999999996
 
 
 def prunable(model: nn.Module, exclude: Iterable[str] = ()) -> dict[str, nn.Module]:
-    """Every Conv2d/Linear of ``model`` by name, in forward order (registration order, which is
-    forward order for every model in :mod:`rdprune.models`; a test checks it). ``exclude`` takes
-    names or glob patterns, e.g. ``("conv1", "*.shortcut.*")``."""
+    """Every Conv2d/Linear of ``model`` by name, in registration order (forward order for every
+    model in :mod:`rdprune.models`, a test checks it; :func:`forward_order` gives the order of
+    any model's forward pass). ``exclude`` takes names or glob patterns, e.g.
+    ``("conv1", "*.shortcut.*")``.
+
+    Tied weights appear once: a weight shared by several layers belongs to the first; a layer
+    whose weight is another module's parameter too (a language model's output layer tied to the
+    input embedding) is left out, with one warning naming it, since pruning it would also prune
+    the embedding."""
     exclude = tuple(exclude)
-    return {name: m for name, m in model.named_modules()
-            if isinstance(m, PRUNABLE_TYPES)
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
+    tied = _tied(model, layers)
+    return {name: m for name, m in layers.items() if name not in tied
             and not any(fnmatch.fnmatchcase(name, pat) for pat in exclude)}
+
+
+def _tied(model, layers) -> set[str]:
+    """Layers left out for tied weights (:func:`prunable`), warned about once per model."""
+    owners: dict[int, list[tuple[str, nn.Module]]] = {}
+    for name, m in model.named_modules():
+        for p in m.parameters(recurse=False):
+            owners.setdefault(id(p), []).append((name, m))
+    out, to_other = set(), []
+    for name, m in layers.items():
+        users = owners.get(id(m.weight), [])
+        if len(users) < 2:
+            continue
+        if any(not isinstance(u, PRUNABLE_TYPES) for _, u in users):
+            out.add(name)
+            to_other.append(f"{name} (tied to {next(n for n, u in users if u is not m)})")
+        elif users[0][0] != name:
+            out.add(name)  # the first layer holding the shared weight stands for it
+    if to_other and getattr(model, "_rdprune_tied_warned", None) != to_other:
+        import warnings
+        warnings.warn(f"left out of pruning for tied weights: {', '.join(to_other)}; pruning "
+                      "them would prune what they are tied to")
+        object.__setattr__(model, "_rdprune_tied_warned", to_other)
+    return out
 
 
 def n_pruned(amount: float, n: int) -> int:
@@ -165,11 +196,50 @@ def layer_flops(model: nn.Module) -> dict[str, int]:
     cached = getattr(model, "_rdprune_flops", None)
     if cached and cached[0] == key:
         return dict(cached[1])
-    counts, order = module_flops(model, x, order=True)
+    counts, total, order = weight_flops(model, x)
     out = {name: counts.get(name, 0) // 2 for name in layers}
+    covered = sum(out.values()) / max(1, total // 2)
+    if total and covered < 0.9:
+        import warnings
+        warnings.warn(f"the prunable layers hold {covered:.0%} of the model's counted FLOPs (the "
+                      "rest: activation-activation products such as attention scores, or weights "
+                      "that are not Conv/Linear layers); FLOPs targets are fractions of the "
+                      "prunable layers' FLOPs")
     model._rdprune_flops = (key, out)
     model._rdprune_order = tuple(n for n in order if n in layers)
     return dict(out)
+
+
+def weight_flops(model: nn.Module, x: torch.Tensor):
+    """({prunable layer: FLOPs (2 per multiply-add) of every matmul or convolution its weight
+    feeds}, all counted FLOPs, prunable layers in the order first called) for input ``x``.
+
+    The FLOP counter's formulas (``torch.utils.flop_counter``) are applied per operation and each
+    operation is credited to the prunable weight among its arguments (the same storage: the
+    transposed view ``F.linear`` multiplies by, a channels-last copy's weight), so a weight used
+    through a functional call (attention's ``out_proj``, Swin's ``qkv``) or by a fused kernel is
+    counted where a module-level count sees nothing."""
+    from torch.utils.flop_counter import flop_registry
+    layers = prunable(model)
+    owner = {m.weight.untyped_storage().data_ptr(): name for name, m in layers.items()}
+    credit: dict[str, int] = {}
+
+    def attributing(formula):
+        def count(*args, out_val=None, **kwargs):
+            n = formula(*args, out_val=out_val, **kwargs)
+            for a in args:
+                if isinstance(a, torch.Tensor) and a.untyped_storage().data_ptr() in owner:
+                    name = owner[a.untyped_storage().data_ptr()]
+                    credit[name] = credit.get(name, 0) + n
+                    break
+            return n
+        count._get_raw = True  # FlopCounterMode's flag: hand the formula tensors, not shapes
+        return count
+
+    mapping = {op: attributing(f) for op, f in flop_registry.items()
+               if "backward" not in str(op) and "attention" not in str(op)}
+    counter, order = _counted(model, x, mapping, layers.items())
+    return credit, counter.get_total_flops(), order
 
 
 def forward_order(model: nn.Module) -> list[str]:
@@ -185,32 +255,40 @@ def forward_order(model: nn.Module) -> list[str]:
     return [n for n in seen if n in layers] + [n for n in layers if n not in seen]
 
 
-def module_flops(model: nn.Module, x: torch.Tensor, order: bool = False):
-    """FLOPs (2 per multiply-add) per module name for input ``x``, plus ``""`` for the total;
-    with ``order``, also the module names in the order they were first called."""
-    from torch.utils.flop_counter import FlopCounterMode
-    was_training = model.training
-    model.eval()
-    p = next(model.parameters())
-    called: list[str] = []
-    names = {m: n for n, m in model.named_modules()}
-    hooks = [m.register_forward_pre_hook(lambda mod, _: called.append(names[mod]))
-             for m in model.modules() if order and isinstance(m, PRUNABLE_TYPES)]
-    x = x.to(p.device, p.dtype) if x.is_floating_point() else x.to(p.device)  # ids stay integer
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(x)
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
+def module_flops(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
+    """FLOPs (2 per multiply-add) per module name for input ``x``, plus ``""`` for the total."""
+    counter, _ = _counted(model, x)
     out = {}
     for key, ops in counter.get_flop_counts().items():
         if key == "Global":
             out[""] = sum(ops.values())
         else:  # keys look like "ClassName.layer1.0.conv1"
             out[key.partition(".")[2]] = sum(ops.values())
-    return (out, list(dict.fromkeys(called))) if order else out
+    return out
+
+
+def _counted(model, x, mapping=None, hooked=()):
+    """One forward pass of ``x`` under ``FlopCounterMode`` (eval mode, no grad, the fused MHA
+    kernel off, since it has no FLOP formula); returns (the counter, ``hooked`` modules' names in
+    the order first called)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    was_training = model.training
+    model.eval()
+    p = next(model.parameters())
+    called: list[str] = []
+    hooks = [m.register_forward_pre_hook(lambda mod, _, n=n: called.append(n)) for n, m in hooked]
+    x = x.to(p.device, p.dtype) if x.is_floating_point() else x.to(p.device)  # ids stay integer
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+            model(x)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return counter, list(dict.fromkeys(called))
 
 
 def flops(model: nn.Module) -> float:
