@@ -209,19 +209,39 @@ def test_flops_follow_the_weight_through_functional_and_shared_calls():
                                   "head": 16 * 4}
 
 
-def test_attention_out_proj_is_counted_and_low_coverage_is_said():
-    """torchvision's ViT calls out_proj functionally (and eval mode would take the fused MHA
-    kernel, which has no FLOP formula): its FLOPs are credited to it all the same."""
+def test_attention_weights_are_prunable_and_counted():
+    """torchvision's ViT: MHA's packed in_proj_weight is a prunable weight, and out_proj, called
+    functionally (eval mode would even take the fused kernel, which has no FLOP formula), is
+    credited its FLOPs all the same."""
     torch.manual_seed(0)
     vit = torchvision.models.VisionTransformer(image_size=32, patch_size=4, num_layers=2,
                                                num_heads=2, hidden_dim=64, mlp_dim=128,
                                                num_classes=10).eval()
     M.remember(vit, torch.randn(2, 3, 32, 32))
-    with pytest.warns(UserWarning, match=r"prunable layers hold \d+% of the model's counted"):
-        flops = M.layer_flops(vit)
+    flops = M.layer_flops(vit)
     tokens = (32 // 4) ** 2 + 1
     for i in range(2):
         layer = f"encoder.layers.encoder_layer_{i}"
+        assert flops[f"{layer}.self_attention.in_proj_weight"] == tokens * 64 * 3 * 64
         assert flops[f"{layer}.self_attention.out_proj"] == tokens * 64 * 64
         assert flops[f"{layer}.mlp.0"] == tokens * 64 * 128
     assert flops["conv_proj"] == 64 * 3 * 4 * 4 * 64 and flops["heads.head"] == 64 * 10
+
+
+class OuterProduct(nn.Module):
+    """Most of its FLOPs multiply activations by activations (no weight to prune)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 64)
+
+    def forward(self, x):
+        h = self.fc(x).view(-1, 8, 8)
+        return torch.bmm(h, h.transpose(1, 2)).flatten(1) @ torch.ones(64, 3)
+
+
+def test_low_flops_coverage_is_said():
+    net = OuterProduct()
+    M.remember(net, torch.randn(2, 8))
+    with pytest.warns(UserWarning, match=r"prunable layers hold \d+% of the model's counted"):
+        assert M.layer_flops(net) == {"fc": 8 * 64}

@@ -159,9 +159,23 @@ def sweep(model, x_all, jobs, total, distortion, batch, max_batch, progress, des
     ds, why = fast_plan(model, chunks[0])
     kept = ds.run(chunks[0]) if ds is not None and len(chunks) == 1 else None
     refs, warned = None, False
+    stack = max(1, max_batch // len(chunks[0]))  # amounts per downstream pass
     for name, weight, order, counts in tqdm(jobs, total=total, desc=desc, disable=not progress):
         module = modules[name]
-        if name in why:  # full forward passes for what the trace cannot serve
+        values = None
+        if name not in why and counts:
+            try:
+                values = _cone_distortions(ds, kept, chunks, module, name, weight, order, counts,
+                                           distortion, y_refs, stack)
+            except RuntimeError:  # a size read outside the cone (ViT's reshape): one at a time
+                try:
+                    values = _cone_distortions(ds, kept, chunks, module, name, weight, order,
+                                               counts, distortion, y_refs, 1)
+                except Exception as e:  # noqa: BLE001 - this layer only: full passes
+                    why[name] = f"its downstream part fails when re-run ({type(e).__name__})"
+        elif name not in why:
+            values = np.zeros(0)
+        if values is None:  # full forward passes for what the trace cannot serve
             if not warned:
                 slow = [k for k in modules if k in why]
                 warnings.warn(f"the fast curve path cannot serve {len(slow)} layer(s) of this "
@@ -170,29 +184,30 @@ def sweep(model, x_all, jobs, total, distortion, batch, max_batch, progress, des
                 warned = True
             if refs is None:
                 refs = y_refs if y_refs is not None else [model(x) for x in chunks]
-            if paths is not None:
-                paths[name] = "reference"
-            yield name, _full_passes(model, module, weight, order, counts, refs, chunks,
-                                     distortion)
-            continue
+            values = _full_passes(model, module, weight, order, counts, refs, chunks, distortion)
         if paths is not None:
-            paths[name] = "fast"
-        reducer = D.Reducer(distortion, len(counts))
-        for c, x in enumerate(chunks if counts else []):
-            env = kept if kept is not None else ds.run(x)
-            y_ref = ds.output(env) if y_refs is None else y_refs[c]
-            inp = ds.layer_input(env, name)
-            per = max(1, max_batch // len(x))
-            parts = []
-            for s in range(0, len(counts), per):
-                group = counts[s:s + per]
-                out = torch.cat([layer_forward(module, inp, _variant(module.weight, weight, order, k))
-                                 for k in group])
-                parts.append(D.per_sample(distortion, y_ref,
-                                          ds.rerun(env, name, out, copies=len(group))))
-            reducer.add(torch.cat(parts))
-            del env
-        yield name, reducer.value() if counts else np.zeros(0)
+            paths[name] = "reference" if name in why else "fast"
+        yield name, values
+
+
+def _cone_distortions(ds, kept, chunks, module, name, weight, order, counts, distortion, y_refs,
+                      stack):
+    """The fast path for one layer: ``stack`` amounts at a time through its downstream cone."""
+    reducer = D.Reducer(distortion, len(counts))
+    for c, x in enumerate(chunks):
+        env = kept if kept is not None else ds.run(x)
+        y_ref = ds.output(env) if y_refs is None else y_refs[c]
+        inp = ds.layer_input(env, name)
+        parts = []
+        for s in range(0, len(counts), stack):
+            group = counts[s:s + stack]
+            out = torch.cat([layer_forward(module, inp, _variant(module.weight, weight, order, k))
+                             for k in group])
+            parts.append(D.per_sample(distortion, y_ref,
+                                      ds.rerun(env, name, out, copies=len(group))))
+        reducer.add(torch.cat(parts))
+        del env
+    return reducer.value()
 
 
 def fast_plan(model, x) -> tuple[Downstream | None, dict[str, str]]:

@@ -82,9 +82,25 @@ def identity(kind: str) -> list[str]:
             body, m.reduce]
 
 
+def output_tensor(y) -> torch.Tensor:
+    """What distortion compares in a model's output: the tensor itself, a ``.logits`` field
+    (Hugging Face's ``ModelOutput``) or ``"logits"`` key, else the first tensor of a tuple or
+    list; a ValueError when there is none."""
+    if isinstance(y, torch.Tensor):
+        return y
+    logits = y.get("logits") if isinstance(y, dict) else getattr(y, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(y, (tuple, list)) and y and isinstance(y[0], torch.Tensor):
+        return y[0]
+    raise ValueError(f"the model's output ({type(y).__name__}) has no tensor to compare: return "
+                     "a tensor, a tuple whose first item is one, or an object with .logits")
+
+
 def per_sample(kind: str, y_ref: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``(copies, N)`` float64 errors of ``y`` (``copies`` batches of ``N`` stacked along the batch
-    axis) against ``y_ref`` (``N``)."""
+    axis) against ``y_ref`` (``N``); either may be any output :func:`output_tensor` reads."""
+    y_ref, y = output_tensor(y_ref), output_tensor(y)
     n = len(y_ref)
     copies = len(y) // n
     ref = y_ref if copies == 1 else y_ref.repeat(copies, *([1] * (y_ref.dim() - 1)))

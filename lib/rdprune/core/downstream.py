@@ -23,12 +23,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import masks as M
+from .distortion import output_tensor
 
 
 def layer_forward(module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``module(x)`` with ``weight`` in place of its own (Conv2d or Linear)."""
-    if isinstance(module, nn.Conv2d):
+    """``module(x)`` with ``weight`` in place of its own (a conv, a Linear or Hugging Face's
+    transposed ``Conv1D``)."""
+    if isinstance(module, M.CONV_TYPES):
         return module._conv_forward(x, weight, module.bias)
+    if M.is_hf_conv1d(module):
+        out = torch.addmm(module.bias, x.reshape(-1, x.size(-1)), weight)
+        return out.view(*x.shape[:-1], weight.shape[1])
     return F.linear(x, weight, module.bias)
 
 
@@ -103,9 +108,12 @@ class Downstream:
         except Exception as e:  # noqa: BLE001 - a trace that fails when run
             raise Untraceable(f"the torch.fx trace of {type(model).__name__} fails when run "
                               f"({type(e).__name__}: {e})") from e
-        want = model(x)
-        if not (isinstance(got, torch.Tensor) and isinstance(want, torch.Tensor)
-                and got.shape == want.shape
+        want = output_tensor(model(x))
+        try:
+            got = output_tensor(got)
+        except ValueError:
+            pass
+        if not (isinstance(got, torch.Tensor) and got.shape == want.shape
                 and torch.allclose(got, want, rtol=1e-4,
                                    atol=1e-5 * float(want.abs().max().clamp_min(1e-30)))):
             raise Untraceable(f"the torch.fx trace of {type(model).__name__} does not compute "

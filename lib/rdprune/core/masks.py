@@ -1,7 +1,14 @@
 """Prunable layers, unstructured magnitude masks, and sparsity / FLOPs accounting.
 
-Masks are plain boolean buffers (``weight_mask``) on each pruned Conv2d/Linear, and the masked
-weights are zeroed in place. We chose this over ``torch.nn.utils.prune`` because the model's
+Prunable weights: every Conv1d/2d/3d and Linear ``weight``, Hugging Face's transposed ``Conv1D``
+(GPT-2's blocks) and ``nn.MultiheadAttention``'s packed ``in_proj_weight`` (whole: it is one
+parameter multiplied in one matmul, so one mask and one RD curve; its ``out_proj`` is a Linear).
+A weight that is not a module's ``weight`` is held by a :class:`Weight`, which every allocator
+reads like a layer (``.weight``); its dotted name is the parameter's (``…self_attn.in_proj_weight``).
+Embeddings and normalisation weights are never pruned.
+
+Masks are plain boolean buffers (``weight_mask``, ``in_proj_weight_mask``) beside each pruned
+weight, and the masked weights are zeroed in place. We chose this over ``torch.nn.utils.prune`` because the model's
 ``state_dict`` stays an ordinary dense one (a checkpoint loads into a fresh model), the forward
 pass costs nothing extra, and the RD curve code can edit ``weight`` directly. Training keeps
 masks by calling :func:`enforce` after every optimizer step (``rdprune.train`` does this).
@@ -20,12 +27,62 @@ import pandas as pd
 import torch
 from torch import nn
 
-PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
+PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _EPS = 1e-9  # floor(a*n) guard against 0.29*100 == 28.999999999999996
+_MHA_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+
+
+class Weight:
+    """A prunable weight held under another name than a layer module's ``weight`` (``owner``'s
+    parameter ``attr``, e.g. attention's ``in_proj_weight``); ``.weight`` is that parameter."""
+
+    def __init__(self, owner: nn.Module, attr: str):
+        self.owner, self.attr = owner, attr
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return getattr(self.owner, self.attr)
+
+    def __repr__(self):
+        return f"Weight({type(self.owner).__name__}.{self.attr}, {tuple(self.weight.shape)})"
+
+
+def is_hf_conv1d(m: nn.Module) -> bool:
+    """Hugging Face's ``Conv1D`` (a Linear with its weight stored in × out), by duck type, so
+    transformers need not be installed."""
+    return type(m).__name__ == "Conv1D" and hasattr(m, "nf") and getattr(m, "weight", None) \
+        is not None and m.weight.dim() == 2
+
+
+def _slot(layer) -> tuple[nn.Module, str]:
+    """(the module holding the layer's weight, the parameter's name there)."""
+    return (layer.owner, layer.attr) if isinstance(layer, Weight) else (layer, "weight")
+
+
+def holder(layer) -> nn.Module:
+    """The module a layer's weight belongs to (itself, or a :class:`Weight`'s owner)."""
+    return _slot(layer)[0]
+
+
+def kind(layer) -> str:
+    """A layer's type in words: ``Conv2d``, ``Linear``, ``Conv1D``, ``MultiheadAttention.in_proj_weight``."""
+    owner, attr = _slot(layer)
+    return type(owner).__name__ + ("" if attr == "weight" else f".{attr}")
+
+
+def _layers(model):
+    for name, m in model.named_modules():
+        if isinstance(m, PRUNABLE_TYPES) or is_hf_conv1d(m):
+            yield name, m
+        elif isinstance(m, nn.MultiheadAttention):
+            for attr in _MHA_WEIGHTS:
+                if getattr(m, attr, None) is not None:
+                    yield (f"{name}.{attr}" if name else attr), Weight(m, attr)
 
 
 def prunable(model: nn.Module, exclude: Iterable[str] = ()) -> dict[str, nn.Module]:
-    """Every Conv2d/Linear of ``model`` by name, in registration order (forward order for every
+    """Every prunable weight of ``model`` (module doc) by name, in registration order (forward order for every
     model in :mod:`rdprune.models`, a test checks it; :func:`forward_order` gives the order of
     any model's forward pass). ``exclude`` takes names or glob patterns, e.g.
     ``("conv1", "*.shortcut.*")``.
@@ -35,7 +92,7 @@ def prunable(model: nn.Module, exclude: Iterable[str] = ()) -> dict[str, nn.Modu
     input embedding) is left out, with one warning naming it, since pruning it would also prune
     the embedding."""
     exclude = tuple(exclude)
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
+    layers = dict(_layers(model))
     tied = _tied(model, layers)
     return {name: m for name, m in layers.items() if name not in tied
             and not any(fnmatch.fnmatchcase(name, pat) for pat in exclude)}
@@ -47,15 +104,16 @@ def _tied(model, layers) -> set[str]:
     for name, m in model.named_modules():
         for p in m.parameters(recurse=False):
             owners.setdefault(id(p), []).append((name, m))
+    holders = {id(holder(m)) for m in layers.values()}
     out, to_other = set(), []
     for name, m in layers.items():
         users = owners.get(id(m.weight), [])
         if len(users) < 2:
             continue
-        if any(not isinstance(u, PRUNABLE_TYPES) for _, u in users):
+        if any(id(u) not in holders for _, u in users):
             out.add(name)
-            to_other.append(f"{name} (tied to {next(n for n, u in users if u is not m)})")
-        elif users[0][0] != name:
+            to_other.append(f"{name} (tied to {next(n for n, u in users if id(u) not in holders)})")
+        elif users[0][1] is not holder(m):
             out.add(name)  # the first layer holding the shared weight stands for it
     if to_other and getattr(model, "_rdprune_tied_warned", None) != to_other:
         import warnings
@@ -72,7 +130,8 @@ def n_pruned(amount: float, n: int) -> int:
 
 def mask_of(module: nn.Module) -> torch.Tensor:
     """The layer's boolean keep-mask (all True when it was never pruned)."""
-    mask = getattr(module, "weight_mask", None)
+    owner, attr = _slot(module)
+    mask = getattr(owner, f"{attr}_mask", None)
     return mask if mask is not None else torch.ones_like(module.weight, dtype=torch.bool)
 
 
@@ -85,10 +144,11 @@ def prune_order(module: nn.Module) -> torch.Tensor:
 
 
 def _set_mask(module: nn.Module, mask: torch.Tensor) -> None:
-    if hasattr(module, "weight_mask"):
-        module.weight_mask.copy_(mask)
+    owner, attr = _slot(module)
+    if hasattr(owner, f"{attr}_mask"):
+        getattr(owner, f"{attr}_mask").copy_(mask)
     else:
-        module.register_buffer("weight_mask", mask)
+        owner.register_buffer(f"{attr}_mask", mask)
     with torch.no_grad():
         module.weight.masked_fill_(~mask, 0.0)
 
@@ -124,9 +184,10 @@ def enforce(model: nn.Module) -> None:
     """Re-zero every masked weight (call after each optimizer step)."""
     with torch.no_grad():
         for m in model.modules():
-            mask = getattr(m, "weight_mask", None)
-            if mask is not None:
-                m.weight.masked_fill_(~mask, 0.0)
+            for key, mask in m.named_buffers(recurse=False):
+                param = getattr(m, key[:-5], None) if key.endswith("_mask") else None
+                if isinstance(param, torch.Tensor) and param.shape == mask.shape:
+                    param.masked_fill_(~mask, 0.0)
 
 
 def masks(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -148,9 +209,10 @@ def sparsity(model: nn.Module) -> float:
 def load_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Module:
     """Load a state dict that may carry ``weight_mask`` buffers (a pruned checkpoint)."""
     for name, module in prunable(model).items():
-        key = f"{name}.weight_mask" if name else "weight_mask"
-        if key in state and not hasattr(module, "weight_mask"):
-            module.register_buffer("weight_mask", torch.ones_like(module.weight, dtype=torch.bool))
+        owner, attr = _slot(module)
+        key = f"{name}_mask" if attr != "weight" else f"{name}.weight_mask" if name else "weight_mask"
+        if key in state and not hasattr(owner, f"{attr}_mask"):
+            owner.register_buffer(f"{attr}_mask", torch.ones_like(module.weight, dtype=torch.bool))
     model.load_state_dict(state)
     enforce(model)
     return model
@@ -238,7 +300,7 @@ def weight_flops(model: nn.Module, x: torch.Tensor):
 
     mapping = {op: attributing(f) for op, f in flop_registry.items()
                if "backward" not in str(op) and "attention" not in str(op)}
-    counter, order = _counted(model, x, mapping, layers.items())
+    counter, order = _counted(model, x, mapping, [(n, holder(m)) for n, m in layers.items()])
     return credit, counter.get_total_flops(), order
 
 
@@ -307,7 +369,7 @@ def report(model: nn.Module) -> pd.DataFrame:
     for name, m in prunable(model).items():
         mask = mask_of(m)
         kept = int(mask.sum())
-        rows.append(dict(layer=name, type=type(m).__name__, shape=tuple(m.weight.shape),
+        rows.append(dict(layer=name, type=kind(m), shape=tuple(m.weight.shape),
                          n_weights=mask.numel(), n_kept=kept, sparsity=1 - kept / mask.numel(),
                          flops_dense=dense[name], flops=dense[name] * kept / mask.numel()))
     return pd.DataFrame(rows)

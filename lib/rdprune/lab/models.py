@@ -319,8 +319,8 @@ def check(spec: str) -> None:
         if not path.is_file():
             raise ValueError(f"model file {path} does not exist (spec {spec!r})")
         return
-    raise ValueError(f"unknown model {spec!r}; give a zoo name ({', '.join(available())}) or one "
-                     f"of {', '.join(SPECS)}")
+    raise ValueError(f"unknown model {spec!r}; choose one of {', '.join(available())}, or give a "
+                     f"spec: {', '.join(SPECS)}")
 
 
 def slug(spec: str) -> str:
