@@ -2,6 +2,7 @@
 torchvision models with random weights, nothing downloaded."""
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -245,3 +246,65 @@ def test_low_flops_coverage_is_said():
     M.remember(net, torch.randn(2, 8))
     with pytest.warns(UserWarning, match=r"prunable layers hold \d+% of the model's counted"):
         assert M.layer_flops(net) == {"fc": 8 * 64}
+
+
+# ----------------------------------------------------------------------------- batches of any form
+class MaskedText(nn.Module):
+    """Keyword inputs (token ids and a mask), integer ids, a dict output with "logits"."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(30, 16)
+        self.mix, self.head = nn.Linear(16, 16), nn.Linear(16, 3)
+
+    def forward(self, input_ids, attention_mask=None):
+        h = torch.relu(self.mix(self.embed(input_ids)))
+        m = attention_mask.unsqueeze(-1).float()
+        return {"logits": self.head((h * m).sum(1) / m.sum(1).clamp_min(1))}
+
+
+def _text_batch(n=12, t=7):
+    g = torch.Generator().manual_seed(0)
+    mask = (torch.rand(n, t, generator=g) > 0.3).long()
+    mask[:, 0] = 1
+    return {"input_ids": torch.randint(0, 30, (n, t), generator=g), "attention_mask": mask}
+
+
+def test_dict_batches_of_token_ids_go_through_curves_flops_and_allocation():
+    torch.manual_seed(0)
+    net, batch = MaskedText().eval(), _text_batch()
+    fast = rp.rd.curves(net, batch, grid=5, cache=False, progress=False, batch=5)  # 3 chunks
+    assert set(fast.attrs["paths"].values()) == {"fast"}  # traced, dict inputs by name
+    ref = rp.rd.curves(net, batch, grid=5, cache=False, progress=False, method="reference")
+    scale = ref.groupby("layer")["distortion"].transform("max").clip(lower=1e-30)
+    assert ((fast.distortion - ref.distortion).abs() / scale).max() <= 1e-5
+    assert (ref.groupby("layer")["distortion"].max() > 0).all()
+    assert M.layer_flops(net) == {"mix": 7 * 16 * 16, "head": 16 * 3}  # one sample of 7 tokens
+    as_list = [{k: v[:6] for k, v in batch.items()}, {k: v[6:] for k, v in batch.items()}]
+    again = rp.rd.curves(net, as_list, grid=5, cache=False, progress=False)  # a list of batches
+    assert np.allclose(again.distortion, fast.distortion, rtol=1e-6, atol=0)
+    pruned, record = rp.prune(net, "rd", 0.5, "flops", calib=batch, grid=5)
+    assert record["flops_reduction"] >= 0.5 - 1e-9
+
+
+class TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 8), nn.Linear(8, 2)
+
+    def forward(self, x, scale):
+        return self.b(torch.relu(self.a(x)) * scale)
+
+
+def test_tuple_batches_are_positional_inputs_and_bad_batches_say_what_to_do():
+    torch.manual_seed(0)
+    net, batch = TwoInputs().eval(), (torch.randn(10, 6), torch.rand(10, 1) + 0.5)
+    fast = rp.rd.curves(net, batch, grid=4, cache=False, progress=False)
+    ref = rp.rd.curves(net, batch, grid=4, cache=False, progress=False, method="reference")
+    assert np.allclose(fast.distortion, ref.distortion, rtol=1e-5, atol=1e-12)
+    with pytest.raises(ValueError, match="disagree on the batch size"):
+        rp.rd.curves(net, (torch.randn(10, 6), torch.rand(9, 1)), grid=4, cache=False)
+    with pytest.raises(ValueError, match="a tensor .* a tuple of tensors .* a dict"):
+        rp.rd.curves(net, "images", grid=4, cache=False)
+    with pytest.raises(ValueError, match="no tensor to compare"):
+        rp.distortion.output_tensor({"text": "no tensor"})

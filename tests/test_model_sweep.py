@@ -1,5 +1,5 @@
 """The "any model" sweep: torchvision CNNs, a small vision transformer and Hugging Face GPT-2 and
-BERT from tiny configs, all random weights and nothing downloaded, through every step: prunable
+BERT from tiny configs (and a timm ViT when timm is installed), all random weights and nothing downloaded, through every step: prunable
 weights found (attention's in_proj, GPT-2's Conv1D), FLOPs per weight against an independent
 count from the layers' shapes, fast curves = reference, every mask allocator and RD meeting a
 FLOPs target, and filter surgery keeping the output width or refusing clearly. No model here has
@@ -37,6 +37,12 @@ def _hf(kind):
     return transformers.BertForSequenceClassification(cfg)
 
 
+def _timm_vit():
+    timm = pytest.importorskip("timm")
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10,
+                             img_size=32, patch_size=8, depth=2)
+
+
 TV = dict(num_classes=10)
 MODELS = {
     "resnet18": lambda: torchvision.models.resnet18(**TV),
@@ -45,6 +51,7 @@ MODELS = {
     "convnext_tiny": lambda: torchvision.models.convnext_tiny(**TV),
     "densenet121": lambda: torchvision.models.densenet121(**TV),
     "vit": _vit,
+    "timm_vit": _timm_vit,
     "gpt2": lambda: _hf("gpt2"),
     "bert": lambda: _hf("bert"),
 }

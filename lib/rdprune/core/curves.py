@@ -35,6 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..util import atomic_write_bytes, check_choice, data_dir, state_hash
+from . import batch as B
 from . import distortion as D
 from . import masks as M
 from .downstream import Downstream, Untraceable, layer_forward
@@ -54,7 +55,7 @@ def _cache_dir(model, calib, grid, distortion, method, layers) -> Path:
     h.update(json.dumps([_VERSION, getattr(model, "arch", type(model).__name__), grid,
                          D.identity(distortion), method, layers]).encode())
     h.update(state_hash(model).encode())
-    h.update(calib.detach().cpu().contiguous().numpy().tobytes())
+    h.update(B.tobytes(calib))
     return data_dir() / "curves" / h.hexdigest()[:20]
 
 
@@ -83,6 +84,7 @@ def curves(model: nn.Module, calib: torch.Tensor, grid: int = 101, distortion: s
     (on 2 cores the time per sample is flat up to ~256 and grows beyond, so larger batches do
     not pay); 4096 on a GPU, where a pass of a small network costs about the same whatever the
     batch (not yet timed here: we had no GPU)."""
+    calib = B.gather(calib)
     D.check_inputs(model, calib, grid, distortion)
     check_choice("curve method", method, PATHS)
     M.remember(model, calib)  # FLOPs of a model without input_size come from this sample
@@ -105,7 +107,7 @@ def curves(model: nn.Module, calib: torch.Tensor, grid: int = 101, distortion: s
             todo.append(name)
     if todo:
         dev = next(model.parameters()).device
-        x_all = calib.to(dev)
+        x_all = B.to(calib, dev)
         compute = fast_curves if method == "fast" else reference_curves
         for name, dist in compute(model, x_all, todo, amounts, distortion, batch, max_batch,
                                   progress, paths=paths):
@@ -152,14 +154,14 @@ def sweep(model, x_all, jobs, total, distortion, batch, max_batch, progress, des
     single chunk, else recomputed per layer: 1/grid of the work the reference does anyway.
     Layers the trace cannot serve (:func:`fast_plan`) get full forward passes, one warning, and
     ``paths[layer]`` (when a dict is given) says ``"fast"`` or ``"reference"``."""
-    max_batch = max_batch or default_max_batch(x_all.device)
+    max_batch = max_batch or default_max_batch(next(model.parameters()).device)
     model, x_all = D.channels_last(model, x_all)
     modules = M.prunable(model)
-    chunks = list(torch.split(x_all, batch))
+    chunks = B.split(x_all, batch)
     ds, why = fast_plan(model, chunks[0])
     kept = ds.run(chunks[0]) if ds is not None and len(chunks) == 1 else None
     refs, warned = None, False
-    stack = max(1, max_batch // len(chunks[0]))  # amounts per downstream pass
+    stack = max(1, max_batch // B.size(chunks[0]))  # amounts per downstream pass
     for name, weight, order, counts in tqdm(jobs, total=total, desc=desc, disable=not progress):
         module = modules[name]
         values = None
@@ -183,7 +185,7 @@ def sweep(model, x_all, jobs, total, distortion, batch, max_batch, progress, des
                               "forward passes (same numbers, slower)")
                 warned = True
             if refs is None:
-                refs = y_refs if y_refs is not None else [model(x) for x in chunks]
+                refs = y_refs if y_refs is not None else [B.call(model, x) for x in chunks]
             values = _full_passes(model, module, weight, order, counts, refs, chunks, distortion)
         if paths is not None:
             paths[name] = "reference" if name in why else "fast"
@@ -215,7 +217,7 @@ def fast_plan(model, x) -> tuple[Downstream | None, dict[str, str]]:
     {layer: why the fast path cannot serve it}: every layer in the first case)."""
     try:
         ds = Downstream(model)
-        ds.check(model, x[:2])
+        ds.check(model, B.take(x, 0, 2))
     except Untraceable as e:
         return None, {k: str(e) for k in M.prunable(model)}
     return ds, dict(ds.unserved)
@@ -265,8 +267,8 @@ def reference_curves(model, x_all, names, amounts, distortion, batch, max_batch,
                      paths=None):
     """One full forward pass per (layer, amount), as in the authors' code."""
     model, x_all = D.channels_last(model, x_all)
-    chunks = list(torch.split(x_all, batch))
-    refs = [model(x) for x in chunks]
+    chunks = B.split(x_all, batch)
+    refs = [B.call(model, x) for x in chunks]
     for name in tqdm(names, desc="RD curves (reference)", disable=not progress):
         module = M.prunable(model)[name]
         already, counts = pruned_counts(module, amounts)

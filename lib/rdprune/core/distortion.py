@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..util import check_choice
+from . import batch as B
 
 
 class Measure(NamedTuple):
@@ -136,7 +137,7 @@ def measure(y_refs, pruned: nn.Module, chunks, kind: str = "mse") -> float:
     pruned.eval()
     r = Reducer(kind, 1)
     for x, y in zip(chunks, y_refs):
-        r.add(per_sample(kind, y, pruned(x)))
+        r.add(per_sample(kind, y, B.call(pruned, x)))
     return float(r.value()[0])
 
 
@@ -146,14 +147,14 @@ def distortion(model: nn.Module, pruned: nn.Module, calib: torch.Tensor, kind: s
     """Measured output distortion of ``pruned`` against ``model`` on ``calib``."""
     check(kind)
     model.eval()
-    chunks = torch.split(calib.to(next(model.parameters()).device), batch)
-    return measure([model(x) for x in chunks], pruned, chunks, kind)
+    chunks = B.split(B.to(B.gather(calib), next(model.parameters()).device), batch)
+    return measure([B.call(model, x) for x in chunks], pruned, chunks, kind)
 
 
 def channels_last(model: nn.Module, x: torch.Tensor):
     """On the CPU, a channels-last copy of a conv net and its inputs (about 20 % faster per pass
     here; used by every curve path so that they stay comparable); anything else unchanged."""
-    if x.device.type != "cpu" or x.dim() != 4 or \
+    if not B.is_images(x) or x.device.type != "cpu" or \
             not any(isinstance(m, nn.Conv2d) for m in model.modules()):
         return model, x
     return (copy.deepcopy(model).to(memory_format=torch.channels_last),
@@ -164,11 +165,7 @@ def check_inputs(model: nn.Module, calib: torch.Tensor, grid: int, kind: str) ->
     """ValueError, before any work, for an unknown distortion, a calibration tensor we cannot
     read, a grid of fewer than 2 points or a model with NaN/infinite parameters."""
     check(kind)
-    if not isinstance(calib, torch.Tensor) or calib.dim() < 2 or len(calib) == 0:
-        raise ValueError("calib must be a non-empty tensor of inputs (N, ...); "
-                         "use rdprune.data.calibration(...)")
-    if calib.is_floating_point() and not torch.isfinite(calib).all():
-        raise ValueError("calibration inputs contain NaN or infinite values")
+    B.check(calib)
     if int(grid) < 2:
         raise ValueError(f"grid must have at least 2 points (0 and 1), got {grid}")
     for name, p in model.named_parameters():

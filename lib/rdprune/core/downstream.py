@@ -22,6 +22,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from . import batch as B
 from . import masks as M
 from .distortion import output_tensor
 
@@ -90,12 +91,25 @@ class Downstream:
     def run(self, x: torch.Tensor) -> dict[fx.Node, object]:
         """Dense pass; returns every node's value (the output node holds the logits)."""
         env: dict[fx.Node, object] = {}
+        inputs = self._inputs(x)
         for node in self.nodes:
             if node.op == "placeholder":
-                env[node] = x
+                env[node] = inputs[node]
             else:
                 env[node] = self._eval(node, env.__getitem__)
         return env
+
+    def _inputs(self, x) -> dict:
+        """Placeholder values for a batch: a tensor feeds the first input, a tuple the inputs
+        in order, a dict by name; the others take their defaults."""
+        holders = [n for n in self.nodes if n.op == "placeholder"]
+        given = (dict(zip([n.target for n in holders], x)) if isinstance(x, tuple)
+                 else dict(x) if isinstance(x, dict) else {holders[0].target: x})
+        unknown = set(given) - {n.target for n in holders}
+        if unknown:
+            raise ValueError(f"the model takes no input named {sorted(unknown)}")
+        return {n: given[n.target] if n.target in given else (n.args[0] if n.args else None)
+                for n in holders}
 
     def output(self, env):
         return env[self.nodes[-1]]
@@ -108,7 +122,7 @@ class Downstream:
         except Exception as e:  # noqa: BLE001 - a trace that fails when run
             raise Untraceable(f"the torch.fx trace of {type(model).__name__} fails when run "
                               f"({type(e).__name__}: {e})") from e
-        want = output_tensor(model(x))
+        want = output_tensor(B.call(model, x))
         try:
             got = output_tensor(got)
         except ValueError:

@@ -27,6 +27,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from . import batch as B
+
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _EPS = 1e-9  # floor(a*n) guard against 0.29*100 == 28.999999999999996
@@ -222,16 +224,20 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Module
 _EXAMPLE = "_rdprune_example"  # one remembered input sample, set by remember()
 
 
-def remember(model: nn.Module, calib: torch.Tensor) -> None:
-    """Keep one sample of ``calib`` on ``model`` as its example input, so that FLOPs can be
-    counted on a model without ``input_size`` (any torchvision or user model). Curves,
-    ``allocate(..., calib=)`` and ``rp.prune(..., calib=)`` call it; a model's own
-    ``input_size`` (our zoo's) wins."""
-    if isinstance(calib, torch.Tensor) and calib.dim() >= 1 and len(calib):
-        object.__setattr__(model, _EXAMPLE, calib[:1].detach().clone())
+def remember(model: nn.Module, calib) -> None:
+    """Keep one sample of ``calib`` (any batch of :mod:`rdprune.core.batch`) on ``model`` as its
+    example input, so that FLOPs can be counted on a model without ``input_size`` (any
+    torchvision, Hugging Face or user model). Curves, ``allocate(..., calib=)`` and
+    ``rp.prune(..., calib=)`` call it; a model's own ``input_size`` (our zoo's) wins."""
+    calib = B.gather(calib)
+    try:
+        B.check(calib)
+    except ValueError:
+        return  # not a batch: the caller's own check says so
+    object.__setattr__(model, _EXAMPLE, B.to(B.take(calib, 0, 1), "cpu"))
 
 
-def example_input(model: nn.Module) -> torch.Tensor:
+def example_input(model: nn.Module):
     """One input sample for counting: zeros of ``model.input_size`` when the model has one, else
     the sample :func:`remember` kept; a ValueError that says what to pass otherwise."""
     p = next(model.parameters())
@@ -243,7 +249,7 @@ def example_input(model: nn.Module) -> torch.Tensor:
         raise ValueError("cannot count FLOPs: the model has no input_size and no calibration batch "
                          "was given yet; pass calib= (rd.curves, allocate, rp.prune) or set "
                          "model.input_size = (C, H, W)")
-    return x.to(p.device)
+    return B.to(x, p.device)
 
 
 def layer_flops(model: nn.Module) -> dict[str, int]:
@@ -254,7 +260,7 @@ def layer_flops(model: nn.Module) -> dict[str, int]:
     not change dense FLOPs, structural pruning (a copy keeps the cache) changes the shapes."""
     x = example_input(model)
     layers = prunable(model)
-    key = (tuple(x.shape), str(x.dtype), tuple((k, tuple(m.weight.shape)) for k, m in layers.items()))
+    key = (B.signature(x), tuple((k, tuple(m.weight.shape)) for k, m in layers.items()))
     cached = getattr(model, "_rdprune_flops", None)
     if cached and cached[0] == key:
         return dict(cached[1])
@@ -339,12 +345,12 @@ def _counted(model, x, mapping=None, hooked=()):
     p = next(model.parameters())
     called: list[str] = []
     hooks = [m.register_forward_pre_hook(lambda mod, _, n=n: called.append(n)) for n, m in hooked]
-    x = x.to(p.device, p.dtype) if x.is_floating_point() else x.to(p.device)  # ids stay integer
+    x = B.to(x, p.device, p.dtype)  # token ids stay integer
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
         with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
-            model(x)
+            B.call(model, x)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
         model.train(was_training)

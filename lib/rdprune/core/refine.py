@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import batch as B
 from . import distortion as D
 from . import masks as M
 from .allocators import Layers, validate
@@ -36,6 +37,7 @@ def refine(model: nn.Module, calib: torch.Tensor, amounts: dict[str, float], tar
     and never un-prunes what ``model`` already has pruned. Each step costs about ``2·radius`` of
     a curve computation."""
     validate("rd", target, budget)
+    calib = B.gather(calib)
     D.check_inputs(model, calib, grid, distortion)
     model.eval()
     layers = Layers(model, budget, exclude)
@@ -51,10 +53,10 @@ def refine(model: nn.Module, calib: torch.Tensor, amounts: dict[str, float], tar
                          "(e.g. rdprune.allocate('rd', ...))")
     grid_a = grid_amounts(grid)
     dev = next(model.parameters()).device
-    x_all = calib.to(dev)
-    chunks = torch.split(x_all, batch)
+    x_all = B.to(calib, dev)
+    chunks = B.split(x_all, batch)
     with torch.no_grad():
-        y_refs = [model(x) for x in chunks]
+        y_refs = [B.call(model, x) for x in chunks]
     order = {k: M.prune_order(m) for k, m in free.items()}
 
     def pruned_at(c):

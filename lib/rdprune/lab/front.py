@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..core import allocators as A
+from ..core import batch as B
 from ..core import masks as M
 from ..core import rd
 from ..core.loops import evaluate, fine_tune, recalibrate_bn
@@ -65,8 +66,13 @@ def prune(model: nn.Module, method: str, target: float, budget: str = "params", 
                          "(rdprune.allocation.register_allocator); unregister one of them")
     check_target(target, "weights" if budget == "params" else "FLOPs")
     check_choice("budget", budget, A.BUDGETS)
-    example = calib[:1] if isinstance(calib, torch.Tensor) and len(calib) else None
-    if example is not None:
+    example = None
+    if calib is not None and method not in _METHODS:  # allocators read any batch
+        calib = B.gather(calib)
+        B.check(calib)  # a batch we cannot read fails here, before any work
+    if calib is not None and (method not in _METHODS or isinstance(calib, torch.Tensor)
+                              and len(calib)):
+        example = B.take(calib, 0, 1)
         M.remember(model, calib)  # FLOPs of a model without input_size
     tic = time.perf_counter()
     if method in _METHODS:

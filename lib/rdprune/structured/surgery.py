@@ -51,6 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core import batch as B
 from ..core import masks as M
 from ..core.masks import module_flops
 
@@ -62,10 +63,10 @@ BUDGETS = ("flops", "params")
 _EPS = 1e-9
 
 
-def _example(model: nn.Module, example: torch.Tensor | None = None) -> torch.Tensor:
+def _example(model: nn.Module, example=None):
     if example is not None:
         M.remember(model, example)
-        return example[:1]
+        return B.take(example, 0, 1)
     return M.example_input(model)
 
 

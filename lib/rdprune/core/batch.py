@@ -1,0 +1,132 @@
+"""Calibration batches, whatever a model takes: a tensor, a tuple of tensors (positional
+inputs) or a dict of tensors (keyword inputs, e.g. ``input_ids`` and ``attention_mask``), the
+batch axis first in every tensor; integer tensors (token ids) stay integer. A list or
+``DataLoader`` of such batches is one batch, concatenated (:func:`gather`); give a labelled
+loader's inputs, e.g. ``[x for x, _ in loader]``. Every core step (curves, distortion, FLOPs,
+allocation) goes through these few functions, so it never needs to know which it got.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+Batch = "torch.Tensor | tuple | dict"
+
+
+def _tensors(b) -> list:
+    if isinstance(b, torch.Tensor):
+        return [b]
+    if isinstance(b, dict):
+        return [b[k] for k in sorted(b)]
+    if isinstance(b, tuple):
+        return list(b)
+    return []
+
+
+def check(b) -> int:
+    """The batch size; a ValueError that says what to pass when ``b`` is no batch we can read
+    (not a tensor, tuple or dict of tensors; empty; tensors disagreeing on the batch size;
+    NaN or infinite values)."""
+    items = _tensors(b)
+    if not items or not all(isinstance(t, torch.Tensor) and t.dim() >= 1 for t in items):
+        raise ValueError("calib must be a batch of inputs: a tensor (N, ...), a tuple of tensors "
+                         "(positional inputs) or a dict of tensors (keyword inputs), batch axis "
+                         f"first; got {type(b).__name__}. Use rdprune.data.calibration(...)")
+    sizes = {len(t) for t in items}
+    if len(sizes) != 1:
+        raise ValueError(f"the tensors of the calibration batch disagree on the batch size "
+                         f"({sorted(sizes)}); the first axis of every tensor is the batch axis")
+    n = sizes.pop()
+    if n == 0:
+        raise ValueError("calib is empty; give at least one sample")
+    if any(t.is_floating_point() and not torch.isfinite(t).all() for t in items):
+        raise ValueError("calibration inputs contain NaN or infinite values")
+    return n
+
+
+def gather(b):
+    """A list or DataLoader of batches concatenated into one batch; anything else unchanged."""
+    if isinstance(b, (torch.Tensor, tuple, dict)):
+        return b
+    if isinstance(b, torch.utils.data.DataLoader) or isinstance(b, list):
+        parts = list(b)
+        if not parts:
+            raise ValueError("calib is an empty list of batches")
+        first = parts[0]
+        if isinstance(first, torch.Tensor):
+            return torch.cat(parts)
+        if isinstance(first, dict):
+            return {k: torch.cat([p[k] for p in parts]) for k in first}
+        if isinstance(first, (tuple, list)):
+            return tuple(torch.cat([p[i] for p in parts]) for i in range(len(first)))
+    return b
+
+
+def size(b) -> int:
+    return len(_tensors(b)[0])
+
+
+def take(b, start: int, stop: int):
+    """Samples ``start:stop`` of a batch."""
+    if isinstance(b, torch.Tensor):
+        return b[start:stop]
+    if isinstance(b, dict):
+        return {k: v[start:stop] for k, v in b.items()}
+    return tuple(t[start:stop] for t in b)
+
+
+def split(b, n: int) -> list:
+    """Chunks of at most ``n`` samples."""
+    return [take(b, i, i + n) for i in range(0, size(b), n)]
+
+
+def to(b, device, dtype=None):
+    """On ``device``; floating tensors in ``dtype`` when given, integer ones left integer."""
+    def move(t):
+        return t.to(device, dtype) if dtype is not None and t.is_floating_point() else t.to(device)
+    if isinstance(b, torch.Tensor):
+        return move(b)
+    if isinstance(b, dict):
+        return {k: move(v) for k, v in b.items()}
+    return tuple(move(t) for t in b)
+
+
+def call(model: nn.Module, b):
+    """``model`` applied to a batch: ``model(x)``, ``model(*x)`` or ``model(**x)``."""
+    if isinstance(b, dict):
+        return model(**b)
+    if isinstance(b, tuple):
+        return model(*b)
+    return model(b)
+
+
+def tile(b, copies: int):
+    """Every tensor repeated ``copies`` times along the batch axis."""
+    def rep(t):
+        return t.repeat(copies, *([1] * (t.dim() - 1)))
+    if isinstance(b, torch.Tensor):
+        return rep(b)
+    if isinstance(b, dict):
+        return {k: rep(v) for k, v in b.items()}
+    return tuple(rep(t) for t in b)
+
+
+def tobytes(b) -> bytes:
+    """The batch's contents, for cache keys (dict keys included, in sorted order)."""
+    out = b""
+    keys = sorted(b) if isinstance(b, dict) else range(len(_tensors(b)))
+    for k, t in zip(keys, _tensors(b)):
+        out += str(k).encode() + str(t.dtype).encode() + str(tuple(t.shape)).encode()
+        out += t.detach().cpu().contiguous().numpy().tobytes()
+    return out
+
+
+def signature(b) -> tuple:
+    """Names, shapes and dtypes of a batch's tensors (what FLOP counts depend on)."""
+    keys = sorted(b) if isinstance(b, dict) else range(len(_tensors(b)))
+    return tuple((k, tuple(t.shape), str(t.dtype)) for k, t in zip(keys, _tensors(b)))
+
+
+def is_images(b) -> bool:
+    """A single 4-D floating tensor (the channels-last speed-up applies)."""
+    return isinstance(b, torch.Tensor) and b.dim() == 4 and b.is_floating_point()
