@@ -81,7 +81,8 @@ def allocation_bars(amounts_by_method: Mapping[str, Mapping[str, float]], model,
     """Per-layer amounts of several allocations (e.g. ``{"rd": ..., "lamp": ...}``) as grouped
     bars, layers in forward order; the x labels carry each layer's weight count."""
     plt, sns = _plt()
-    layers = M.prunable(model)
+    every = M.prunable(model)
+    layers = {k: every[k] for k in M.forward_order(model)}
     rows = [dict(layer=name, method=method, amount=float(amounts.get(name, 0.0)))
             for method, amounts in amounts_by_method.items() for name in layers]
     df = pd.DataFrame(rows)
