@@ -2,6 +2,7 @@
 
   python -m rdprune baselines   train the default model once, compare every allocator zero-shot
   python -m rdprune prune       prune on a schedule (one-shot or iterative), record every round
+  python -m rdprune curves      compute and cache RD curves (torchrun: shared across ranks)
   python -m rdprune reproduce   execute the notebook collection with a preset
   python -m rdprune report      README's tables from a run's files (publish, or compare a rerun)
 
@@ -128,6 +129,61 @@ def prune(args) -> int:
     return 0
 
 
+def curves(args) -> int:
+    """RD curves of a model on a calibration set, cached; under torchrun shared across ranks."""
+    import os
+
+    import rdprune as rp
+    from rdprune.core.distributed import world
+    _check(args)
+    group = _init_distributed(args) if "WORLD_SIZE" in os.environ else False
+    try:
+        rank, ranks = world()
+        for turn in (0, 1) if ranks > 1 else (rank,):  # rank 0 trains (or loads) first, alone
+            if ranks > 1 and turn == 1:
+                import torch.distributed as dist
+                dist.barrier()
+            if (rank == 0) == (turn == 0):
+                model = rp.train.pretrained(args.model, args.dataset, args.recipe, args.seed,
+                                            dev=args.device, progress=not args.quiet,
+                                            weights=args.weights, verbose=rank == 0)
+        calib = rp.data.calibration(args.dataset, args.calib_n, args.seed,
+                                    imagenet_root=args.imagenet_root)
+        out = rp.rd.curves(model, calib.to(next(model.parameters()).device), grid=args.grid,
+                           distortion=args.distortion, method=args.method,
+                           progress=not args.quiet and world()[0] == 0)
+        if world()[0] == 0:
+            ways = pd.Series(out.attrs["paths"]).value_counts().to_dict()
+            print(f"{out.layer.nunique()} layers × {args.grid} amounts ({ways}) over "
+                  f"{world()[1]} process(es)")
+            print(f"curves: {out.attrs['cache']}")
+    finally:
+        if group:
+            import torch.distributed as dist
+            dist.destroy_process_group()
+    return 0
+
+
+def _init_distributed(args) -> bool:
+    """Join torchrun's process group: NCCL with one GPU per rank (LOCAL_RANK) when CUDA is asked
+    for and present, gloo otherwise; a clear error when torchrun's variables are missing."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+    missing = [v for v in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
+    if missing:
+        raise ValueError(f"WORLD_SIZE is set but {', '.join(missing)} is not: launch with torchrun "
+                         "(torchrun --nproc-per-node N -m rdprune curves ...)")
+    cuda = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        args.device = f"cuda:{local}"
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return True
+
+
 def report(args) -> int:
     from rdprune.lab import report as R
     from rdprune.util import REPO
@@ -249,6 +305,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None,
                    help="output folder (default: results/runs/<settings>-<hash of all settings>)")
     p.set_defaults(func=prune)
+
+    c = sub.add_parser("curves", formatter_class=fmt,
+                       help="compute and cache a model's RD curves (under torchrun: across ranks)")
+    _common(c, presets)
+    c.add_argument("--recipe", default=base["recipe"], choices=list(presets.RECIPES),
+                   help="training recipe of the dense model (when no --weights)")
+    c.add_argument("--calib-n", type=int, default=base["calib_n"],
+                   help="number of calibration images (training split)")
+    c.add_argument("--grid", type=int, default=base["grid"], help="RD amounts per layer")
+    c.add_argument("--distortion", default="mse", choices=rp.rd.distortions(),
+                   help="output distortion measure")
+    c.add_argument("--method", default="fast", choices=["fast", "reference"],
+                   help="downstream-only recompute, or one full forward pass per point")
+    c.set_defaults(func=curves, budget="params")
 
     rp.reproduce.add_parser(sub)
 

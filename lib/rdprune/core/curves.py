@@ -10,7 +10,8 @@ intermediate value; for each layer only the downstream part is recomputed
 not per model: a layer the trace cannot perturb alone (used through a functional call, shared),
 or every layer of a model ``torch.fx`` cannot trace or whose trace fails when run, is measured by
 full forward passes instead, with one warning naming those layers; ``curves.attrs["paths"]``
-says which layer went which way. Amounts at or below a
+says which layer went which way. Under ``torchrun`` (an initialised process group) the layers
+are shared out across ranks by cost (:mod:`rdprune.core.distributed`). Amounts at or below a
 layer's current sparsity change nothing: their distortion is exactly 0 and they are not computed.
 The reference path runs one full forward pass per (layer, amount), as the authors do, for tests
 and benchmarks. On the CPU both paths run a channels-last copy of a conv net (about 20 % faster
@@ -37,6 +38,7 @@ from tqdm.auto import tqdm
 from ..util import atomic_write_bytes, check_choice, data_dir, state_hash
 from . import batch as B
 from . import distortion as D
+from . import distributed as DI
 from . import masks as M
 from .downstream import Downstream, Untraceable, layer_forward
 
@@ -97,6 +99,13 @@ def curves(model: nn.Module, calib: torch.Tensor, grid: int = 101, distortion: s
     amounts = grid_amounts(grid)
     flops = M.layer_flops(model)
     folder = _cache_dir(model, calib, int(grid), distortion, method, names) if cache else None
+    rank, ranks = DI.world()
+    if ranks > 1:
+        if ranks > len(names):
+            raise ValueError(f"{ranks} ranks for {len(names)} layers: launch at most "
+                             f"{len(names)} processes")
+        DI.agree(model, calib, dict(grid=int(grid), distortion=D.identity(distortion),
+                                    method=method, layers=names))
     frames, todo, paths = {}, [], {}
     for name in names:
         path = folder / f"{name or 'model'}.csv" if folder else None
@@ -105,22 +114,51 @@ def curves(model: nn.Module, calib: torch.Tensor, grid: int = 101, distortion: s
             frames[name], paths[name] = df, "cached"
         else:
             todo.append(name)
-    if todo:
+
+    def frame(name, dist):
+        return pd.DataFrame({"layer": name, "amount": amounts,
+                             "n_weights": all_layers[name].weight.numel(), "flops": flops[name],
+                             "distortion": dist})[COLUMNS]
+    mine = todo
+    if ranks > 1:  # rank 0's view of the cache, shared out by cost
+        todo = DI.from_rank0(todo)
+        mine = _my_layers(model, todo, amounts, method, rank, ranks) if todo else []
+        frames = {k: v for k, v in frames.items() if k not in todo}
+    done = {}
+    if mine:
         dev = next(model.parameters()).device
         x_all = B.to(calib, dev)
         compute = fast_curves if method == "fast" else reference_curves
-        for name, dist in compute(model, x_all, todo, amounts, distortion, batch, max_batch,
+        for name, dist in compute(model, x_all, mine, amounts, distortion, batch, max_batch,
                                   progress, paths=paths):
-            module = all_layers[name]
-            df = pd.DataFrame({"layer": name, "amount": amounts, "n_weights": module.weight.numel(),
-                               "flops": flops[name], "distortion": dist})[COLUMNS]
+            df = frame(name, dist)
             if folder:
                 atomic_write_bytes(folder / f"{name or 'model'}.csv", df.to_csv(index=False).encode())
-            frames[name] = df
+            frames[name], done[name] = df, dist
+    if ranks > 1 and todo:  # every rank gets every layer
+        for r, part in enumerate(DI.gather({k: (v, paths.get(k)) for k, v in done.items()})):
+            for name, (dist, how) in part.items():
+                frames.setdefault(name, frame(name, dist))
+                paths[name] = f"{how} (rank {r})"
     out = pd.concat([frames[k] for k in names], ignore_index=True)
     out.attrs.update(model_hash=state_hash(model), distortion=distortion, grid=int(grid),
-                     paths={k: paths[k] for k in names})
+                     paths={k: paths[k] for k in names}, cache=str(folder) if folder else None)
     return out
+
+
+def _my_layers(model, todo, amounts, method, rank, ranks):
+    """This rank's share of ``todo`` (:func:`rdprune.core.distributed.share`)."""
+    traced = None
+    if method == "fast":
+        try:
+            traced = Downstream(model)
+        except Untraceable:
+            pass
+    layers, left = M.prunable(model), {}
+    for k in todo:
+        already, counts = pruned_counts(layers[k], amounts)
+        left[k] = sum(1 for c in counts if c > already)
+    return DI.share(DI.costs(model, todo, left, traced), ranks)[rank]
 
 
 def default_max_batch(device: torch.device) -> int:

@@ -1,0 +1,122 @@
+"""RD curves under torch.distributed: two processes on this machine (gloo, 127.0.0.1 only),
+spawned here and stopped by a timeout; their curves must equal one process's exactly."""
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pandas as pd
+import pytest
+import torch
+
+import rdprune as rp
+from rdprune.core import distributed as DI
+
+WORKER = textwrap.dedent('''
+    import os, sys, datetime, torch, torch.distributed as dist
+    import rdprune as rp
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method="env://", timeout=datetime.timedelta(seconds=120))
+    torch.manual_seed(0)
+    model = rp.models.build("resnet20").eval()
+    calib = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    if os.environ.get("OTHER_CALIB") and dist.get_rank() == 1:
+        calib = calib + 1
+    try:
+        out = rp.rd.curves(model, calib, grid=4, progress=False, cache=os.environ["CACHE"] == "1")
+        out.to_csv(sys.argv[1] + f"/rank{dist.get_rank()}.csv", index=False)
+        print("PATHS", dist.get_rank(), sorted(set(out.attrs["paths"].values())))
+    except ValueError as e:
+        print("REFUSED", e)
+    dist.destroy_process_group()
+''')
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(tmp_path, cache, **extra):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+               "RANK": str(rank), "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1",
+               "RDPRUNE_DATA": str(tmp_path / "data"), "CACHE": "1" if cache else "0", **extra}
+        procs.append(subprocess.Popen([sys.executable, str(script), str(tmp_path)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=300)[0])
+    finally:
+        for p in procs:
+            p.kill()
+    assert all(p.returncode == 0 for p in procs), outs
+    return outs
+
+
+@pytest.fixture(scope="module")
+def single():
+    """One process, one thread (as each rank has), no cache."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        model = rp.models.build("resnet20").eval()
+        calib = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+        return rp.rd.curves(model, calib, grid=4, progress=False, cache=False)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_two_ranks_give_every_rank_the_single_process_curves(tmp_path, single, cache):
+    outs = launch(tmp_path, cache)
+    for rank in range(2):
+        got = pd.read_csv(tmp_path / f"rank{rank}.csv")
+        pd.testing.assert_frame_equal(got, single.reset_index(drop=True), check_exact=True,
+                                      check_dtype=False)
+    assert any("rank 1" in o for o in outs) and any("rank 0" in o for o in outs)  # both worked
+    if cache:  # each rank wrote its own layers; a rerun reads them all, computes nothing
+        assert len(list((tmp_path / "data" / "curves").glob("*/*.csv"))) == single.layer.nunique()
+        again = launch(tmp_path, cache)
+        assert all("PATHS" in o and "'cached'" in o and "fast" not in o for o in again), again
+
+
+def test_ranks_that_disagree_on_the_calibration_are_refused(tmp_path):
+    outs = launch(tmp_path, False, OTHER_CALIB="1")
+    assert all("REFUSED" in o and "calibration batch" in o for o in outs), outs
+
+
+def test_the_split_balances_cost_not_count():
+    cost = {"a": 10.0, "b": 1.0, "c": 1.0, "d": 1.0, "e": 7.0}
+    parts = DI.share(cost, 2)
+    loads = [sum(cost[k] for k in p) for p in parts]
+    assert sorted(sum(parts, [])) == sorted(cost) and max(loads) == 10.0
+    naive = [sum(cost[k] for k in p) for p in DI.by_count(list(cost), 2)]
+    assert max(naive) > max(loads)
+
+
+def test_the_curves_command_under_torchrun(lenet, tmp_path):
+    """``torchrun --nproc-per-node 2 -m rdprune curves``: rank 0 loads the cached LeNet first,
+    both ranks compute their share (in a fresh data folder: nothing cached), rank 0 says where
+    the curves are."""
+    import shutil
+    ckpt = rp.train.checkpoint_path("lenet5", "fashion_mnist", "quick", 0)
+    (tmp_path / "checkpoints").mkdir()
+    shutil.copy(ckpt, tmp_path / "checkpoints" / ckpt.name)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RDPRUNE_DATA": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                          "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+                          "-m", "rdprune", "curves", "--model", "lenet5", "--calib-n", "32",
+                          "--grid", "5", "--quiet"], capture_output=True, text=True, timeout=300,
+                         env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "over 2 process(es)" in out.stdout and "(rank 1)" in out.stdout
+    assert out.stdout.count("curves: ") == 1  # rank 0 only
