@@ -120,3 +120,58 @@ def test_the_curves_command_under_torchrun(lenet, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "over 2 process(es)" in out.stdout and "(rank 1)" in out.stdout
     assert out.stdout.count("curves: ") == 1  # rank 0 only
+
+
+DDP_WORKER = textwrap.dedent('''
+    import sys, datetime, torch, torch.distributed as dist
+    import rdprune as rp
+    from rdprune import masks as M
+    from rdprune.core.loops import TensorLoader, fine_tune
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method="env://", timeout=datetime.timedelta(seconds=120))
+    torch.manual_seed(0)
+    net = rp.models.build("lenet5")
+    M.apply(net, {k: 0.5 for k in M.prunable(net)})
+    g = torch.Generator().manual_seed(2)
+    loader = TensorLoader(torch.randn(96, 1, 28, 28, generator=g),
+                          torch.randint(0, 10, (96,), generator=g), 32, shuffle=True, seed=3)
+    fine_tune(net, loader, 6, lr=1e-3, progress=False)
+    torch.save(net.state_dict(), sys.argv[1] + f"/ddp{dist.get_rank()}.pt")
+    dist.destroy_process_group()
+''')
+
+
+def test_ddp_fine_tuning_keeps_ranks_identical_masks_intact_and_equals_one_process(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_WORKER)
+    port, procs = _free_port(), []
+    for rank in range(2):
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+               "RANK": str(rank), "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen([sys.executable, str(script), str(tmp_path)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    try:
+        outs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert all(p.returncode == 0 for p in procs), outs
+    a, b = (torch.load(tmp_path / f"ddp{r}.pt") for r in range(2))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the ranks hold the same weights
+    for k in a:
+        if k.endswith("weight_mask"):
+            assert (a[k.replace("_mask", "")][~a[k]] == 0).all()  # masked weights still zero
+    # one process on the whole batches: the same steps, up to float summation order
+    from rdprune import masks as M
+    from rdprune.core.loops import TensorLoader, fine_tune
+    torch.manual_seed(0)
+    net = rp.models.build("lenet5")
+    M.apply(net, {k: 0.5 for k in M.prunable(net)})
+    g = torch.Generator().manual_seed(2)
+    loader = TensorLoader(torch.randn(96, 1, 28, 28, generator=g),
+                          torch.randint(0, 10, (96,), generator=g), 32, shuffle=True, seed=3)
+    fine_tune(net, loader, 6, lr=1e-3, progress=False)
+    one = net.state_dict()
+    for k in a:  # AdamW's steps are ~lr = 1e-3: differences of 1e-6 are summation order only
+        if a[k].is_floating_point():
+            assert torch.allclose(a[k], one[k], rtol=1e-4, atol=1e-6), k

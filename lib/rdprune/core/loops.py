@@ -11,6 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import masks as M
+from .distributed import world
 
 
 def device(spec: str | torch.device = "auto") -> torch.device:
@@ -53,17 +54,32 @@ def fit(model: nn.Module, loader, steps: int, *, lr: float = 1e-3, weight_decay:
         schedule: str = "cosine", teacher: nn.Module | None = None, temperature: float = 2.0,
         dev="auto", progress: bool = True, desc: str = "train") -> nn.Module:
     """AdamW for ``steps`` batches. Masked weights stay exactly zero after every step. With a
-    ``teacher``, the loss adds KL distillation (temperature ``temperature``)."""
+    ``teacher``, the loss adds KL distillation (temperature ``temperature``).
+
+    Under ``torchrun`` (an initialised process group of several ranks) the model is wrapped in
+    ``DistributedDataParallel``: every rank reads the same loader (the same seed gives the same
+    global batches), trains on its own contiguous share of each batch (the global batch size is
+    unchanged; a batch smaller than the number of ranks goes whole to every rank), gradients are
+    averaged, masks are enforced on every rank after every step, and only rank 0 shows
+    progress. Every rank ends with the same weights."""
     check_steps(steps)
     dev = device(dev)
     model.to(dev).train()
+    rank, ranks = world()
+    net = model
+    if ranks > 1:  # DDP: gradients averaged over ranks, each a disjoint share of every batch
+        from torch.nn.parallel import DistributedDataParallel
+        net = DistributedDataParallel(model, device_ids=[dev] if dev.type == "cuda" else None)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
              if schedule == "cosine" else None)
-    bar = tqdm(batches(loader, steps), total=steps, desc=desc, disable=not progress, leave=False)
+    bar = tqdm(batches(loader, steps), total=steps, desc=desc, disable=not progress or rank > 0,
+               leave=False)
     for x, y in bar:
+        if ranks > 1 and len(x) >= ranks:  # this rank's share of the global batch
+            x, y = x.tensor_split(ranks)[rank], y.tensor_split(ranks)[rank]
         x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-        out = model(x)
+        out = net(x)
         loss = F.cross_entropy(out, y)
         if teacher is not None:
             with torch.no_grad():
