@@ -114,14 +114,29 @@ def baselines(args) -> int:
 
 
 def prune(args) -> int:
+    import os
+
     from rdprune import pipeline
+    from rdprune.core.distributed import world
     _check(args)
+    group = _init_distributed(args) if "WORLD_SIZE" in os.environ else False
+    try:
+        return _prune(args, pipeline, quiet=world()[0] > 0)
+    finally:
+        if group:
+            import torch.distributed as dist
+            dist.destroy_process_group()
+
+
+def _prune(args, pipeline, quiet=False) -> int:
     table = pipeline.run(args.model, args.dataset, args.method, args.schedule, args.target,
                          budget=args.budget, preset=args.preset, calibration=args.calibration,
                          seed=args.seed, out=args.out, progress=not args.quiet, dev=args.device,
                          imagenet_root=args.imagenet_root, weights=args.weights,
                          finetune_steps=args.finetune_steps, calib_n=args.calib_n,
                          grid=args.grid, refine=args.refine)
+    if quiet:  # ranks other than 0 print nothing
+        return 0
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print("round 0 is the dense model; top1/loss after the round's fine-tune; predicted: RD "
           "curves' sum; actual: distortion measured after pruning, before fine-tuning")

@@ -44,6 +44,7 @@ from ..core import allocators as A
 from ..core import masks as M
 from ..core import rd
 from ..core.allocators import allocate
+from ..core.distributed import world
 from ..util import atomic_write_bytes
 from . import data as D
 from . import models, train
@@ -171,8 +172,11 @@ def run(model_name: str = "resnet20", dataset: str = "fashion_mnist", method: st
             if Path(weights).is_file() else str(weights)
     out = Path(out) if out else Path("results") / "runs" / run_name(config)
     out.mkdir(parents=True, exist_ok=True)
-    model = train.pretrained(model_name, dataset, recipe, seed, dev=dev, progress=progress,
-                             verbose=progress, weights=weights)
+    rank, ranks = world()
+    model = rank0_first(lambda: train.pretrained(model_name, dataset, recipe, seed, dev=dev,
+                                                 progress=progress and rank == 0,
+                                                 verbose=progress and rank == 0, weights=weights))
+    progress = progress and rank == 0
     train_loader, test_loader = D.loaders(dataset, s.batch_size, seed=seed, subset=None,
                                           imagenet_root=imagenet_root)
     val = None
@@ -204,11 +208,25 @@ def run(model_name: str = "resnet20", dataset: str = "fashion_mnist", method: st
                          sparsity=M.sparsity(model), flops_left=M.flops(model) / dense_flops,
                          **train.evaluate(model, test_loader), **dist, **guard,
                          seconds=time.perf_counter() - tic))
-        _checkpoint(out, config, model, rows)
+        if rank == 0:
+            _checkpoint(out, config, model, rows)
     table = pd.DataFrame(rows)
-    atomic_write_bytes(out / "results.csv", _csv(table))
+    if rank == 0:
+        atomic_write_bytes(out / "results.csv", _csv(table))
     table.attrs["out"] = str(out)
     return table
+
+
+def rank0_first(make):
+    """``make()`` on rank 0 first, then on the other ranks (after a barrier), so that a dense
+    model is trained once and cached before they load it; just ``make()`` in one process."""
+    rank, ranks = world()
+    if ranks == 1:
+        return make()
+    import torch.distributed as dist
+    out = make() if rank == 0 else None
+    dist.barrier()
+    return out if rank == 0 else make()
 
 
 def _fine_tune(model, loader, s: Settings, val, dev, progress) -> dict:
