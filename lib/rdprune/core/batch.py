@@ -38,7 +38,7 @@ def check(b) -> int:
                          f"({sorted(sizes)}); the first axis of every tensor is the batch axis")
     n = sizes.pop()
     if n == 0:
-        raise ValueError("calib is empty; give at least one sample")
+        raise ValueError("calib is empty: give a non-empty batch, at least one sample")
     if any(t.is_floating_point() and not torch.isfinite(t).all() for t in items):
         raise ValueError("calibration inputs contain NaN or infinite values")
     return n

@@ -39,6 +39,7 @@ from ..util import atomic_write_bytes, check_choice, data_dir, state_hash
 from . import batch as B
 from . import distortion as D
 from . import distributed as DI
+from .criteria import CRITERIA, orders as criterion_orders
 from . import masks as M
 from .downstream import Downstream, Untraceable, layer_forward
 
@@ -77,7 +78,8 @@ def _read_layer(path: Path, name: str, n_amounts: int) -> pd.DataFrame | None:
 
 def curves(model: nn.Module, calib: torch.Tensor, grid: int = 101, distortion: str = "mse",
            layers: list[str] | None = None, *, method: str = "fast", batch: int = 256,
-           max_batch: int | None = None, cache: bool = True, progress: bool = True) -> pd.DataFrame:
+           max_batch: int | None = None, cache: bool = True, progress: bool = True,
+           criterion: str = "magnitude") -> pd.DataFrame:
     """Per-layer rate–distortion curves as a long-form DataFrame with columns
     ``layer, amount, n_weights, flops, distortion`` (one row per layer and grid amount).
 
@@ -85,7 +87,9 @@ def curves(model: nn.Module, calib: torch.Tensor, grid: int = 101, distortion: s
     samples (amounts × batch) through a layer's downstream part at once. Default: 256 on a CPU
     (on 2 cores the time per sample is flat up to ~256 and grows beyond, so larger batches do
     not pay); 4096 on a GPU, where a pass of a small network costs about the same whatever the
-    batch (not yet timed here: we had no GPU)."""
+    batch (not yet timed here: we had no GPU). ``criterion`` picks which weights a layer loses
+    first (:mod:`rdprune.core.criteria`: ``magnitude``, the paper's, or ``wanda``); the curves
+    are measured, cached and labelled (``attrs["criterion"]``) under it."""
     calib = B.gather(calib)
     D.check_inputs(model, calib, grid, distortion)
     check_choice("curve method", method, PATHS)
@@ -98,7 +102,9 @@ def curves(model: nn.Module, calib: torch.Tensor, grid: int = 101, distortion: s
     model.eval()
     amounts = grid_amounts(grid)
     flops = M.layer_flops(model)
-    folder = _cache_dir(model, calib, int(grid), distortion, method, names) if cache else None
+    check_choice("criterion", criterion, CRITERIA)
+    key = method if criterion == "magnitude" else f"{method}+{criterion}"  # old caches stay valid
+    folder = _cache_dir(model, calib, int(grid), distortion, key, names) if cache else None
     rank, ranks = DI.world()
     if ranks > 1:
         if ranks > len(names):
@@ -129,8 +135,9 @@ def curves(model: nn.Module, calib: torch.Tensor, grid: int = 101, distortion: s
         dev = next(model.parameters()).device
         x_all = B.to(calib, dev)
         compute = fast_curves if method == "fast" else reference_curves
+        orders = criterion_orders(model, criterion, x_all, mine)
         for name, dist in compute(model, x_all, mine, amounts, distortion, batch, max_batch,
-                                  progress, paths=paths):
+                                  progress, paths=paths, orders=orders):
             df = frame(name, dist)
             if folder:
                 atomic_write_bytes(folder / f"{name or 'model'}.csv", df.to_csv(index=False).encode())
@@ -142,7 +149,8 @@ def curves(model: nn.Module, calib: torch.Tensor, grid: int = 101, distortion: s
                 paths[name] = f"{how} (rank {r})"
     out = pd.concat([frames[k] for k in names], ignore_index=True)
     out.attrs.update(model_hash=state_hash(model), distortion=distortion, grid=int(grid),
-                     paths={k: paths[k] for k in names}, cache=str(folder) if folder else None)
+                     paths={k: paths[k] for k in names}, cache=str(folder) if folder else None,
+                     criterion=criterion)
     return out
 
 
@@ -282,7 +290,7 @@ def _full_passes(model, module, weight, order, counts, refs, chunks, distortion)
 
 
 def fast_curves(model, x_all, names, amounts, distortion, batch, max_batch, progress,
-                paths=None):
+                paths=None, orders=None):
     """Layer by layer (so each finished layer is cached at once): every amount above the layer's
     current sparsity, through :func:`sweep`."""
     todo = {}
@@ -292,7 +300,8 @@ def fast_curves(model, x_all, names, amounts, distortion, batch, max_batch, prog
             module = M.prunable(model)[name]
             already, counts = pruned_counts(module, amounts)
             todo[name] = [i for i, k in enumerate(counts) if k > already]
-            yield name, module.weight, M.prune_order(module), [counts[i] for i in todo[name]]
+            order = orders[name] if orders else M.prune_order(module)
+            yield name, module.weight, order, [counts[i] for i in todo[name]]
     for name, values in sweep(model, x_all, jobs(), len(names), distortion, batch, max_batch,
                                progress, "RD curves", paths=paths):
         dist = np.zeros(len(amounts))
@@ -302,7 +311,7 @@ def fast_curves(model, x_all, names, amounts, distortion, batch, max_batch, prog
 
 @torch.no_grad()
 def reference_curves(model, x_all, names, amounts, distortion, batch, max_batch, progress,
-                     paths=None):
+                     paths=None, orders=None):
     """One full forward pass per (layer, amount), as in the authors' code."""
     model, x_all = D.channels_last(model, x_all)
     chunks = B.split(x_all, batch)
@@ -310,7 +319,7 @@ def reference_curves(model, x_all, names, amounts, distortion, batch, max_batch,
     for name in tqdm(names, desc="RD curves (reference)", disable=not progress):
         module = M.prunable(model)[name]
         already, counts = pruned_counts(module, amounts)
-        order = M.prune_order(module)
+        order = orders[name] if orders else M.prune_order(module)
         original = module.weight.detach().clone()
         dist = np.zeros(len(amounts))
         todo = [i for i, k in enumerate(counts) if k > already]

@@ -5,7 +5,9 @@ A distortion is a *per-sample* error between the dense logits ``y_ref`` and the 
 
 - ``mse``: per-sample mean of ``(y - y_ref)²`` over the output dims, mean over samples (the
   library's default, the paper's);
-- ``worst_case``: the same per-sample error, max over samples (the RD authors' README).
+- ``worst_case``: the same per-sample error, max over samples (the RD authors' README);
+- ``kl``: per-sample KL(p_dense ‖ p_pruned) of the softmax over the last axis, averaged over
+  tokens, mean over samples (for language models and classifiers alike).
 
 ``register_distortion("kl", fn, reduce="mean")`` adds another by name; every caller (RD curves,
 refinement, RD-filter, the CLI) then accepts it. Curves are cached under the measure's name and the
@@ -40,8 +42,18 @@ def squared_error(y_ref: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (y - y_ref).pow(2).flatten(1).mean(1)
 
 
+def kl_divergence(y_ref: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample KL(p_dense ‖ p_pruned) of the softmax over the last axis (classes, or a
+    language model's vocabulary), averaged over any other axes (tokens)."""
+    log_ref = torch.log_softmax(y_ref.double(), -1)
+    log_y = torch.log_softmax(y.double(), -1)
+    kl = (log_ref.exp() * (log_ref - log_y)).sum(-1)
+    return kl.reshape(len(kl), -1).mean(1).clamp_min(0.0)
+
+
 _MEASURES: dict[str, Measure] = {"mse": Measure(squared_error, "mean"),
-                                 "worst_case": Measure(squared_error, "max")}
+                                 "worst_case": Measure(squared_error, "max"),
+                                 "kl": Measure(kl_divergence, "mean")}
 REDUCTIONS = ("mean", "max")
 
 

@@ -168,16 +168,20 @@ def _check_amounts(model, amounts):
     return layers
 
 
-def apply(model: nn.Module, amounts: Mapping[str, float]) -> nn.Module:
-    """Prune each named layer to its absolute sparsity ``amounts[name]`` by magnitude (never
-    un-pruning: an amount below the current sparsity leaves the layer as it is). In place."""
+def apply(model: nn.Module, amounts: Mapping[str, float],
+          orders: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
+    """Prune each named layer to its absolute sparsity ``amounts[name]`` by magnitude, or in the
+    removal order ``orders[name]`` when given (another criterion, :mod:`rdprune.core.criteria`;
+    masked weights first in it), never un-pruning: an amount below the current sparsity leaves
+    the layer as it is. In place."""
     layers = _check_amounts(model, amounts)
     for name, a in amounts.items():
         module = layers[name]
         mask = mask_of(module)
         k = max(n_pruned(float(a), mask.numel()), int((~mask).sum()))
         new = torch.ones(mask.numel(), dtype=torch.bool, device=mask.device)
-        new[prune_order(module)[:k]] = False
+        order = orders[name] if orders is not None and name in orders else prune_order(module)
+        new[order[:k]] = False
         _set_mask(module, new.view_as(mask))
     return model
 

@@ -27,6 +27,8 @@ from torch import nn
 
 from ..core import allocators as A
 from ..core import batch as B
+from ..core import criteria as C
+from ..core.criteria import CRITERIA
 from ..core import masks as M
 from ..core import rd
 from ..core.loops import evaluate, fine_tune, recalibrate_bn
@@ -91,9 +93,19 @@ def prune(model: nn.Module, method: str, target: float, budget: str = "params", 
 
 
 def _allocated(model, method, target, budget, calib, *, curves=None, grid=None,
-               distortion="mse", refine=0, exclude=(), progress=False, **options):
-    """Every registered allocator: curves if needed, allocate, then masks or its surgery."""
+               distortion="mse", refine=0, exclude=(), progress=False,
+               criterion="magnitude", **options):
+    """Every registered allocator: curves if needed, allocate, then masks or its surgery.
+    ``criterion`` (:mod:`rdprune.core.criteria`) picks the weights inside each layer, for the
+    curves and for the masks alike."""
     entry = A.get(method)
+    check_choice("criterion", criterion, CRITERIA)
+    if criterion != "magnitude" and entry.structured:
+        raise ValueError(f"{method!r} removes whole filters; criterion={criterion!r} applies to "
+                         "mask methods")
+    if criterion != "magnitude" and refine:
+        raise ValueError("refine measures magnitude-pruned neighbours; use refine=0 with "
+                         f"criterion={criterion!r}")
     if refine and method != "rd":
         raise ValueError(f"refine applies to method 'rd' only (got {method!r}); set refine=0")
     if entry.needs_curves and curves is None:
@@ -104,7 +116,7 @@ def _allocated(model, method, target, budget, calib, *, curves=None, grid=None,
                                   progress=progress)
         else:
             curves = rd.curves(model, calib, grid=grid or 51, distortion=distortion,
-                               progress=progress)
+                               progress=progress, criterion=criterion)
     extra = {"calib": calib} if entry.needs_calib else {}
     amounts = A.allocate(method, model, target, budget, curves=curves, exclude=exclude,
                          **extra, **options)
@@ -114,7 +126,12 @@ def _allocated(model, method, target, budget, calib, *, curves=None, grid=None,
                             max_iter=refine, progress=progress)
     if entry.structured:
         return entry.apply(model, amounts), {"amounts": amounts}
-    return M.apply(copy.deepcopy(model), amounts), {"amounts": amounts}
+    if curves is not None and curves.attrs.get("criterion", criterion) != criterion:
+        raise ValueError(f"these curves were measured with criterion "
+                         f"{curves.attrs['criterion']!r}, not {criterion!r}; recompute them")
+    net = copy.deepcopy(model)
+    return (C.apply(net, amounts, criterion, calib),
+            {"amounts": amounts, "criterion": criterion})
 
 
 # ----------------------------------------------------------------------------- other methods

@@ -1,0 +1,51 @@
+"""The ``owl`` allocator (Yin et al., ICML 2024, "Outlier Weighed Layerwise Sparsity"): each
+layer's outlier ratio D_l is the fraction of its Wanda scores above ``M`` × the layer's mean
+score; the ratios, min-max scaled to [0, 2λ] and centred, raise the density of outlier-rich
+layers by up to λ and lower the others' by as much. The authors give every decoder block one
+ratio and average the densities over equal-sized blocks; with layers of unequal sizes the
+centring is done so that the *weighted* budget is met exactly (a shift found by bisection, each
+layer clipped to [0, 1] and never below its current sparsity). Defaults M = 5, λ = 0.08, the
+paper's.
+"""
+from __future__ import annotations
+
+import numpy as np
+from torch import nn
+
+from . import masks as M
+from .allocators import register_allocator
+from .criteria import input_norms, scores
+
+
+def outlier_ratios(model: nn.Module, calib, names, m: float = 5.0) -> dict[str, float]:
+    """Fraction of each layer's Wanda scores above ``m`` × the layer's mean score."""
+    layers = M.prunable(model)
+    norms = input_norms(model, calib, names)
+    out = {}
+    for k in names:
+        s = scores(layers[k], norms[k])
+        out[k] = float((s > m * s.mean()).float().mean())
+    return out
+
+
+def _owl(model, target, budget, *, layers, calib, exclude=(), m: float = 5.0, lam: float = 0.08):
+    if not layers.names:
+        raise ValueError("owl needs matrix weights to allocate over")
+    ratios = outlier_ratios(model, calib, layers.names, m)
+    d = np.array([ratios[k] for k in layers.names])
+    spread = d.max() - d.min()
+    offset = (d - d.min()) / spread * 2 * lam - lam if spread > 0 else np.zeros_like(d)
+    floor = layers.pruned / layers.n
+    cost = layers.unit * layers.n
+    need = layers.need(target)
+
+    def sparsity(shift):
+        return np.clip(shift - offset, floor, 1.0)  # more outliers: denser
+    lo, hi = -1.0 - lam, 1.0 + lam
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if float(np.sum(cost * sparsity(mid))) < need else (lo, mid)
+    return layers.amounts(np.ceil(sparsity(hi) * layers.n - 1e-9))
+
+
+register_allocator("owl", _owl, needs_calib=True)
