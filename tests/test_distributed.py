@@ -122,19 +122,24 @@ def test_the_curves_command_under_torchrun(lenet, tmp_path):
     assert out.stdout.count("curves: ") == 1  # rank 0 only
 
 
-DDP_WORKER = textwrap.dedent('''
-    import sys, datetime, torch, torch.distributed as dist
+DDP_SETUP = textwrap.dedent('''
+    import torch
     import rdprune as rp
     from rdprune import masks as M
-    from rdprune.core.loops import TensorLoader, fine_tune
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method="env://", timeout=datetime.timedelta(seconds=120))
+    from rdprune.core.loops import TensorLoader
     torch.manual_seed(0)
     net = rp.models.build("lenet5")
     M.apply(net, {k: 0.5 for k in M.prunable(net)})
     g = torch.Generator().manual_seed(2)
     loader = TensorLoader(torch.randn(96, 1, 28, 28, generator=g),
                           torch.randint(0, 10, (96,), generator=g), 32, shuffle=True, seed=3)
+''')
+DDP_WORKER = textwrap.dedent('''
+    import sys, datetime, torch, torch.distributed as dist
+    from rdprune.core.loops import fine_tune
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method="env://", timeout=datetime.timedelta(seconds=120))
+''') + DDP_SETUP + textwrap.dedent('''
     fine_tune(net, loader, 6, lr=1e-3, progress=False)
     torch.save(net.state_dict(), sys.argv[1] + f"/ddp{dist.get_rank()}.pt")
     dist.destroy_process_group()
@@ -162,16 +167,11 @@ def test_ddp_fine_tuning_keeps_ranks_identical_masks_intact_and_equals_one_proce
         if k.endswith("weight_mask"):
             assert (a[k.replace("_mask", "")][~a[k]] == 0).all()  # masked weights still zero
     # one process on the whole batches: the same steps, up to float summation order
-    from rdprune import masks as M
-    from rdprune.core.loops import TensorLoader, fine_tune
-    torch.manual_seed(0)
-    net = rp.models.build("lenet5")
-    M.apply(net, {k: 0.5 for k in M.prunable(net)})
-    g = torch.Generator().manual_seed(2)
-    loader = TensorLoader(torch.randn(96, 1, 28, 28, generator=g),
-                          torch.randint(0, 10, (96,), generator=g), 32, shuffle=True, seed=3)
-    fine_tune(net, loader, 6, lr=1e-3, progress=False)
-    one = net.state_dict()
+    from rdprune.core.loops import fine_tune
+    setup: dict = {}
+    exec(DDP_SETUP, setup)  # the workers' model and loader, built the same way
+    fine_tune(setup["net"], setup["loader"], 6, lr=1e-3, progress=False)
+    one = setup["net"].state_dict()
     for k in a:  # AdamW's steps are ~lr = 1e-3: differences of 1e-6 are summation order only
         if a[k].is_floating_point():
             assert torch.allclose(a[k], one[k], rtol=1e-4, atol=1e-6), k

@@ -12,6 +12,7 @@ rdprune.rd, rdprune.lab.presets); ``--help`` on each command lists them with the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import sys
@@ -114,18 +115,11 @@ def baselines(args) -> int:
 
 
 def prune(args) -> int:
-    import os
-
     from rdprune import pipeline
     from rdprune.core.distributed import world
     _check(args)
-    group = _init_distributed(args) if "WORLD_SIZE" in os.environ else False
-    try:
+    with _process_group(args):
         return _prune(args, pipeline, quiet=world()[0] > 0)
-    finally:
-        if group:
-            import torch.distributed as dist
-            dist.destroy_process_group()
 
 
 def _prune(args, pipeline, quiet=False) -> int:
@@ -146,46 +140,39 @@ def _prune(args, pipeline, quiet=False) -> int:
 
 def curves(args) -> int:
     """RD curves of a model on a calibration set, cached; under torchrun shared across ranks."""
-    import os
-
     import rdprune as rp
     from rdprune.core.distributed import world
     _check(args)
-    group = _init_distributed(args) if "WORLD_SIZE" in os.environ else False
-    try:
+    with _process_group(args):
         rank, ranks = world()
-        for turn in (0, 1) if ranks > 1 else (rank,):  # rank 0 trains (or loads) first, alone
-            if ranks > 1 and turn == 1:
-                import torch.distributed as dist
-                dist.barrier()
-            if (rank == 0) == (turn == 0):
-                model = rp.train.pretrained(args.model, args.dataset, args.recipe, args.seed,
-                                            dev=args.device, progress=not args.quiet,
-                                            weights=args.weights, verbose=rank == 0)
+        model = rp.pipeline.rank0_first(lambda: rp.train.pretrained(
+            args.model, args.dataset, args.recipe, args.seed, dev=args.device,
+            progress=not args.quiet and rank == 0, weights=args.weights, verbose=rank == 0))
         calib = rp.data.calibration(args.dataset, args.calib_n, args.seed,
                                     imagenet_root=args.imagenet_root)
         out = rp.rd.curves(model, calib.to(next(model.parameters()).device), grid=args.grid,
                            distortion=args.distortion, method=args.method,
-                           progress=not args.quiet and world()[0] == 0)
-        if world()[0] == 0:
+                           progress=not args.quiet and rank == 0)
+        if rank == 0:
             ways = pd.Series(out.attrs["paths"]).value_counts().to_dict()
             print(f"{out.layer.nunique()} layers × {args.grid} amounts ({ways}) over "
-                  f"{world()[1]} process(es)")
+                  f"{ranks} process(es)")
             print(f"curves: {out.attrs['cache']}")
-    finally:
-        if group:
-            import torch.distributed as dist
-            dist.destroy_process_group()
     return 0
 
 
-def _init_distributed(args) -> bool:
-    """Join torchrun's process group: NCCL with one GPU per rank (LOCAL_RANK) when CUDA is asked
-    for and present, gloo otherwise; a clear error when torchrun's variables are missing."""
+@contextlib.contextmanager
+def _process_group(args):
+    """Inside torchrun (``WORLD_SIZE`` set): join its process group for the command, NCCL with
+    one GPU per rank (LOCAL_RANK) when CUDA is asked for and present, gloo otherwise; a clear
+    error when torchrun's variables are missing. Outside torchrun: nothing."""
     import os
 
     import torch
     import torch.distributed as dist
+    if "WORLD_SIZE" not in os.environ:
+        yield
+        return
     missing = [v for v in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
     if missing:
         raise ValueError(f"WORLD_SIZE is set but {', '.join(missing)} is not: launch with torchrun "
@@ -196,7 +183,10 @@ def _init_distributed(args) -> bool:
         torch.cuda.set_device(local)
         args.device = f"cuda:{local}"
     dist.init_process_group("nccl" if cuda else "gloo")
-    return True
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
 
 
 def report(args) -> int:
@@ -255,6 +245,18 @@ def main(argv=None) -> int:
         return 2
 
 
+def _curve_options(p, presets, base):
+    """The dense model's recipe and the curves' settings (baselines, curves)."""
+    import rdprune as rp
+    p.add_argument("--recipe", default=base["recipe"], choices=list(presets.RECIPES),
+                   help="training recipe of the dense model (when no --weights)")
+    p.add_argument("--calib-n", type=int, default=base["calib_n"],
+                   help="number of calibration images (training split)")
+    p.add_argument("--grid", type=int, default=base["grid"], help="RD amounts per layer")
+    p.add_argument("--distortion", default="mse", choices=rp.rd.distortions(),
+                   help="RD's output distortion measure (rdprune.rd.register_distortion adds one)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The CLI, its choices read from the registries and its defaults from the presets."""
     import rdprune as rp
@@ -272,19 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("baselines", formatter_class=fmt,
                        help="train the default model once and compare allocators zero-shot")
     _common(b, presets)
-    b.add_argument("--recipe", default=base["recipe"], choices=list(presets.RECIPES),
-                   help="training recipe of the dense model")
+    _curve_options(b, presets, base)
     b.add_argument("--methods", nargs="+", default=base["methods"], metavar="METHOD",
                    help=f"allocators to compare: {', '.join(masked)}")
     b.add_argument("--targets", nargs="+", type=float, default=base["targets"],
                    help="fractions removed, of weights or FLOPs per --budget, each in [0, 1)")
     b.add_argument("--budget", default=base["budget"], choices=list(rp.allocation.BUDGETS),
                    help="what --targets remove: weights (params) or multiply-adds (flops)")
-    b.add_argument("--calib-n", type=int, default=base["calib_n"],
-                   help="number of calibration images (training split)")
-    b.add_argument("--grid", type=int, default=base["grid"], help="RD amounts per layer")
-    b.add_argument("--distortion", default="mse", choices=rp.rd.distortions(),
-                   help="RD's output distortion measure (rdprune.rd.register_distortion adds one)")
     b.add_argument("--refine", type=int, default=base["refine"],
                    help="also rows rd+refine: RD after this many measured-distortion steps")
     b.add_argument("--no-cache", action="store_true", help="recompute the table")
@@ -324,13 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("curves", formatter_class=fmt,
                        help="compute and cache a model's RD curves (under torchrun: across ranks)")
     _common(c, presets)
-    c.add_argument("--recipe", default=base["recipe"], choices=list(presets.RECIPES),
-                   help="training recipe of the dense model (when no --weights)")
-    c.add_argument("--calib-n", type=int, default=base["calib_n"],
-                   help="number of calibration images (training split)")
-    c.add_argument("--grid", type=int, default=base["grid"], help="RD amounts per layer")
-    c.add_argument("--distortion", default="mse", choices=rp.rd.distortions(),
-                   help="output distortion measure")
+    _curve_options(c, presets, base)
     c.add_argument("--method", default="fast", choices=["fast", "reference"],
                    help="downstream-only recompute, or one full forward pass per point")
     c.set_defaults(func=curves, budget="params")
