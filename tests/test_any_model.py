@@ -200,6 +200,12 @@ def test_tied_weights_appear_once_and_an_embeddings_tie_is_left_out_with_a_warni
     M.apply(net, {"a": 0.5})
     assert torch.equal(net.embed.weight, before)  # the embedding is untouched
     assert float((net.b.weight == 0).float().mean()) == 0.5  # b shares a's weight, so its mask
+    ids, lm = torch.randint(0, 50, (6, 5)), TiedLM().eval()
+    with pytest.warns(UserWarning, match="also read elsewhere"):  # a's weight is b's too
+        fast = rp.rd.curves(lm, ids, grid=4, cache=False, progress=False)
+    ref = rp.rd.curves(lm, ids, grid=4, cache=False, progress=False, method="reference")
+    assert fast.attrs["paths"] == {"a": "reference"}
+    assert np.allclose(fast.distortion, ref.distortion, rtol=1e-6, atol=0)
 
 
 # ----------------------------------------------------------------------------- FLOPs per weight
@@ -227,6 +233,10 @@ def test_attention_weights_are_prunable_and_counted():
         assert flops[f"{layer}.self_attention.out_proj"] == tokens * 64 * 64
         assert flops[f"{layer}.mlp.0"] == tokens * 64 * 128
     assert flops["conv_proj"] == 64 * 3 * 4 * 4 * 64 and flops["heads.head"] == 64 * 10
+    order = M.forward_order(vit)  # out_proj where attention uses it, the classifier last
+    assert order[-1] == "heads.head" and order[0] == "conv_proj"
+    assert order.index("encoder.layers.encoder_layer_0.self_attention.out_proj") < \
+        order.index("encoder.layers.encoder_layer_0.mlp.0")
 
 
 class OuterProduct(nn.Module):

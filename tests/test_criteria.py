@@ -125,3 +125,51 @@ def test_prune_with_wanda_uses_it_for_curves_and_masks(net_x):
         rp.prune(net, "rd", 0.5, calib=x, curves=curves, criterion="wanda")
     pruned, record = rp.prune(net, "owl", 0.5, calib=x, criterion="wanda")
     assert M.sparsity(pruned) >= 0.5 - 1e-9  # of the prunable weights (biases are not)
+
+
+def test_wanda_never_unprunes_a_magnitude_pruned_layer():
+    """Rows with different numbers of masked weights: the masked ones still go first."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 2))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[0.1, 0.2, 0.3, 9.0], [5.0, 6.0, 7.0, 8.0]]))
+    M.apply(net, {"0": 3 / 8})  # row 0 loses three weights, row 1 none
+    before = ~M.mask_of(net[0])
+    C.apply(net, {"0": 3 / 8}, "wanda", torch.randn(8, 4))
+    after = ~M.mask_of(net[0])
+    assert torch.equal(after, before) and int((net[0].weight == 0).sum()) == 3
+    C.apply(net, {"0": 0.5}, "wanda", torch.randn(8, 4))
+    assert (~M.mask_of(net[0]) >= before).all() and int((~M.mask_of(net[0])).sum()) == 4
+
+
+class Attn(nn.Module):
+    """Self-attention (packed in_proj) and cross-attention with other key/value widths."""
+
+    def __init__(self):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.cross = nn.MultiheadAttention(8, 2, kdim=5, vdim=3, batch_first=True)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x, mem_k, mem_v):
+        h = self.self_attn(x, x, x, need_weights=False)[0]
+        h = self.cross(h, mem_k, mem_v, need_weights=False)[0]
+        return self.head(h.mean(1))
+
+
+def test_wanda_reads_attention_inputs_where_the_weights_are_used():
+    torch.manual_seed(0)
+    net = Attn().eval()
+    batch = (torch.randn(6, 4, 8), torch.randn(6, 7, 5), torch.randn(6, 7, 3))
+    norms = C.input_norms(net, batch)
+    x, mem_k, mem_v = batch
+    assert torch.allclose(norms["self_attn.in_proj_weight"], x.reshape(-1, 8).norm(dim=0),
+                          rtol=1e-5)  # q = k = v: one packed matmul on x
+    assert torch.allclose(norms["cross.k_proj_weight"], mem_k.reshape(-1, 5).norm(dim=0),
+                          rtol=1e-5)
+    assert torch.allclose(norms["cross.v_proj_weight"], mem_v.reshape(-1, 3).norm(dim=0),
+                          rtol=1e-5)
+    assert norms["self_attn.out_proj"].shape == (8,)  # read through a functional call
+    amounts = rp.allocate("owl", net, 0.5, calib=batch)
+    pruned = C.apply(copy.deepcopy(net), amounts, "wanda", batch)
+    assert M.sparsity(pruned) >= 0.5 - 1e-9

@@ -142,6 +142,11 @@ DDP_WORKER = textwrap.dedent('''
 ''') + DDP_SETUP + textwrap.dedent('''
     fine_tune(net, loader, 6, lr=1e-3, progress=False)
     torch.save(net.state_dict(), sys.argv[1] + f"/ddp{dist.get_rank()}.pt")
+    torch.manual_seed(0)
+    bn = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                             torch.nn.Flatten(), torch.nn.Linear(4 * 26 * 26, 10))
+    fine_tune(bn, loader, 3, lr=1e-3, progress=False)
+    torch.save(bn.state_dict(), sys.argv[1] + f"/bn{dist.get_rank()}.pt")
     dist.destroy_process_group()
 ''')
 
@@ -163,6 +168,8 @@ def test_ddp_fine_tuning_keeps_ranks_identical_masks_intact_and_equals_one_proce
     assert all(p.returncode == 0 for p in procs), outs
     a, b = (torch.load(tmp_path / f"ddp{r}.pt") for r in range(2))
     assert all(torch.equal(a[k], b[k]) for k in a)  # the ranks hold the same weights
+    bn0, bn1 = (torch.load(tmp_path / f"bn{r}.pt") for r in range(2))
+    assert all(torch.equal(bn0[k], bn1[k]) for k in bn0)  # BatchNorm statistics included
     for k in a:
         if k.endswith("weight_mask"):
             assert (a[k.replace("_mask", "")][~a[k]] == 0).all()  # masked weights still zero

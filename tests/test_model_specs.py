@@ -51,7 +51,8 @@ def test_file_spec_passes_what_the_factory_accepts_and_its_slug_follows_the_cont
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("torchvision:resnet_nope", "torchvision has no model"),
+    ("torchvision:resnet_nope", "torchvision has no classification model"),
+    ("torchvision:fasterrcnn_resnet50_fpn", "torchvision has no classification model"),
     ("nothere.py:tiny", "does not exist"),
     ("resnet21", "unknown model"),
     ("timm:resnet18", None),  # needs timm: a clear error without it, a model with it

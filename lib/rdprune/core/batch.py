@@ -1,11 +1,14 @@
 """Calibration batches, whatever a model takes: a tensor, a tuple of tensors (positional
-inputs) or a dict of tensors (keyword inputs, e.g. ``input_ids`` and ``attention_mask``), the
+inputs) or a mapping of tensors (keyword inputs, e.g. ``input_ids`` and ``attention_mask``, a
+tokenizer's ``BatchEncoding``), the
 batch axis first in every tensor; integer tensors (token ids) stay integer. A list or
 ``DataLoader`` of such batches is one batch, concatenated (:func:`gather`); give a labelled
 loader's inputs, e.g. ``[x for x, _ in loader]``. Every core step (curves, distortion, FLOPs,
 allocation) goes through these few functions, so it never needs to know which it got.
 """
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -16,7 +19,7 @@ Batch = "torch.Tensor | tuple | dict"
 def _tensors(b) -> list:
     if isinstance(b, torch.Tensor):
         return [b]
-    if isinstance(b, dict):
+    if isinstance(b, Mapping):
         return [b[k] for k in sorted(b)]
     if isinstance(b, tuple):
         return list(b)
@@ -46,7 +49,7 @@ def check(b) -> int:
 
 def gather(b):
     """A list or DataLoader of batches concatenated into one batch; anything else unchanged."""
-    if isinstance(b, (torch.Tensor, tuple, dict)):
+    if isinstance(b, (torch.Tensor, tuple, Mapping)):
         return b
     if isinstance(b, torch.utils.data.DataLoader) or isinstance(b, list):
         parts = list(b)
@@ -55,7 +58,7 @@ def gather(b):
         first = parts[0]
         if isinstance(first, torch.Tensor):
             return torch.cat(parts)
-        if isinstance(first, dict):
+        if isinstance(first, Mapping):
             return {k: torch.cat([p[k] for p in parts]) for k in first}
         if isinstance(first, (tuple, list)):
             return tuple(torch.cat([p[i] for p in parts]) for i in range(len(first)))
@@ -70,7 +73,7 @@ def take(b, start: int, stop: int):
     """Samples ``start:stop`` of a batch."""
     if isinstance(b, torch.Tensor):
         return b[start:stop]
-    if isinstance(b, dict):
+    if isinstance(b, Mapping):
         return {k: v[start:stop] for k, v in b.items()}
     return tuple(t[start:stop] for t in b)
 
@@ -86,14 +89,14 @@ def to(b, device, dtype=None):
         return t.to(device, dtype) if dtype is not None and t.is_floating_point() else t.to(device)
     if isinstance(b, torch.Tensor):
         return move(b)
-    if isinstance(b, dict):
+    if isinstance(b, Mapping):
         return {k: move(v) for k, v in b.items()}
     return tuple(move(t) for t in b)
 
 
 def call(model: nn.Module, b):
     """``model`` applied to a batch: ``model(x)``, ``model(*x)`` or ``model(**x)``."""
-    if isinstance(b, dict):
+    if isinstance(b, Mapping):
         return model(**b)
     if isinstance(b, tuple):
         return model(*b)
@@ -106,7 +109,7 @@ def tile(b, copies: int):
         return t.repeat(copies, *([1] * (t.dim() - 1)))
     if isinstance(b, torch.Tensor):
         return rep(b)
-    if isinstance(b, dict):
+    if isinstance(b, Mapping):
         return {k: rep(v) for k, v in b.items()}
     return tuple(rep(t) for t in b)
 
@@ -114,7 +117,7 @@ def tile(b, copies: int):
 def tobytes(b) -> bytes:
     """The batch's contents, for cache keys (dict keys included, in sorted order)."""
     out = b""
-    keys = sorted(b) if isinstance(b, dict) else range(len(_tensors(b)))
+    keys = sorted(b) if isinstance(b, Mapping) else range(len(_tensors(b)))
     for k, t in zip(keys, _tensors(b)):
         out += str(k).encode() + str(t.dtype).encode() + str(tuple(t.shape)).encode()
         out += t.detach().cpu().contiguous().numpy().tobytes()
@@ -123,7 +126,7 @@ def tobytes(b) -> bytes:
 
 def signature(b) -> tuple:
     """Names, shapes and dtypes of a batch's tensors (what FLOP counts depend on)."""
-    keys = sorted(b) if isinstance(b, dict) else range(len(_tensors(b)))
+    keys = sorted(b) if isinstance(b, Mapping) else range(len(_tensors(b)))
     return tuple((k, tuple(t.shape), str(t.dtype)) for k, t in zip(keys, _tensors(b)))
 
 

@@ -30,41 +30,57 @@ CRITERIA = ("magnitude", "wanda")
 @torch.no_grad()
 def input_norms(model: nn.Module, calib, names: Iterable[str] | None = None,
                 batch: int = 256) -> dict[str, torch.Tensor]:
-    """‖X_j‖₂ per input feature (channel) of each named prunable layer over ``calib``."""
+    """‖X_j‖₂ per input feature (channel) of each named prunable weight over ``calib``, taken
+    from the matmuls and convolutions that read the weight (:func:`rdprune.masks.weight_reads`),
+    so functional uses count: attention's ``out_proj``, and the packed ``in_proj_weight`` (whose
+    q, k and v inputs add up when they differ, as in cross-attention)."""
     calib = B.gather(calib)
     B.check(calib)
     layers = M.prunable(model)
     names = list(names) if names is not None else list(layers)
+    wanted = set(names)
+    ptr = {k: layers[k].weight.untyped_storage().data_ptr() for k in names}
     sums: dict[str, torch.Tensor] = {}
 
-    def hook(name, layer):
-        def run(mod, args, kwargs):
-            x = args[0] if args else kwargs.get("query")
-            x = x.detach().double()
-            if isinstance(layer, M.Weight) or not isinstance(layer, M.CONV_TYPES):
-                feats = x.reshape(-1, x.shape[-1])  # Linear, Conv1D, attention: last axis
-                s = feats.pow(2).sum(0)
-            else:
-                s = x.pow(2).transpose(0, 1).reshape(x.shape[1], -1).sum(1)
-            sums[name] = sums.get(name, 0) + s
-        return run
-    hooks = [M.holder(layers[k]).register_forward_pre_hook(hook(k, layers[k]), with_kwargs=True)
-             for k in names]
+    def read(name, op, args, flops):
+        if name not in wanted:
+            return
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        is_w = [t.untyped_storage().data_ptr() == ptr[name] for t in tensors]
+        if "convolution" in str(op):
+            x = tensors[0].double()
+            s = x.pow(2).transpose(0, 1).reshape(x.shape[1], -1).sum(1)
+        else:  # mm / addmm: input @ weightᵀ (or weight @ input); the bias is not a matrix
+            mats = [(t, w) for t, w in zip(tensors, is_w) if t.dim() >= 2]
+            if len(mats) != 2:
+                return
+            (a, a_is_w), (b, _) = mats[-2], mats[-1]
+            x = (b.double().t() if a_is_w else a.double())
+            s = x.reshape(-1, x.shape[-1]).pow(2).sum(0)
+        sums[name] = sums.get(name, 0) + s
+
     was = model.training
-    model.eval()
     dev = next(model.parameters()).device
     try:
         for chunk in B.split(B.to(calib, dev), batch):
-            B.call(model, chunk)
+            M.weight_reads(model, chunk, read)
     finally:
         model.train(was)
-        for h in hooks:
-            h.remove()
     missing = [k for k in names if k not in sums]
     if missing:
-        raise ValueError(f"layers {missing[:5]} never see an input on the calibration batch; "
-                         "Wanda needs each layer's inputs")
-    return {k: sums[k].sqrt().float() for k in names}
+        raise ValueError(f"layers {missing[:5]} are never read by a matmul or convolution on the "
+                         "calibration batch; Wanda needs each weight's inputs")
+    out = {}
+    for k in names:
+        n = sums[k].sqrt().float()
+        want = layers[k].weight.shape[0] if M.is_hf_conv1d(layers[k]) else \
+            layers[k].weight.shape[1] * (layers[k].groups if isinstance(layers[k], M.CONV_TYPES)
+                                         else 1)
+        if n.numel() != want:
+            raise ValueError(f"cannot match the inputs of {k!r} to its weight ({n.numel()} input "
+                             f"features seen, {want} expected); use criterion='magnitude'")
+        out[k] = n
+    return out
 
 
 def scores(layer, norm: torch.Tensor | None = None) -> torch.Tensor:
@@ -84,8 +100,9 @@ def scores(layer, norm: torch.Tensor | None = None) -> torch.Tensor:
 
 
 def wanda_order(layer, norm: torch.Tensor) -> torch.Tensor:
-    """Flat weight indices in removal order: masked weights first, then ascending Wanda score
-    within each output row, the rows taken in turn (so the first k remove k / rows per row)."""
+    """Flat weight indices in removal order: every masked weight first, then the others by their
+    rank within their output row (ascending Wanda score, masked weights counted), the rows taken
+    in turn, so pruning to k removes about k / rows of every row in total."""
     s = scores(layer, norm)
     s = torch.where(M.mask_of(layer), s, torch.full_like(s, -1.0))
     flat_index = torch.arange(s.numel(), device=s.device).view_as(s)
@@ -93,9 +110,10 @@ def wanda_order(layer, norm: torch.Tensor) -> torch.Tensor:
         s, flat_index = s.t(), flat_index.t()
     rows = s.reshape(s.shape[0], -1)
     index = flat_index.reshape(s.shape[0], -1)
-    within = torch.argsort(rows, dim=1, stable=True)  # per row, ascending
-    ranked = torch.gather(index, 1, within)  # (rows, per row) flat indices, row by row
-    return ranked.t().reshape(-1)  # rank 0 of every row, then rank 1, ...
+    within = torch.argsort(rows, dim=1, stable=True)  # per row, ascending (masked at -1)
+    ranked = torch.gather(index, 1, within).t().reshape(-1)  # rank 0 of every row, then 1, ...
+    masked = ~M.mask_of(layer).flatten()[ranked]
+    return torch.cat([ranked[masked], ranked[~masked]])  # never un-prunes a weight
 
 
 def orders(model: nn.Module, criterion: str, calib=None,

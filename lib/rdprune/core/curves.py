@@ -111,7 +111,7 @@ def curves(model: nn.Module, calib: torch.Tensor, grid: int = 101, distortion: s
             raise ValueError(f"{ranks} ranks for {len(names)} layers: launch at most "
                              f"{len(names)} processes")
         DI.agree(model, calib, dict(grid=int(grid), distortion=D.identity(distortion),
-                                    method=method, layers=names))
+                                    method=method, layers=names, criterion=criterion))
     frames, todo, paths = {}, [], {}
     for name in names:
         path = folder / f"{name or 'model'}.csv" if folder else None
@@ -126,10 +126,10 @@ def curves(model: nn.Module, calib: torch.Tensor, grid: int = 101, distortion: s
                              "n_weights": all_layers[name].weight.numel(), "flops": flops[name],
                              "distortion": dist})[COLUMNS]
     mine = todo
-    if ranks > 1:  # rank 0's view of the cache, shared out by cost
-        todo = DI.from_rank0(todo)
+    if ranks > 1:  # rank 0's view of the cache (its cached curves too), shared out by cost
+        todo, frames = DI.from_rank0((todo, frames))
+        paths = {k: "cached" for k in frames}
         mine = _my_layers(model, todo, amounts, method, rank, ranks) if todo else []
-        frames = {k: v for k, v in frames.items() if k not in todo}
     done = {}
     if mine:
         dev = next(model.parameters()).device

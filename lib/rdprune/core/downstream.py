@@ -17,6 +17,8 @@ functional op, shared, or never called) is listed in ``unserved`` with the reaso
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
@@ -60,8 +62,19 @@ class Downstream:
             if n.op == "call_module":
                 calls.setdefault(n.target, []).append(n)
         self.layer_node, self.unserved = {}, {}
-        for name in M.prunable(model):
+        readers: dict[int, list[str]] = {}  # weight storage -> the modules holding it
+        for mname, mod in model.named_modules():
+            for p in mod.parameters(recurse=False):
+                readers.setdefault(p.untyped_storage().data_ptr(), []).append(mname)
+        attrs = {n.target for n in self.nodes if n.op == "get_attr"}
+        for name, layer in M.prunable(model).items():
             found = calls.get(name, [])
+            ptr = layer.weight.untyped_storage().data_ptr()
+            others = [m for m in readers.get(ptr, []) if m != name]
+            if len(found) == 1 and (others or f"{name}.weight" in attrs):
+                self.unserved[name] = ("its weight is also read elsewhere ("
+                                       + (", ".join(others) or "a functional call") + ")")
+                continue
             if len(found) == 1:
                 self.layer_node[name] = found[0]
             else:
@@ -104,7 +117,7 @@ class Downstream:
         in order, a dict by name; the others take their defaults."""
         holders = [n for n in self.nodes if n.op == "placeholder"]
         given = (dict(zip([n.target for n in holders], x)) if isinstance(x, tuple)
-                 else dict(x) if isinstance(x, dict) else {holders[0].target: x})
+                 else dict(x) if isinstance(x, Mapping) else {holders[0].target: x})
         unknown = set(given) - {n.target for n in holders}
         if unknown:
             raise ValueError(f"the model takes no input named {sorted(unknown)}")

@@ -60,8 +60,10 @@ def fit(model: nn.Module, loader, steps: int, *, lr: float = 1e-3, weight_decay:
     ``DistributedDataParallel``: every rank reads the same loader (the same seed gives the same
     global batches), trains on its own contiguous share of each batch (the global batch size is
     unchanged; a batch smaller than the number of ranks goes whole to every rank), gradients are
-    averaged, masks are enforced on every rank after every step, and only rank 0 shows
-    progress. Every rank ends with the same weights."""
+    averaged with each rank weighed by its share of the samples, masks are enforced on every
+    rank after every step, BatchNorm buffers are taken from rank 0 at the end, and only rank 0
+    shows progress. Every rank ends with the same weights and buffers. BatchNorm normalises over
+    each rank's share during training, so a BN network's steps are not exactly one process's."""
     check_steps(steps)
     dev = device(dev)
     model.to(dev).train()
@@ -76,8 +78,11 @@ def fit(model: nn.Module, loader, steps: int, *, lr: float = 1e-3, weight_decay:
     bar = tqdm(batches(loader, steps), total=steps, desc=desc, disable=not progress or rank > 0,
                leave=False)
     for x, y in bar:
+        share = 1.0
         if ranks > 1 and len(x) >= ranks:  # this rank's share of the global batch
+            n = len(x)
             x, y = x.tensor_split(ranks)[rank], y.tensor_split(ranks)[rank]
+            share = ranks * len(x) / n  # DDP averages ranks: weigh by samples, as one process
         x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
         out = net(x)
         loss = F.cross_entropy(out, y)
@@ -88,12 +93,16 @@ def fit(model: nn.Module, loader, steps: int, *, lr: float = 1e-3, weight_decay:
                 F.log_softmax(out / temperature, 1), F.softmax(t / temperature, 1),
                 reduction="batchmean")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * share).backward()
         opt.step()
         M.enforce(model)
         if sched:
             sched.step()
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    if ranks > 1:  # BatchNorm statistics of the last step differ per rank: take rank 0's
+        import torch.distributed as dist
+        for b in model.buffers():
+            dist.broadcast(b.data, 0)
     return model.eval()
 
 

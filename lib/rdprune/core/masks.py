@@ -192,7 +192,7 @@ def enforce(model: nn.Module) -> None:
         for m in model.modules():
             for key, mask in m.named_buffers(recurse=False):
                 param = getattr(m, key[:-5], None) if key.endswith("_mask") else None
-                if isinstance(param, torch.Tensor) and param.shape == mask.shape:
+                if isinstance(param, nn.Parameter) and param.shape == mask.shape:
                     param.masked_fill_(~mask, 0.0)
 
 
@@ -282,42 +282,54 @@ def layer_flops(model: nn.Module) -> dict[str, int]:
     return dict(out)
 
 
-def weight_flops(model: nn.Module, x: torch.Tensor):
-    """({prunable layer: FLOPs (2 per multiply-add) of every matmul or convolution its weight
-    feeds}, all counted FLOPs, prunable layers in the order first called) for input ``x``.
+def weight_reads(model: nn.Module, x, on_read=None):
+    """Run ``model`` once on batch ``x`` and see every matmul and convolution that reads a
+    prunable weight: ``on_read(layer, op, args, flops)`` for each (``args`` the op's tensors,
+    the weight among them by storage: the transposed view ``F.linear`` multiplies by, a chunk of
+    attention's packed ``in_proj_weight``, a channels-last copy's weight). Returns ({layer: FLOPs
+    (2 per multiply-add) of the ops its weight feeds}, all counted FLOPs, the layers in the order
+    their weights are first read, then those only called as modules).
 
-    The FLOP counter's formulas (``torch.utils.flop_counter``) are applied per operation and each
-    operation is credited to the prunable weight among its arguments (the same storage: the
-    transposed view ``F.linear`` multiplies by, a channels-last copy's weight), so a weight used
-    through a functional call (attention's ``out_proj``, Swin's ``qkv``) or by a fused kernel is
-    counted where a module-level count sees nothing."""
+    Built on ``torch.utils.flop_counter`` (its formulas, applied per operation), so a weight used
+    through a functional call (attention's ``out_proj``, Swin's ``qkv``) is seen where module
+    hooks see nothing; the fused MHA kernel is switched off for the pass (it has no formula)."""
     from torch.utils.flop_counter import flop_registry
     layers = prunable(model)
     owner = {m.weight.untyped_storage().data_ptr(): name for name, m in layers.items()}
     credit: dict[str, int] = {}
 
-    def attributing(formula):
+    def attributing(op, formula):
         def count(*args, out_val=None, **kwargs):
             n = formula(*args, out_val=out_val, **kwargs)
             for a in args:
                 if isinstance(a, torch.Tensor) and a.untyped_storage().data_ptr() in owner:
                     name = owner[a.untyped_storage().data_ptr()]
                     credit[name] = credit.get(name, 0) + n
+                    if on_read is not None:
+                        on_read(name, op, args, n)
                     break
             return n
         count._get_raw = True  # FlopCounterMode's flag: hand the formula tensors, not shapes
         return count
 
-    mapping = {op: attributing(f) for op, f in flop_registry.items()
+    mapping = {op: attributing(op, f) for op, f in flop_registry.items()
                if "backward" not in str(op) and "attention" not in str(op)}
-    counter, order = _counted(model, x, mapping, [(n, holder(m)) for n, m in layers.items()])
+    counter, called = _counted(model, x, mapping, [(n, holder(m)) for n, m in layers.items()])
+    order = list(credit) + [n for n in called if n not in credit]
     return credit, counter.get_total_flops(), order
 
 
+def weight_flops(model: nn.Module, x):
+    """({prunable layer: FLOPs of the ops its weight feeds}, all counted FLOPs, the layers in
+    forward order): :func:`weight_reads` without a callback."""
+    return weight_reads(model, x)
+
+
 def forward_order(model: nn.Module) -> list[str]:
-    """Prunable layer names in the order the forward pass first calls them (recorded by
-    :func:`layer_flops` on the example input), registration order for layers never called or
-    when no example is known."""
+    """Prunable layer names in the order the forward pass first reads their weights (recorded by
+    :func:`layer_flops` on the example input, :func:`weight_reads`; a functional call such as
+    attention's ``out_proj`` counts where it happens), registration order for layers never used
+    or when no example is known."""
     layers = list(prunable(model))
     try:
         layer_flops(model)

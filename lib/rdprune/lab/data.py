@@ -83,10 +83,16 @@ def info(name: str) -> Info:
 def _check(name: str) -> None:
     if isinstance(name, str) and name.startswith(FOLDER):
         root = Path(_folder(name))
+        classes = {}
         for split in ("train", "val"):
             if not (root / split).is_dir() or not any(p.is_dir() for p in (root / split).iterdir()):
                 raise ValueError(f"{name}: {root / split} is not a folder of class folders; an "
                                  "image folder holds train/<class>/* and val/<class>/*")
+            classes[split] = sorted(p.name for p in (root / split).iterdir() if p.is_dir())
+        if classes["train"] != classes["val"]:
+            odd = sorted(set(classes["train"]) ^ set(classes["val"]))
+            raise ValueError(f"{name}: train/ and val/ hold different class folders ({odd[:5]}); "
+                             "labels would not match")
         return
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)} or "

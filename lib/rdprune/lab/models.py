@@ -301,9 +301,9 @@ def check(spec: str) -> None:
         return
     if kind == "torchvision" and name:
         import torchvision.models as tvm
-        if name not in tvm.list_models():
-            raise ValueError(f"torchvision has no model {name!r}; see "
-                             "torchvision.models.list_models()")
+        if name not in tvm.list_models(module=tvm):
+            raise ValueError(f"torchvision has no classification model {name!r}; see "
+                             "torchvision.models.list_models(module=torchvision.models)")
         return
     if kind == "timm" and name:
         try:
@@ -341,7 +341,11 @@ def _from_spec(spec, num_classes, in_channels, image_size):
     kind, _, name = spec.partition(":")
     if kind == "torchvision":
         import torchvision.models as tvm
-        model = tvm.get_model(name, weights=None, num_classes=num_classes)
+        try:  # vision transformers need the image size
+            model = tvm.get_model(name, weights=None, num_classes=num_classes,
+                                  image_size=image_size)
+        except TypeError:
+            model = tvm.get_model(name, weights=None, num_classes=num_classes)
         if in_channels != 3:
             _reinput(model, in_channels)
         return model
@@ -390,7 +394,9 @@ def build(name: str, num_classes: int = 10, in_channels: int = 1, *, image_size:
         default_size = 28 if in_channels == 1 else 32
         model = _from_spec(name, num_classes, in_channels, image_size or default_size)
         model.arch = name
-        model.input_size = (in_channels, image_size or default_size, image_size or default_size)
+        if not getattr(model, "input_size", None):  # a factory's own input_size wins
+            model.input_size = (in_channels, image_size or default_size,
+                                image_size or default_size)
         return model
     if name in _TV:
         model = _torchvision(name, num_classes, in_channels, pretrained)

@@ -134,12 +134,19 @@ def curves(model: nn.Module, calib: torch.Tensor, grid: int | None = None,
 @torch.no_grad()
 def _distortions(model, ds, kept, refs, chunks, points, order, ks, kind, max_batch):
     mods, starts, dev = dict(model.named_modules()), set(), chunks[0].device
-    calls = {n.target: n for n in ds.nodes if n.op == "call_module"} if ds is not None else {}
-    if ds is not None and all(p in calls for p in points):  # substitute points no point feeds
+    calls, times = {}, {}
+    for node in (ds.nodes if ds is not None else []):
+        if node.op == "call_module":
+            calls[node.target] = node
+            times[node.target] = times.get(node.target, 0) + 1
+    if ds is not None and all(times.get(p) == 1 for p in points):  # points no point feeds
         starts = {p for p in points if not any(calls[p] in ds.descendants([calls[o]]) - {calls[o]}
                                                for o in points)}
-    else:
-        ds = None  # a point is not a traced module call: run whole forward passes
+    else:  # a point is not called exactly once as a traced module: whole forward passes
+        ds = None
+        if refs is None:
+            with torch.no_grad():
+                refs = [model(x) for x in chunks]
     reducer = D.Reducer(kind, len(ks))
     for ci, x in enumerate(chunks):
         env = (kept if kept is not None else ds.run(x)) if ds is not None else None

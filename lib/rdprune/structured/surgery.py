@@ -53,6 +53,7 @@ from torch import nn
 
 from ..core import batch as B
 from ..core import masks as M
+from ..core.distortion import output_tensor
 from ..core.masks import module_flops
 
 __all__ = ["count", "latency_ms", "kept_weights", "groups", "coupled_groups", "dependency_graph",
@@ -258,7 +259,7 @@ def _out_shape(model, x):
         out = model(x)
     finally:
         model.train(was)
-    return tuple(out.shape) if torch.is_tensor(out) else None
+    return tuple(output_tensor(out).shape)
 
 
 # ----------------------------------------------------------------------------- baselines
