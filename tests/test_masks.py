@@ -109,3 +109,18 @@ def test_layer_flops_cache_follows_shape_changes():
     after = M.layer_flops(small)
     assert after["conv2"] == before["conv2"] // 2 and after["fc1"] == before["fc1"] // 2
     assert M.layer_flops(net) == before
+
+
+def test_apply_selects_exactly_the_stable_sorts_first_k_without_sorting():
+    """Ties (repeated magnitudes, already-masked weights) are taken by index, as the stable
+    sort of prune_order does; checked against it for every k."""
+    import torch
+    from torch import nn
+    from rdprune import masks as M
+    layer = nn.Linear(6, 4, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([0.5, -0.5, 0.1, 0.0, 0.0, 0.3] * 4).view(4, 6))
+    M.apply(layer, {"": 0.25})  # some masked first
+    order = M.prune_order(layer)
+    for k in range(0, 25):
+        assert sorted(M.smallest(layer, k).tolist()) == sorted(order[:k].tolist()), k

@@ -145,6 +145,23 @@ def prune_order(module: nn.Module) -> torch.Tensor:
     return torch.argsort(score, stable=True)
 
 
+def smallest(module: nn.Module, k: int) -> torch.Tensor:
+    """The flat indices of ``prune_order(module)[:k]`` (as a set, in index order) without the
+    full sort: the k-th smallest score by selection (``kthvalue``), everything below it, and the
+    ties at it by index, as the stable sort takes them. A 28 M-weight layer: a fraction of a
+    second instead of seconds."""
+    w = module.weight.detach().abs().flatten().float()
+    score = torch.where(mask_of(module).flatten(), w, torch.full_like(w, -1.0))
+    if k <= 0:
+        return torch.zeros(0, dtype=torch.long, device=w.device)
+    if k >= score.numel():
+        return torch.arange(score.numel(), device=w.device)
+    v = torch.kthvalue(score.cpu(), k).values.to(score.device)
+    below = (score < v).nonzero().flatten()
+    ties = (score == v).nonzero().flatten()[:k - len(below)]
+    return torch.cat([below, ties])
+
+
 def _set_mask(module: nn.Module, mask: torch.Tensor) -> None:
     owner, attr = _slot(module)
     if hasattr(owner, f"{attr}_mask"):
@@ -180,8 +197,10 @@ def apply(model: nn.Module, amounts: Mapping[str, float],
         mask = mask_of(module)
         k = max(n_pruned(float(a), mask.numel()), int((~mask).sum()))
         new = torch.ones(mask.numel(), dtype=torch.bool, device=mask.device)
-        order = orders[name] if orders is not None and name in orders else prune_order(module)
-        new[order[:k]] = False
+        if orders is not None and name in orders:
+            new[orders[name][:k]] = False
+        else:
+            new[smallest(module, k)] = False
         _set_mask(module, new.view_as(mask))
     return model
 
