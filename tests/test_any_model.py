@@ -318,3 +318,32 @@ def test_tuple_batches_are_positional_inputs_and_bad_batches_say_what_to_do():
         rp.rd.curves(net, "images", grid=4, cache=False)
     with pytest.raises(ValueError, match="no tensor to compare"):
         rp.distortion.output_tensor({"text": "no tensor"})
+
+
+class TwoHeads(nn.Module):
+    """Returns (auxiliary, main) outputs: distortion must compare the one asked for."""
+
+    def __init__(self):
+        super().__init__()
+        self.body, self.aux, self.main = nn.Linear(6, 8), nn.Linear(8, 2), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.body(x))
+        return self.aux(h), self.main(h)
+
+
+def test_output_picks_what_distortion_compares():
+    torch.manual_seed(0)
+    net, x = TwoHeads().eval(), torch.randn(10, 6)
+    first = rp.rd.curves(net, x, grid=3, cache=False, progress=False)  # default: item 0
+    main = rp.rd.curves(net, x, grid=3, cache=False, progress=False, output=1)
+    by_fn = rp.rd.curves(net, x, grid=3, cache=False, progress=False, output=lambda y: y[1])
+    assert np.allclose(main.distortion, by_fn.distortion)
+    g = main.groupby("layer")["distortion"].max()
+    assert g["aux"] == 0 and g["main"] > 0  # the aux head does not move the main output
+    assert first.groupby("layer")["distortion"].max()["aux"] > 0
+    pruned = M.apply(copy.deepcopy(net), {"main": 0.5})
+    assert rp.rd.distortion(net, pruned, x, output=0) == 0.0
+    assert rp.rd.distortion(net, pruned, x, output=1) > 0
+    with pytest.raises(ValueError, match="does not pick anything"):
+        rp.rd.curves(net, x, grid=3, cache=False, progress=False, output="logits")

@@ -79,7 +79,7 @@ def _read_layer(path: Path, name: str, n_amounts: int) -> pd.DataFrame | None:
 def curves(model: nn.Module, calib: torch.Tensor, grid: int = 101, distortion: str = "mse",
            layers: list[str] | None = None, *, method: str = "fast", batch: int = 256,
            max_batch: int | None = None, cache: bool = True, progress: bool = True,
-           criterion: str = "magnitude") -> pd.DataFrame:
+           criterion: str = "magnitude", output=None) -> pd.DataFrame:
     """Per-layer rate–distortion curves as a long-form DataFrame with columns
     ``layer, amount, n_weights, flops, distortion`` (one row per layer and grid amount).
 
@@ -89,7 +89,16 @@ def curves(model: nn.Module, calib: torch.Tensor, grid: int = 101, distortion: s
     not pay); 4096 on a GPU, where a pass of a small network costs about the same whatever the
     batch (not yet timed here: we had no GPU). ``criterion`` picks which weights a layer loses
     first (:mod:`rdprune.core.criteria`: ``magnitude``, the paper's, or ``wanda``); the curves
-    are measured, cached and labelled (``attrs["criterion"]``) under it."""
+    are measured, cached and labelled (``attrs["criterion"]``) under it. ``output`` picks what
+    is compared in the model's output (:func:`rdprune.core.distortion.reading`; default: the
+    tensor, a tuple's first item or ``.logits``)."""
+    with D.reading(output):
+        return _curves(model, calib, grid, distortion, layers, method, batch, max_batch, cache,
+                       progress, criterion, output)
+
+
+def _curves(model, calib, grid, distortion, layers, method, batch, max_batch, cache, progress,
+            criterion, output):
     calib = B.gather(calib)
     D.check_inputs(model, calib, grid, distortion)
     check_choice("curve method", method, PATHS)
@@ -104,6 +113,9 @@ def curves(model: nn.Module, calib: torch.Tensor, grid: int = 101, distortion: s
     flops = M.layer_flops(model)
     check_choice("criterion", criterion, CRITERIA)
     key = method if criterion == "magnitude" else f"{method}+{criterion}"  # old caches stay valid
+    if output is not None:
+        key += f"+output={output!r}" if not callable(output) else \
+            f"+output={getattr(output, '__module__', '')}.{getattr(output, '__qualname__', output)}"
     folder = _cache_dir(model, calib, int(grid), distortion, key, names) if cache else None
     rank, ranks = DI.world()
     if ranks > 1:

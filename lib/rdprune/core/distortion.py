@@ -20,6 +20,8 @@ curve paths share.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import hashlib
 from typing import Callable, NamedTuple
@@ -95,10 +97,40 @@ def identity(kind: str) -> list[str]:
             body, m.reduce]
 
 
+_OUTPUT: contextvars.ContextVar = contextvars.ContextVar("rdprune_output", default=None)
+
+
+@contextlib.contextmanager
+def reading(output):
+    """Inside: :func:`output_tensor` picks ``output`` from every model output: a key or index
+    (``"logits"``, ``0``), an attribute name, or a callable ``output(y) -> tensor``; ``None``
+    keeps the default rule. ``rd.curves(..., output=)`` and ``distortion(..., output=)`` use it."""
+    token = _OUTPUT.set(output)
+    try:
+        yield
+    finally:
+        _OUTPUT.reset(token)
+
+
 def output_tensor(y) -> torch.Tensor:
-    """What distortion compares in a model's output: the tensor itself, a ``.logits`` field
-    (Hugging Face's ``ModelOutput``) or ``"logits"`` key, else the first tensor of a tuple or
-    list; a ValueError when there is none."""
+    """What distortion compares in a model's output: what :func:`reading` asks for, else the
+    tensor itself, a ``.logits`` field (Hugging Face's ``ModelOutput``) or ``"logits"`` key, else
+    the first tensor of a tuple or list; a ValueError when there is none."""
+    pick = _OUTPUT.get()
+    if pick is not None:
+        try:
+            if callable(pick):
+                got = pick(y)
+            elif hasattr(y, "__getitem__") and not isinstance(y, torch.Tensor):
+                got = y[pick]  # a key of a dict or ModelOutput, an index of a tuple
+            else:
+                got = getattr(y, pick)
+        except (KeyError, IndexError, AttributeError, TypeError) as e:
+            raise ValueError(f"output={pick!r} does not pick anything from the model's output "
+                             f"({type(y).__name__})") from e
+        if not isinstance(got, torch.Tensor):
+            raise ValueError(f"output={pick!r} gives {type(got).__name__}, not a tensor")
+        return got
     if isinstance(y, torch.Tensor):
         return y
     logits = y.get("logits") if isinstance(y, dict) else getattr(y, "logits", None)
@@ -155,12 +187,14 @@ def measure(y_refs, pruned: nn.Module, chunks, kind: str = "mse") -> float:
 
 @torch.no_grad()
 def distortion(model: nn.Module, pruned: nn.Module, calib: torch.Tensor, kind: str = "mse",
-               batch: int = 256) -> float:
-    """Measured output distortion of ``pruned`` against ``model`` on ``calib``."""
+               batch: int = 256, output=None) -> float:
+    """Measured output distortion of ``pruned`` against ``model`` on ``calib`` (``output``:
+    what to compare, :func:`reading`)."""
     check(kind)
     model.eval()
     chunks = B.split(B.to(B.gather(calib), next(model.parameters()).device), batch)
-    return measure([B.call(model, x) for x in chunks], pruned, chunks, kind)
+    with reading(output):
+        return measure([B.call(model, x) for x in chunks], pruned, chunks, kind)
 
 
 def channels_last(model: nn.Module, x: torch.Tensor):

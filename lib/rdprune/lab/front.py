@@ -94,7 +94,7 @@ def prune(model: nn.Module, method: str, target: float, budget: str = "params", 
 
 def _allocated(model, method, target, budget, calib, *, curves=None, grid=None,
                distortion="mse", refine=0, exclude=(), progress=False,
-               criterion="magnitude", **options):
+               criterion="magnitude", output=None, **options):
     """Every registered allocator: curves if needed, allocate, then masks or its surgery.
     ``criterion`` (:mod:`rdprune.core.criteria`) picks the weights inside each layer, for the
     curves and for the masks alike."""
@@ -116,7 +116,7 @@ def _allocated(model, method, target, budget, calib, *, curves=None, grid=None,
                                   progress=progress)
         else:
             curves = rd.curves(model, calib, grid=grid or 51, distortion=distortion,
-                               progress=progress, criterion=criterion)
+                               progress=progress, criterion=criterion, output=output)
     extra = {"calib": calib} if entry.needs_calib else {}
     amounts = A.allocate(method, model, target, budget, curves=curves, exclude=exclude,
                          **extra, **options)
