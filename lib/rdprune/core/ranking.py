@@ -15,18 +15,19 @@ from . import masks as M
 
 
 def magnitude_scores(module):
-    """|w| per weight, ascending (masked weights -1, so they go first); float64."""
-    w = module.weight.detach().abs().flatten().double()
-    return torch.sort(torch.where(M.mask_of(module).flatten(), w, torch.full_like(w, -1.0))).values
+    """|w| per weight, ascending (masked weights -1, so they go first); float64 (sorted in the
+    weight's own float32, half the memory traffic; the values convert exactly)."""
+    w = module.weight.detach().abs().flatten().float()
+    w = torch.where(M.mask_of(module).flatten(), w, torch.full_like(w, -1.0))
+    return torch.sort(w).values.double()
 
 
 def lamp_scores(module):
     """LAMP score per weight, ascending (masked weights -1, so they go first): w_u² over the sum
     of w_v² for every v at least as large (Lee et al. 2021). One sort per layer: the scores of
     the sorted squares are already non-decreasing."""
-    w2 = module.weight.detach().flatten().double() ** 2
     keep = M.mask_of(module).flatten()
-    live = torch.sort(w2[keep]).values
+    live = torch.sort(module.weight.detach().flatten().float().abs()[keep]).values.double() ** 2
     suffix = live.flip(0).cumsum(0).flip(0)  # Σ_{v ≥ u} v² in sorted order
     score = live / suffix.clamp_min(torch.finfo(torch.float64).tiny)
     if len(score) > 1 and not bool((score[1:] >= score[:-1]).all()):  # rounding, in theory
