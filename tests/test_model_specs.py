@@ -134,3 +134,18 @@ def test_an_image_folder_is_a_data_set(tmp_path):
         D.info(f"imagefolder:{tmp_path / 'missing'}")
     with pytest.raises(ValueError, match="has 6"):
         D.calibration(name, 7)
+
+
+def test_hf_spec_builds_an_image_classifier_from_a_local_config(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=64, patch_size=7, image_size=224)
+    cfg.save_pretrained(tmp_path / "vit")
+    net = rp.models.build(f"hf:{tmp_path / 'vit'}", 10, 1).eval()  # Fashion-MNIST's shape
+    out = rp.distortion.output_tensor(net(torch.randn(2, 1, 28, 28)))
+    assert out.shape == (2, 10)
+    from rdprune.core.loops import TensorLoader, evaluate
+    loader = TensorLoader(torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3]), 2, shuffle=False)
+    assert 0 <= evaluate(net, loader)["top1"] <= 1  # .logits outputs train and evaluate too
+    with pytest.raises(ValueError, match="no config"):
+        rp.models.check(f"hf:{tmp_path / 'missing'}")

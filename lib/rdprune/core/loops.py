@@ -11,6 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import masks as M
+from .distortion import output_tensor
 from .distributed import world
 
 
@@ -84,11 +85,11 @@ def fit(model: nn.Module, loader, steps: int, *, lr: float = 1e-3, weight_decay:
             x, y = x.tensor_split(ranks)[rank], y.tensor_split(ranks)[rank]
             share = ranks * len(x) / n  # DDP averages ranks: weigh by samples, as one process
         x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-        out = net(x)
+        out = output_tensor(net(x))
         loss = F.cross_entropy(out, y)
         if teacher is not None:
             with torch.no_grad():
-                t = teacher(x)
+                t = output_tensor(teacher(x))
             loss = loss + temperature ** 2 * F.kl_div(
                 F.log_softmax(out / temperature, 1), F.softmax(t / temperature, 1),
                 reduction="batchmean")
@@ -115,7 +116,7 @@ def evaluate(model: nn.Module, loader, dev=None) -> dict[str, float]:
     correct, loss, n = 0, 0.0, 0
     for x, y in loader:
         x, y = x.to(dev), y.to(dev)
-        out = model(x)
+        out = output_tensor(model(x))
         loss += F.cross_entropy(out, y, reduction="sum").item()
         correct += (out.argmax(1) == y).sum().item()
         n += len(y)

@@ -6,9 +6,11 @@ carries ``arch`` and ``input_size`` (C, H, W) attributes so accounting needs no 
 classifier), as in the authors' code.
 
 :func:`build` also takes a **model spec** for a network that is not ours (the CLI's ``--model``):
-``torchvision:NAME`` (any ``torchvision.models.list_models()`` name, random weights, the class
-count of the data set and its first conv re-made for the data's channels), ``timm:NAME`` (with
-``pip install timm``; ``in_chans`` and ``num_classes`` passed), or ``path/to/file.py:factory``
+``torchvision:NAME`` (any classification model of ``torchvision.models``, random weights, the
+class count of the data set and its first conv re-made for the data's channels), ``timm:NAME``
+(with ``pip install timm``; ``in_chans`` and ``num_classes`` passed), ``hf:CONFIG`` (a Hugging
+Face image classifier built from a local config folder or json, with the data set's labels,
+channels and image size; nothing downloaded), or ``path/to/file.py:factory``
 (``factory`` is called with those of ``num_classes``, ``in_channels``, ``image_size`` it accepts
 and must return an ``nn.Module``). :func:`check` validates a spec before anything is built.
 """
@@ -284,7 +286,7 @@ def available() -> list[str]:
     return list(_BUILDERS) + list(_TV)
 
 
-SPECS = ("torchvision:NAME", "timm:NAME", "path/to/file.py:factory")
+SPECS = ("torchvision:NAME", "timm:NAME", "hf:CONFIG_DIR_OR_JSON", "path/to/file.py:factory")
 
 
 def _split_file_spec(spec: str):
@@ -312,6 +314,15 @@ def check(spec: str) -> None:
             raise ValueError(f"{spec!r} needs timm: pip install 'rdprune[timm]' (or timm)") from e
         if not timm.is_model(name):
             raise ValueError(f"timm has no model {name!r}; see timm.list_models()")
+        return
+    if kind == "hf" and name:
+        try:
+            import transformers  # noqa: F401
+        except ImportError as e:
+            raise ValueError(f"{spec!r} needs transformers: pip install 'rdprune[hf]'") from e
+        if not Path(name).exists():
+            raise ValueError(f"{spec!r}: no config at {name} (a folder with config.json, or the "
+                             "json file; nothing is downloaded)")
         return
     file_spec = _split_file_spec(spec)
     if file_spec:
@@ -349,6 +360,18 @@ def _from_spec(spec, num_classes, in_channels, image_size):
         if in_channels != 3:
             _reinput(model, in_channels)
         return model
+    if kind == "hf":  # an image classifier from a local config, random weights
+        import transformers as T
+        cfg = T.AutoConfig.from_pretrained(name, local_files_only=True)
+        for key, value in dict(num_labels=num_classes, num_channels=in_channels,
+                               image_size=image_size).items():
+            if hasattr(cfg, key) or key == "num_labels":
+                setattr(cfg, key, value)
+        try:
+            return T.AutoModelForImageClassification.from_config(cfg)
+        except ValueError as e:
+            raise ValueError(f"{spec}: {type(cfg).__name__} is not an image classifier the CLI's "
+                             "image data sets can feed; use the Python API for other models") from e
     if kind == "timm":
         import timm
         kw = dict(pretrained=False, num_classes=num_classes, in_chans=in_channels)
