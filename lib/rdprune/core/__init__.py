@@ -1,12 +1,12 @@
-"""The core: math on any model, knowing no dataset and no zoo. Weights and masks
-(:mod:`.masks`), distortion measures (:mod:`.distortion`), the downstream recompute
-(:mod:`.downstream`), RD curves (:mod:`.curves`), the knapsack (:mod:`.knapsack`), allocators
-(:mod:`.allocators`, OWL in :mod:`.owl`), within-layer criteria (:mod:`.criteria`), calibration
-batches (:mod:`.batch`), ranks (:mod:`.distributed`), refinement (:mod:`.refine`) and generic
-training loops (:mod:`.loops`).
+"""The core: math on any model, knowing no dataset and no zoo. Prunable weights (:mod:`.weights`)
+and masks (:mod:`.masks`), distortion measures (:mod:`.distortion`), the downstream recompute
+(:mod:`.downstream`), RD curves (:mod:`.curves`) and their additivity (:mod:`.additivity`), the
+knapsack (:mod:`.knapsack`), allocators (:mod:`.allocators`, OWL in :mod:`.owl`), within-layer
+criteria (:mod:`.criteria`), calibration batches (:mod:`.batch`), ranks (:mod:`.distributed`),
+refinement (:mod:`.refine`) and generic training loops (:mod:`.loops`).
 Nothing here imports :mod:`rdprune.structured` or :mod:`rdprune.lab`."""
-from . import (allocators, batch, criteria, curves, distortion, distributed, downstream, knapsack,
-               loops, masks, owl, rd, refine)
+from . import (additivity, allocators, batch, criteria, curves, distortion, distributed,
+               downstream, knapsack, loops, masks, owl, rd, refine, weights)
 
-__all__ = ["allocators", "batch", "criteria", "curves", "distortion", "distributed", "downstream",
-           "knapsack", "loops", "masks", "owl", "rd", "refine"]
+__all__ = ["additivity", "allocators", "batch", "criteria", "curves", "distortion", "distributed",
+           "downstream", "knapsack", "loops", "masks", "owl", "rd", "refine", "weights"]

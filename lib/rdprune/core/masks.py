@@ -1,7 +1,7 @@
 """Prunable layers, unstructured magnitude masks, and sparsity / FLOPs accounting.
 
-Prunable weights: every Conv1d/2d/3d and Linear ``weight``, Hugging Face's transposed ``Conv1D``
-(GPT-2's blocks) and ``nn.MultiheadAttention``'s packed ``in_proj_weight`` (whole: it is one
+Prunable weights (found by :mod:`rdprune.core.weights`): every Conv1d/2d/3d and Linear
+``weight``, Hugging Face's transposed ``Conv1D`` (GPT-2's blocks) and ``nn.MultiheadAttention``'s packed ``in_proj_weight`` (whole: it is one
 parameter multiplied in one matmul, so one mask and one RD curve; its ``out_proj`` is a Linear).
 A weight that is not a module's ``weight`` is held by a :class:`Weight`, which every allocator
 reads like a layer (``.weight``); its dotted name is the parameter's (``…self_attn.in_proj_weight``).
@@ -19,110 +19,18 @@ never revives a weight.
 """
 from __future__ import annotations
 
-import fnmatch
 import math
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import pandas as pd
 import torch
 from torch import nn
 
 from . import batch as B
+from .weights import (CONV_TYPES, PRUNABLE_TYPES, Weight, holder, is_hf_conv1d,  # noqa: F401
+                      kind, prunable, slot)
 
-PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _EPS = 1e-9  # floor(a*n) guard against 0.29*100 == 28.999999999999996
-_MHA_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
-
-
-class Weight:
-    """A prunable weight held under another name than a layer module's ``weight`` (``owner``'s
-    parameter ``attr``, e.g. attention's ``in_proj_weight``); ``.weight`` is that parameter."""
-
-    def __init__(self, owner: nn.Module, attr: str):
-        self.owner, self.attr = owner, attr
-
-    @property
-    def weight(self) -> nn.Parameter:
-        return getattr(self.owner, self.attr)
-
-    def __repr__(self):
-        return f"Weight({type(self.owner).__name__}.{self.attr}, {tuple(self.weight.shape)})"
-
-
-def is_hf_conv1d(m: nn.Module) -> bool:
-    """Hugging Face's ``Conv1D`` (a Linear with its weight stored in × out), by duck type, so
-    transformers need not be installed."""
-    return type(m).__name__ == "Conv1D" and hasattr(m, "nf") and getattr(m, "weight", None) \
-        is not None and m.weight.dim() == 2
-
-
-def _slot(layer) -> tuple[nn.Module, str]:
-    """(the module holding the layer's weight, the parameter's name there)."""
-    return (layer.owner, layer.attr) if isinstance(layer, Weight) else (layer, "weight")
-
-
-def holder(layer) -> nn.Module:
-    """The module a layer's weight belongs to (itself, or a :class:`Weight`'s owner)."""
-    return _slot(layer)[0]
-
-
-def kind(layer) -> str:
-    """A layer's type in words: ``Conv2d``, ``Linear``, ``Conv1D``, ``MultiheadAttention.in_proj_weight``."""
-    owner, attr = _slot(layer)
-    return type(owner).__name__ + ("" if attr == "weight" else f".{attr}")
-
-
-def _layers(model):
-    for name, m in model.named_modules():
-        if isinstance(m, PRUNABLE_TYPES) or is_hf_conv1d(m):
-            yield name, m
-        elif isinstance(m, nn.MultiheadAttention):
-            for attr in _MHA_WEIGHTS:
-                if getattr(m, attr, None) is not None:
-                    yield (f"{name}.{attr}" if name else attr), Weight(m, attr)
-
-
-def prunable(model: nn.Module, exclude: Iterable[str] = ()) -> dict[str, nn.Module]:
-    """Every prunable weight of ``model`` (module doc) by name, in registration order (forward
-    order for every model in :mod:`rdprune.models`, a test checks it; :func:`forward_order`
-    gives the order of any model's forward pass, and what depends on order uses it). ``exclude`` takes names or glob patterns, e.g.
-    ``("conv1", "*.shortcut.*")``.
-
-    Tied weights appear once: a weight shared by several layers belongs to the first; a layer
-    whose weight is another module's parameter too (a language model's output layer tied to the
-    input embedding) is left out, with one warning naming it, since pruning it would also prune
-    the embedding."""
-    exclude = tuple(exclude)
-    layers = dict(_layers(model))
-    tied = _tied(model, layers)
-    return {name: m for name, m in layers.items() if name not in tied
-            and not any(fnmatch.fnmatchcase(name, pat) for pat in exclude)}
-
-
-def _tied(model, layers) -> set[str]:
-    """Layers left out for tied weights (:func:`prunable`), warned about once per model."""
-    owners: dict[int, list[tuple[str, nn.Module]]] = {}
-    for name, m in model.named_modules():
-        for p in m.parameters(recurse=False):
-            owners.setdefault(id(p), []).append((name, m))
-    holders = {id(holder(m)) for m in layers.values()}
-    out, to_other = set(), []
-    for name, m in layers.items():
-        users = owners.get(id(m.weight), [])
-        if len(users) < 2:
-            continue
-        if any(id(u) not in holders for _, u in users):
-            out.add(name)
-            to_other.append(f"{name} (tied to {next(n for n, u in users if id(u) not in holders)})")
-        elif users[0][1] is not holder(m):
-            out.add(name)  # the first layer holding the shared weight stands for it
-    if to_other and getattr(model, "_rdprune_tied_warned", None) != to_other:
-        import warnings
-        warnings.warn(f"left out of pruning for tied weights: {', '.join(to_other)}; pruning "
-                      "them would prune what they are tied to")
-        object.__setattr__(model, "_rdprune_tied_warned", to_other)
-    return out
 
 
 def n_pruned(amount: float, n: int) -> int:
@@ -132,7 +40,7 @@ def n_pruned(amount: float, n: int) -> int:
 
 def mask_of(module: nn.Module) -> torch.Tensor:
     """The layer's boolean keep-mask (all True when it was never pruned)."""
-    owner, attr = _slot(module)
+    owner, attr = slot(module)
     mask = getattr(owner, f"{attr}_mask", None)
     return mask if mask is not None else torch.ones_like(module.weight, dtype=torch.bool)
 
@@ -163,7 +71,7 @@ def smallest(module: nn.Module, k: int) -> torch.Tensor:
 
 
 def _set_mask(module: nn.Module, mask: torch.Tensor) -> None:
-    owner, attr = _slot(module)
+    owner, attr = slot(module)
     if hasattr(owner, f"{attr}_mask"):
         getattr(owner, f"{attr}_mask").copy_(mask)
     else:
@@ -234,7 +142,7 @@ def sparsity(model: nn.Module) -> float:
 def load_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Module:
     """Load a state dict that may carry ``weight_mask`` buffers (a pruned checkpoint)."""
     for name, module in prunable(model).items():
-        owner, attr = _slot(module)
+        owner, attr = slot(module)
         key = f"{name}_mask" if attr != "weight" else f"{name}.weight_mask" if name else "weight_mask"
         if key in state and not hasattr(owner, f"{attr}_mask"):
             owner.register_buffer(f"{attr}_mask", torch.ones_like(module.weight, dtype=torch.bool))

@@ -10,9 +10,9 @@ What lives where: curves and additivity in :mod:`rdprune.core.curves`, measures 
 :mod:`rdprune.core.distortion`, the DP in :mod:`rdprune.core.knapsack`, refinement in
 :mod:`rdprune.core.refine`.
 """
-from .curves import (COLUMNS, PATHS, additivity, additivity_stats, check_curves, curves,
-                     default_max_batch, fast_curves, grid_amounts, predicted, pruned_counts,
-                     reference_curves, sweep)
+from .additivity import additivity, additivity_stats, predicted
+from .curves import (COLUMNS, PATHS, check_curves, curves, default_max_batch, fast_curves,
+                     grid_amounts, pruned_counts, reference_curves, sweep)
 from .distortion import (distortion, identity as distortion_identity, names as distortions,
                          register_distortion, unregister_distortion)
 from .knapsack import solve

@@ -105,7 +105,7 @@ def additivity_scatter(df: pd.DataFrame, title: str | None = None):
     identity line; the Pearson correlation of the logs is in the title. A ``model`` column, when
     present, colours the points by architecture."""
     plt, sns = _plt()
-    from ..core.curves import additivity_stats
+    from ..core.additivity import additivity_stats
     ok = df[(df["predicted"] > 0) & (df["actual"] > 0)]
     fig, ax = plt.subplots(figsize=(6.2, 5.6))
     hue = "model" if "model" in ok.columns else None
