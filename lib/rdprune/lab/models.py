@@ -23,6 +23,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from . import specs
+
 
 # ----------------------------------------------------------------------------- LeNet-5
 class LeNet5(nn.Module):
@@ -248,8 +250,7 @@ def _torchvision(name, num_classes, in_channels, pretrained):
     model = getattr(tvm, arch)(weights=enum if use else None,
                                num_classes=1000 if use else num_classes)
     if in_channels != 3:
-        from .specs import reinput
-        reinput(model, in_channels)
+        specs.reinput(model, in_channels)
     return model
 
 
@@ -274,14 +275,12 @@ def available() -> list[str]:
 
 def check(spec: str) -> None:
     """ValueError unless ``spec`` is a zoo name or a buildable spec (:mod:`.specs`)."""
-    from . import specs
-    specs.check(spec)
+    specs.check(spec, available())
 
 
 def slug(spec: str) -> str:
-    """A file-name-safe name for ``spec`` (:func:`rdprune.lab.specs.slug`)."""
-    from . import specs
-    return specs.slug(spec)
+    """A file-name-safe name for ``spec``: a zoo name itself, else :func:`rdprune.lab.specs.slug`."""
+    return spec if spec in available() else specs.slug(spec)
 
 
 def build(name: str, num_classes: int = 10, in_channels: int = 1, *, image_size: int | None = None,
@@ -292,8 +291,8 @@ def build(name: str, num_classes: int = 10, in_channels: int = 1, *, image_size:
     locally and shapes allow."""
     if name not in available():
         default_size = 28 if in_channels == 1 else 32
-        from .specs import build_spec
-        model = build_spec(name, num_classes, in_channels, image_size or default_size)
+        check(name)
+        model = specs.build_spec(name, num_classes, in_channels, image_size or default_size)
         model.arch = name
         if not getattr(model, "input_size", None):  # a factory's own input_size wins
             model.input_size = (in_channels, image_size or default_size,

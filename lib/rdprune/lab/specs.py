@@ -13,8 +13,6 @@ from pathlib import Path
 
 from torch import nn
 
-from .models import available
-
 
 SPECS = ("torchvision:NAME", "timm:NAME", "hf:CONFIG_DIR_OR_JSON", "path/to/file.py:factory")
 
@@ -24,12 +22,13 @@ def _split_file_spec(spec: str):
     return (Path(path), factory) if path.endswith(".py") and factory.isidentifier() else None
 
 
-def check(spec: str) -> None:
-    """ValueError unless ``spec`` is a zoo name or a buildable spec (module doc); nothing built."""
+def check(spec: str, zoo=()) -> None:
+    """ValueError unless ``spec`` is one of the ``zoo`` names or a buildable spec (module doc);
+    nothing built."""
     if not isinstance(spec, str):
         raise ValueError(f"a model is a zoo name or a spec, got {spec!r}")
     kind, _, name = spec.partition(":")
-    if spec in available():
+    if spec in zoo:
         return
     if kind == "torchvision" and name:
         import torchvision.models as tvm
@@ -60,15 +59,13 @@ def check(spec: str) -> None:
         if not path.is_file():
             raise ValueError(f"model file {path} does not exist (spec {spec!r})")
         return
-    raise ValueError(f"unknown model {spec!r}; choose one of {', '.join(available())}, or give a "
+    raise ValueError(f"unknown model {spec!r}; choose one of {', '.join(zoo)}, or give a "
                      f"spec: {', '.join(SPECS)}")
 
 
 def slug(spec: str) -> str:
     """A file-name-safe name for ``spec`` (checkpoints, run folders); a file spec's name carries a
     hash of the file's contents, so an edited model file never loads an old checkpoint."""
-    if spec in available():
-        return spec
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec.rpartition("/")[2]).strip("_")
     h = hashlib.sha256(spec.encode())
     file_spec = _split_file_spec(spec)
