@@ -195,7 +195,7 @@ def layer_flops(model: nn.Module) -> dict[str, int]:
     cached = getattr(model, "_rdprune_flops", None)
     if cached and cached[0] == key:
         return dict(cached[1])
-    counts, total, order = weight_flops(model, x)
+    counts, total, order = weight_reads(model, x)
     out = {name: counts.get(name, 0) // 2 for name in layers}
     covered = sum(out.values()) / max(1, total // 2)
     if total and covered < 0.9:
@@ -244,12 +244,6 @@ def weight_reads(model: nn.Module, x, on_read=None):
     counter, called = _counted(model, x, mapping, [(n, holder(m)) for n, m in layers.items()])
     order = list(credit) + [n for n in called if n not in credit]
     return credit, counter.get_total_flops(), order
-
-
-def weight_flops(model: nn.Module, x):
-    """({prunable layer: FLOPs of the ops its weight feeds}, all counted FLOPs, the layers in
-    forward order): :func:`weight_reads` without a callback."""
-    return weight_reads(model, x)
 
 
 def forward_order(model: nn.Module) -> list[str]:

@@ -46,12 +46,12 @@ import time
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..core import masks as M
 from ..core.loops import fine_tune
+from .wrappers import Wrapped, run, set_module, wrap, wrappable, wrappers  # noqa: F401 - API
 from . import filters as FL
 from .surgery import BUDGETS, count, removed
 
@@ -67,64 +67,6 @@ _COLUMNS = ["round", "layer", "side", "filters_left", "error", "flops", "params"
 
 
 # ----------------------------------------------------------------------------- wrappers
-def _run(x, conv, p, w, b, q):
-    x = F.conv2d(x if p is None else F.conv2d(x, p), w, b, conv.stride, conv.padding,
-                 conv.dilation)
-    return x if q is None else F.conv2d(x, q)
-
-
-class Wrapped(nn.Module):
-    """p (1×1, m→s_in) → conv → q (1×1, s_out→n); None once folded; ``override``: candidates."""
-
-    def __init__(self, conv: nn.Conv2d):
-        super().__init__()
-        self.conv, self.override = conv, None
-        eye = lambda c: torch.eye(c, dtype=conv.weight.dtype, device=conv.weight.device)
-        self.p = nn.Parameter(eye(conv.in_channels)[:, :, None, None])
-        self.q = nn.Parameter(eye(conv.out_channels)[:, :, None, None])
-
-    def tensors(self):
-        return self.override or (self.p, self.conv.weight, self.conv.bias, self.q)
-
-    def forward(self, x):
-        return _run(x, self.conv, *self.tensors())
-
-
-def _set(model, name, module):
-    parent, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent), attr, module)
-
-
-def wrappable(model: nn.Module) -> tuple[list[str], dict[str, str]]:
-    """(the convs :func:`wrap` wraps, {every other conv: why not}): the stem, 1×1 convs, grouped
-    or depthwise convs and non-zero padding are not wrapped (module doc)."""
-    ok, skipped = [], {}
-    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    for i, (name, m) in enumerate(convs):
-        parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-        why = ("the stem" if i == 0 else "1×1" if m.kernel_size == (1, 1)
-               else f"grouped (groups={m.groups})" if m.groups != 1
-               else f"padding mode {m.padding_mode!r}" if m.padding_mode != "zeros"
-               else "already wrapped" if isinstance(parent, Wrapped) else None)
-        if why:
-            skipped[name] = why
-        else:
-            ok.append(name)
-    return ok, skipped
-
-
-def wrap(model: nn.Module) -> nn.Module:
-    """A copy with every K×K conv except the stem wrapped as P → W → Q (module doc)."""
-    model = copy.deepcopy(model)
-    for name in wrappable(model)[0]:
-        _set(model, name, Wrapped(model.get_submodule(name)))
-    return model
-
-
-def wrappers(model: nn.Module) -> dict[str, Wrapped]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, Wrapped)}
-
-
 def _shape(w: Wrapped):
     """(m, s_in, s_out, n, kh·kw, has bias) of a wrapper (1×1 sides count when folded)."""
     W = w.conv.weight
@@ -174,7 +116,7 @@ def fold(model: nn.Module, budget: str = "flops") -> nn.Module:
                         bias=b is not None).to(c.weight.device, dt)
         new.weight, new.bias = (None if t is None else nn.Parameter(t.to(dt)) for t in (W, b))
         if p is None and q is None:
-            _set(model, name, new)
+            set_module(model, name, new)
         else:
             w.conv, w.p, w.q = new, *(None if t is None else nn.Parameter(t.to(dt)) for t in (p, q))
     model.__dict__.pop("_hbgs_hw", None)
@@ -258,7 +200,7 @@ def _layer_errors(net, orig, batches, names, cands, done):
 
         def cap(m, i, o, n=n):
             for c in (c for c in num if c[0] == n):
-                num[c] += (ref[n] - _run(i[0], m.conv, *cands[c])).square().sum().item()
+                num[c] += (ref[n] - run(i[0], m.conv, *cands[c])).square().sum().item()
             den[n] = den.get(n, 0.0) + ref[n].square().sum().item()
         hooks.append(ws[n].register_forward_hook(cap))
     with torch.no_grad():
@@ -311,7 +253,7 @@ def _setup(model, data, target, budget, sides=("out", "in")):
     net, x = wrap(model).eval(), x.to(next(model.parameters()).device)
     hw, plan = _probe(net, x)
     for n in set(wrappers(net)) - set(hw):  # never executed: unwrap
-        _set(net, n, wrappers(net)[n].conv)
+        set_module(net, n, wrappers(net)[n].conv)
     if not wrappers(net):
         _, skipped = wrappable(model)
         why = "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:8])
