@@ -1,7 +1,8 @@
 """RD curves: fast (downstream-only, batched amounts, skip at-or-below current sparsity) against
 the reference (one full forward pass per layer and amount, as the authors' code).
 
-One-shot: ResNet-32, the same calibration tensor, a 101-point grid. The reference's cost does not
+One-shot: ResNet-32, the same calibration tensor, a 101-point grid (``--calib 32 64 256``: once
+per calibration size, the column ``of_bound`` says how much of the bound each reaches). The reference's cost does not
 depend on the amount (every pass is a full forward), so by default it is timed on every
 ``--ref-stride``-th amount of every layer and scaled to the whole grid; ``--ref-stride 1`` times
 it all. Max relative difference is taken over the amounts both computed.
@@ -106,7 +107,8 @@ def iterative(model, calib, amounts, stride, rounds, kw, per_pass=None):
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model", default="resnet32")
-    p.add_argument("--calib", type=int, default=256)
+    p.add_argument("--calib", type=int, nargs="+", default=[256],
+                   help="calibration set sizes; the one-shot case runs once per size")
     p.add_argument("--grid", type=int, default=101)
     p.add_argument("--ref-stride", type=int, default=10)
     p.add_argument("--rounds", type=int, default=5)
@@ -133,15 +135,17 @@ def main():
     print(f"{args.model} ({weights}), {args.grid}-point grid, {where}")
     rows, per_pass = [], None
     if "one-shot" in args.cases:
-        calib = rp.data.calibration("fashion_mnist", args.calib, 0).to(args.device)
-        row, per_pass = one_shot(model, calib, amounts, args.ref_stride, kw)
-        rows.append(row)
+        for n in args.calib:
+            calib = rp.data.calibration("fashion_mnist", n, 0).to(args.device)
+            row, per_pass = one_shot(model, calib, amounts, args.ref_stride, kw)
+            rows.append({**row, "case": f"one-shot ({n} images)"})
     if "iterative" in args.cases:
-        n = args.iter_calib or args.calib
+        n = args.iter_calib or args.calib[-1]
         calib = rp.data.calibration("fashion_mnist", n, 0).to(args.device)
         rows.append(iterative(model, calib, amounts, args.ref_stride, args.rounds, kw,
-                              per_pass if n == args.calib else None))
+                              per_pass if n == args.calib[-1] else None))
     df = pd.DataFrame(rows)
+    df["of_bound"] = df.speedup / df.bound  # how much of what the downstream idea allows
     print(df.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     path = Path(__file__).with_name("curves.csv")
     if path.exists():

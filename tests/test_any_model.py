@@ -158,16 +158,20 @@ class Branchy(Mixed):
         return super().forward(x) if x.sum() > -1e9 else x
 
 
-@pytest.mark.parametrize("cls, slow", [(Mixed, {"shared", "fn"}),
-                                       (Branchy, {"a", "shared", "fn", "head"})])
-def test_the_fast_path_falls_back_per_layer_and_says_which(cls, slow):
+@pytest.mark.parametrize("cls, slow, full", [(Mixed, {"shared", "fn"}, set()),
+                                             (Branchy, {"a", "shared", "fn", "head"}, {"a"})])
+def test_the_fast_path_falls_back_per_layer_and_says_which(cls, slow, full):
+    """What the trace cannot serve is measured by forward passes that replay the modules which
+    finish before the layer's weight is first read (``a``, read first, replays nothing; ``fn``'s
+    weight is read functionally after ``shared``'s two calls)."""
     torch.manual_seed(0)
     net, x = cls().eval(), torch.randn(32, 8)
     with pytest.warns(UserWarning, match="cannot serve") as caught:
         fast = rp.rd.curves(net, x, grid=6, cache=False, progress=False)
     assert sum("cannot serve" in str(w.message) for w in caught) == 1  # one warning, not one per layer
     paths = fast.attrs["paths"]
-    assert {k for k, v in paths.items() if v == "reference"} == slow
+    assert {k for k, v in paths.items() if v == "reference"} == full
+    assert {k for k, v in paths.items() if v == "replay"} == slow - full
     assert {k for k, v in paths.items() if v == "fast"} == set(M.prunable(net)) - slow
     ref = rp.rd.curves(net, x, grid=6, cache=False, progress=False, method="reference")
     assert set(ref.attrs["paths"].values()) == {"reference"}
@@ -204,8 +208,8 @@ def test_tied_weights_appear_once_and_an_embeddings_tie_is_left_out_with_a_warni
     with pytest.warns(UserWarning, match="also read elsewhere"):  # a's weight is b's too
         fast = rp.rd.curves(lm, ids, grid=4, cache=False, progress=False)
     ref = rp.rd.curves(lm, ids, grid=4, cache=False, progress=False, method="reference")
-    assert fast.attrs["paths"] == {"a": "reference"}
-    assert np.allclose(fast.distortion, ref.distortion, rtol=1e-6, atol=0)
+    assert fast.attrs["paths"] == {"a": "replay"}  # the embedding's output is replayed
+    assert np.array_equal(fast.distortion, ref.distortion)
 
 
 # ----------------------------------------------------------------------------- FLOPs per weight
@@ -347,3 +351,91 @@ def test_output_picks_what_distortion_compares():
     assert rp.rd.distortion(net, pruned, x, output=1) > 0
     with pytest.raises(ValueError, match="does not pick anything"):
         rp.rd.curves(net, x, grid=3, cache=False, progress=False, output="logits")
+
+
+# ----------------------------------------------------------------------------- leaf modules
+class Gate(nn.Module):
+    """Control flow on values inside a sub-module: torch.fx cannot trace this module."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Linear(16, 16)
+
+    def forward(self, x):
+        return self.inner(x) if x.sum() > -1e9 else x
+
+
+@torch.fx.wrap
+def _needs_bool(x, flag):
+    """Traces (``flag`` is a Proxy then) but fails when run: a Tensor is not a bool."""
+    if not isinstance(flag, bool):
+        raise TypeError("flag must be bool, not Tensor")
+    return x
+
+
+class RunFails(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Linear(16, 16)
+
+    def forward(self, x):  # a Python bool when run, a traced value under torch.fx (as timm's ViT)
+        return _needs_bool(self.inner(x), (x.sum() > 0) if isinstance(x, torch.fx.Proxy) else True)
+
+
+class Gated(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.gate, self.runs, self.head = nn.Linear(8, 16), Gate(), RunFails(), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.runs(torch.relu(self.gate(torch.relu(self.a(x)))))))
+
+
+def test_an_untraceable_sub_module_becomes_a_leaf_and_every_layer_stays_fast():
+    """A sub-module torch.fx cannot trace, and one whose trace fails when run, become leaves (not
+    the whole model): their own layers are re-run through the leaf with the weight swapped in."""
+    from rdprune.core.downstream import Downstream
+    torch.manual_seed(0)
+    net, x = Gated().eval(), torch.randn(32, 8)
+    ds = Downstream(net, x[:2])
+    assert sorted(ds.leaves) == ["gate", "runs"] and ds.swapped == {"gate.inner", "runs.inner"}
+    fast = rp.rd.curves(net, x, grid=6, cache=False, progress=False)
+    assert set(fast.attrs["paths"].values()) == {"fast"}
+    ref = rp.rd.curves(net, x, grid=6, cache=False, progress=False, method="reference")
+    assert np.array_equal(fast.distortion, ref.distortion)
+    assert (ref.groupby("layer")["distortion"].max() > 0).all()
+
+
+class EarlyRead(nn.Module):
+    """``b``'s weight is read functionally by ``peek`` long before ``b`` itself is called."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 4)
+        self.peek = Peek(self.b)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(self.peek(x))))
+
+
+class Peek(nn.Module):
+    def __init__(self, other):
+        super().__init__()
+        self.other = [other]  # not a sub-module: only its weight is read here
+
+    def forward(self, x):
+        return x + nn.functional.linear(x, self.other[0].weight).sum(1, keepdim=True)
+
+
+def test_replay_starts_where_a_weight_is_first_read_not_where_its_module_is_called():
+    from rdprune.core import replay as R
+    net, x = EarlyRead().eval(), torch.randn(4, 8)
+    assert set(R.plan(net, x, {"b": net.b})["b"]) == {net.peek, net.a}  # by module call
+    assert R.plan(net, x, {"b": net.b.weight}) == {"b": []}  # by first read: nothing precedes
+    assert R.plan(net, x, {"a": net.a.weight}) == {"a": [net.peek]}
+    y, kept = R.capture(net, x, [net.peek])
+    with R.replaying(kept):
+        net.peek(x).add_(1.0)  # replayed as a copy: an in-place change downstream is harmless
+        assert torch.equal(net(x), y)
+    assert "forward" not in net.peek.__dict__  # restored
+    assert torch.equal(net(x), y)

@@ -40,7 +40,8 @@ from . import distortion as D
 from . import distributed as DI
 from .criteria import CRITERIA, orders as criterion_orders
 from . import masks as M
-from .downstream import Downstream, Untraceable, layer_forward
+from . import replay as R
+from .downstream import Downstream, Untraceable
 
 PATHS = ("fast", "reference")  # how curves are computed (same numbers, different cost)
 COLUMNS = ["layer", "amount", "n_weights", "flops", "distortion"]
@@ -217,7 +218,7 @@ def sweep(model, x_all, jobs, total, distortion, batch, max_batch, progress, des
     chunks = B.split(x_all, batch)
     ds, why = fast_plan(model, chunks[0])
     kept = ds.run(chunks[0]) if ds is not None and len(chunks) == 1 else None
-    refs, warned = None, False
+    refs, plans, replayed, warned = None, None, None, False
     stack = max(1, max_batch // B.size(chunks[0]))  # amounts per downstream pass
     for name, weight, order, counts in tqdm(jobs, total=total, desc=desc, disable=not progress):
         module = modules[name]
@@ -234,18 +235,27 @@ def sweep(model, x_all, jobs, total, distortion, batch, max_batch, progress, des
                     why[name] = f"its downstream part fails when re-run ({type(e).__name__})"
         elif name not in why:
             values = np.zeros(0)
-        if values is None:  # full forward passes for what the trace cannot serve
+        if values is None:  # forward passes for what the trace cannot serve
+            slow = [k for k in modules if k in why]
             if not warned:
-                slow = [k for k in modules if k in why]
                 warnings.warn(f"the fast curve path cannot serve {len(slow)} layer(s) of this "
-                              f"model ({_reasons(why, slow)}); they are measured with full "
-                              "forward passes (same numbers, slower)")
+                              f"model ({_reasons(why, slow)}); they are measured with forward "
+                              "passes that replay the modules which finish before the layer's "
+                              "weight is read (same numbers, slower)")
                 warned = True
             if refs is None:
                 refs = y_refs if y_refs is not None else [B.call(model, x) for x in chunks]
-            values = _full_passes(model, module, weight, order, counts, refs, chunks, distortion)
+            if plans is None:  # per chunk: a data-dependent path is planned on its own data
+                watch = {k: modules[k].weight for k in slow}
+                plans = [R.plan(model, x, watch) for x in chunks]
+                if len(chunks) == 1:  # one dense pass keeps what every layer replays
+                    replayed = R.capture(model, chunks[0], {m for p in plans[0].values()
+                                                            for m in p})[1]
+            values = _replayed_passes(model, module, weight, order, counts, refs, chunks,
+                                      distortion, [p[name] for p in plans], replayed)
         if paths is not None:
-            paths[name] = "reference" if name in why else "fast"
+            paths[name] = ("fast" if name not in why else
+                           "replay" if plans and any(p[name] for p in plans) else "reference")
         yield name, values
 
 
@@ -256,12 +266,11 @@ def _cone_distortions(ds, kept, chunks, module, name, weight, order, counts, dis
     for c, x in enumerate(chunks):
         env = kept if kept is not None else ds.run(x)
         y_ref = ds.output(env) if y_refs is None else y_refs[c]
-        inp = ds.layer_input(env, name)
         parts = []
         for s in range(0, len(counts), stack):
             group = counts[s:s + stack]
-            out = torch.cat([layer_forward(module, inp, _variant(module.weight, weight, order, k))
-                             for k in group])
+            out = ds.perturbed(env, name, module, [_variant(module.weight, weight, order, k)
+                                                   for k in group])
             parts.append(D.per_sample(distortion, y_ref,
                                       ds.rerun(env, name, out, copies=len(group))))
         reducer.add(torch.cat(parts))
@@ -273,8 +282,9 @@ def fast_plan(model, x) -> tuple[Downstream | None, dict[str, str]]:
     """(the traced model, or None when it cannot be traced or its trace fails on ``x``;
     {layer: why the fast path cannot serve it}: every layer in the first case)."""
     try:
-        ds = Downstream(model)
-        ds.check(model, B.take(x, 0, 2))
+        example = B.take(x, 0, 2)
+        ds = Downstream(model, example)
+        ds.check(model, example)
     except Untraceable as e:
         return None, {k: str(e) for k in M.prunable(model)}
     return ds, dict(ds.unserved)
@@ -284,6 +294,32 @@ def _reasons(why, slow):
     if len({why[k] for k in slow}) == 1:
         return f"{', '.join(slow[:6])}{', ...' if len(slow) > 6 else ''}: {why[slow[0]]}"
     return "; ".join(f"{k}: {why[k]}" for k in slow[:6]) + ("; ..." if len(slow) > 6 else "")
+
+
+def _replayed_passes(model, module, weight, order, counts, refs, chunks, distortion, prefixes,
+                     kept=None):
+    """:func:`_full_passes`, each chunk's ``prefixes`` modules replayed from one dense pass
+    (:mod:`rdprune.core.replay`): they finish before the layer's weight is first read, so the
+    numbers are the full passes' exactly. ``kept``: the outputs of a single chunk's modules, kept
+    across layers; else each chunk's dense pass runs here."""
+    if not counts:
+        return np.zeros(0)
+    original = module.weight.detach().clone()
+    reducer = D.Reducer(distortion, len(counts))
+    try:
+        for x, y_ref, prefix in zip(chunks, refs, prefixes):
+            mine = ({m: kept[m] for m in prefix} if kept is not None else
+                    R.capture(model, x, prefix)[1] if prefix else {})
+            errors = []
+            with R.replaying(mine):
+                for k in counts:
+                    module.weight.copy_(_variant(original, weight, order, k))
+                    errors.append(D.per_sample(distortion, y_ref, B.call(model, x)))
+            module.weight.copy_(original)
+            reducer.add(torch.cat(errors))
+    finally:
+        module.weight.copy_(original)
+    return reducer.value()
 
 
 def _full_passes(model, module, weight, order, counts, refs, chunks, distortion):

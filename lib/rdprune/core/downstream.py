@@ -10,6 +10,14 @@ Several perturbations of the same layer go through the cone as one batch: the la
 for ``m`` weight variants are stacked along the batch axis (m·N samples), and every kept
 activation that meets the cone is tiled m times.
 
+Each cone runs as generated code: the first time a set of start nodes is asked for, its cone is
+copied into a graph of its own (the start values and every kept value it reads become inputs,
+tiling happens just before a value's first read, and sizes read off batch values are
+recomputed from the tiled ones) and compiled by ``torch.fx`` into a Python function, cached by
+the start nodes. That removes the per-node interpretation, the cost that
+dominates when the calibration set is small; the operations and their order are the same, so the
+numbers are too.
+
 What the trace cannot serve is said, not hidden: a model ``torch.fx`` cannot trace raises
 :class:`Untraceable`; a layer the graph does not call exactly once as a module (called through a
 functional op, shared, or never called) is listed in ``unserved`` with the reason, and
@@ -44,39 +52,104 @@ class Untraceable(ValueError):
     """``torch.fx`` cannot trace the model, or its trace does not compute what the model does."""
 
 
-class Downstream:
-    """A traced model that can re-run the part of the network downstream of a prunable layer;
-    ``unserved``: {prunable layer: why the trace cannot perturb it alone}."""
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer with extra leaf modules (by qualified name); remembers the innermost
+    module whose forward failed to trace."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, leaves):
+        super().__init__()
+        self.leaves, self.failed = set(leaves), None
+
+    def is_leaf_module(self, m, qualname):
+        return qualname in self.leaves or super().is_leaf_module(m, qualname)
+
+    def call_module(self, m, forward, args, kwargs):
         try:
-            self.gm = fx.symbolic_trace(model)
-        except Exception as e:  # noqa: BLE001
-            raise Untraceable(f"{type(model).__name__} cannot be traced by torch.fx "
-                              f"({type(e).__name__}: {e})") from e
-        self.modules = dict(self.gm.named_modules())
-        self.nodes = list(self.gm.graph.nodes)
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed is None:
+                self.failed = self.path_of_module(m)
+            raise
+
+
+def _innermost(node: fx.Node) -> str:
+    """The innermost module whose code made ``node`` ('' for the model's own forward)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1][0] if stack else ""
+
+
+class Downstream:
+    """A traced model that can re-run the part of the network downstream of a prunable weight;
+    ``unserved``: {prunable weight: why the trace cannot perturb it alone}.
+
+    The trace degrades by module, not by model: a sub-module torch.fx cannot trace, whose trace
+    fails when run on ``example``, or whose code reads a prunable weight functionally (attention
+    computing ``F.linear(x, self.qkv.weight)``) becomes a leaf, called as a whole, and the trace is
+    retried. A weight inside a leaf (``nn.MultiheadAttention``'s ``in_proj_weight`` and
+    ``out_proj``, a leaf by torch.fx's default) starts its cone at that leaf's call: the leaf is
+    re-run with the weight swapped in (:meth:`perturbed`). ``leaves`` lists the leaves added."""
+
+    def __init__(self, model: nn.Module, example=None, max_leaves: int = 64):
+        self.leaves: list[str] = []
+        layers = M.prunable(model)
+        for _ in range(max_leaves):
+            tracer = _Tracer(self.leaves)
+            try:
+                graph = tracer.trace(model)
+            except Exception as e:  # noqa: BLE001
+                if not tracer.failed:  # the model's own forward
+                    raise Untraceable(f"{type(model).__name__} cannot be traced by torch.fx "
+                                      f"({type(e).__name__}: {e})") from e
+                self.leaves.append(tracer.failed)
+                continue
+            self.gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+            self.nodes, self.modules = list(self.gm.graph.nodes), dict(self.gm.named_modules())
+            weights = {(k if isinstance(v, M.Weight) else f"{k}.weight") for k, v in layers.items()}
+            functional = {_innermost(n) for n in self.nodes
+                          if n.op == "get_attr" and n.target in weights} - {""}
+            if functional:
+                self.leaves += sorted(functional)
+                continue
+            if example is None:
+                break
+            try:
+                self.check(model, example)
+                break
+            except Untraceable:
+                where = _innermost(self.failed_node) if self.failed_node is not None else ""
+                if not where or where in self.leaves:  # the model's own code, or a leaf itself
+                    raise
+                self.leaves.append(where)
+        else:
+            raise Untraceable(f"{type(model).__name__}: torch.fx needed more than {max_leaves} "
+                              "leaf modules")
         self.index = {n: i for i, n in enumerate(self.nodes)}
         calls: dict[str, list[fx.Node]] = {}
         for n in self.nodes:
             if n.op == "call_module":
                 calls.setdefault(n.target, []).append(n)
-        self.layer_node, self.unserved = {}, {}
+        self.layer_node, self.swapped, self.unserved = {}, set(), {}
         readers: dict[int, list[str]] = {}  # weight storage -> the modules holding it
         for mname, mod in model.named_modules():
             for p in mod.parameters(recurse=False):
                 readers.setdefault(p.untyped_storage().data_ptr(), []).append(mname)
         attrs = {n.target for n in self.nodes if n.op == "get_attr"}
-        for name, layer in M.prunable(model).items():
-            found = calls.get(name, [])
+        for name, layer in layers.items():
+            owner = name.rpartition(".")[0] if isinstance(layer, M.Weight) else name
             ptr = layer.weight.untyped_storage().data_ptr()
-            others = [m for m in readers.get(ptr, []) if m != name]
-            if len(found) == 1 and (others or f"{name}.weight" in attrs):
+            others = [m for m in readers.get(ptr, []) if m != owner]
+            if others or (name if isinstance(layer, M.Weight) else f"{name}.weight") in attrs:
                 self.unserved[name] = ("its weight is also read elsewhere ("
                                        + (", ".join(others) or "a functional call") + ")")
                 continue
+            direct = not isinstance(layer, M.Weight) and name in calls
+            where = owner if direct else next(
+                (p for p in _prefixes(owner) if p in calls), None)
+            found = calls.get(where, [])
             if len(found) == 1:
                 self.layer_node[name] = found[0]
+                if not direct:
+                    self.swapped.add(name)
             else:
                 self.unserved[name] = (f"called {len(found)} times as a module in the traced "
                                        "forward pass" + (" (its weight is used by a functional "
@@ -84,7 +157,8 @@ class Downstream:
                                                          else ""))
         inputs = [n for n in self.nodes if n.op == "placeholder"]
         self.batchy = self.descendants(inputs)  # values that carry the batch axis
-        self._cones: dict[frozenset, tuple] = {}  # start nodes -> (cone, frees)
+        self._cones: dict[frozenset, list] = {}  # start nodes -> cone
+        self._programs: dict[frozenset, tuple] = {}  # start nodes -> (compiled cone, inputs)
 
     def descendants(self, roots) -> set:
         """``roots`` and every node that reads them, directly or not."""
@@ -98,18 +172,23 @@ class Downstream:
 
     def cone(self, name: str) -> list[fx.Node]:
         """Nodes strictly downstream of layer ``name``, in execution order."""
-        return self._plan(frozenset([self.layer_node[name]]))[0]
+        return self._plan(frozenset([self.layer_node[name]]))
 
     @torch.no_grad()
     def run(self, x: torch.Tensor) -> dict[fx.Node, object]:
         """Dense pass; returns every node's value (the output node holds the logits)."""
         env: dict[fx.Node, object] = {}
         inputs = self._inputs(x)
+        self.failed_node = None
         for node in self.nodes:
             if node.op == "placeholder":
                 env[node] = inputs[node]
-            else:
+                continue
+            try:
                 env[node] = self._eval(node, env.__getitem__)
+            except Exception:
+                self.failed_node = node
+                raise
         return env
 
     def _inputs(self, x) -> dict:
@@ -151,6 +230,24 @@ class Downstream:
         return env[node.args[0]]
 
     @torch.no_grad()
+    def perturbed(self, env, name: str, layer, weights) -> object:
+        """The value of layer ``name``'s start node with each of ``weights`` in place of its
+        weight, stacked along the batch axis: the layer itself applied to its kept input, or, for
+        a weight inside a leaf module, that leaf re-run with the weight swapped in."""
+        if name not in self.swapped:
+            inp = self.layer_input(env, name)
+            return torch.cat([layer_forward(layer, inp, w) for w in weights])
+        node, param = self.layer_node[name], layer.weight
+        original, outs = param.data, []
+        try:
+            for w in weights:
+                param.data = w
+                outs.append(self._eval(node, env.__getitem__))
+        finally:
+            param.data = original
+        return _cat(outs)
+
+    @torch.no_grad()
     def rerun(self, env, name: str, new_out: torch.Tensor, copies: int = 1) -> torch.Tensor:
         """Logits when layer ``name`` outputs ``new_out`` (``copies`` perturbations stacked along
         the batch axis), all else as in ``env``."""
@@ -159,38 +256,54 @@ class Downstream:
     @torch.no_grad()
     def rerun_from(self, env, starts: dict, copies: int = 1) -> torch.Tensor:
         """Logits when the nodes of ``starts`` take the given values (``copies`` stacked along the
-        batch axis): the union of their downstream cones re-runs, every other value is read from
-        ``env`` (batch values tiled ``copies`` times)."""
-        local = dict(starts)
+        batch axis): the union of their downstream cones re-runs as compiled code, every other
+        value is read from ``env`` (batch values tiled ``copies`` times; sizes read off batch
+        values, such as a ViT's ``n = x.shape[0]``, recomputed from the tiled values)."""
+        program, order, kept = self._program(frozenset(starts), env)
+        # .forward, not the module call: torch.fx's wrapper prints every exception to stderr,
+        # and a failing stacked run is caught and retried one amount at a time by the caller
+        return program.forward(*[starts[n] for n in order], *[env[n] for n in kept], copies)
 
-        def get(node):
-            if node in local:
-                return local[node]
-            value = env[node]
-            if copies > 1 and node in self.batchy and isinstance(value, torch.Tensor):
-                return value.repeat(copies, *([1] * (value.dim() - 1)))
-            return value
-
-        cone, frees = self._plan(frozenset(starts))
-        for node in cone:
-            local[node] = self._eval(node, get)
-            for dead in frees.get(node, ()):
-                local.pop(dead, None)  # free activations no later node reads
-        return local[self.nodes[-1]]
-
-    def _plan(self, starts: frozenset):
-        """(cone of ``starts`` in execution order, {cone node: local values it reads last})."""
-        if starts not in self._cones:
-            cone = sorted(self.descendants(list(starts)) - starts, key=self.index.__getitem__)
-            last = {}
-            for node in sorted(starts, key=self.index.__getitem__) + cone:
+    def _program(self, starts: frozenset, env):
+        """(the cone of ``starts`` compiled to one function, the start nodes in its argument
+        order, the kept nodes it reads in its argument order); the function's arguments are the
+        start values, the kept values, then ``copies``."""
+        if starts not in self._programs:
+            cone = self._plan(starts)
+            if not cone or cone[-1] is not self.nodes[-1]:
+                raise ValueError("the model's output does not depend on the perturbed layer")
+            body, stack = set(cone), [a for n in cone for a in n.all_input_nodes]
+            while stack:  # batch-derived sizes are recomputed, not read
+                a = stack.pop()
+                if a not in body and a not in starts and a in self.batchy \
+                        and a.op != "placeholder" and not _has_tensor(env[a]):
+                    body.add(a)
+                    stack += a.all_input_nodes
+            body = sorted(body, key=self.index.__getitem__)
+            order = sorted(starts, key=self.index.__getitem__)
+            kept = sorted({a for n in body for a in n.all_input_nodes} - set(body) - starts,
+                          key=self.index.__getitem__)
+            g = fx.Graph()
+            value = {n: g.placeholder(f"start_{n.name}") for n in order}
+            given = {n: g.placeholder(f"kept_{n.name}") for n in kept}
+            copies = g.placeholder("copies")
+            for node in body:
                 for arg in node.all_input_nodes:
-                    last[arg] = node
-            frees: dict = {}
-            for value, reader in last.items():
-                if reader.op != "output":
-                    frees.setdefault(reader, []).append(value)
-            self._cones[starts] = (cone, frees)
+                    if arg not in value:  # a kept value, tiled just before its first read
+                        value[arg] = (g.call_function(tile, (given[arg], copies))
+                                      if arg in self.batchy else given[arg])
+                if node.op == "output":
+                    g.output(fx.node.map_arg(node.args[0], value.__getitem__))
+                else:
+                    value[node] = g.node_copy(node, value.__getitem__)
+            self._programs[starts] = (fx.GraphModule(self.gm, g), order, kept)
+        return self._programs[starts]
+
+    def _plan(self, starts: frozenset) -> list[fx.Node]:
+        """The cone of ``starts`` in execution order."""
+        if starts not in self._cones:
+            self._cones[starts] = sorted(self.descendants(list(starts)) - starts,
+                                         key=self.index.__getitem__)
         return self._cones[starts]
 
     def _eval(self, node: fx.Node, get):
@@ -211,3 +324,43 @@ class Downstream:
         if node.op == "output":
             return args[0]
         raise ValueError(f"unsupported fx node {node.op}")
+
+
+def _prefixes(name: str):
+    """``a.b.c``, ``a.b``, ``a`` (innermost first; not the model itself)."""
+    parts = name.split(".") if name else []
+    return [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
+
+
+def _cat(values: list):
+    """Module outputs concatenated along the batch axis, tuples element-wise (``None`` kept)."""
+    first = values[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(values)
+    if isinstance(first, tuple):
+        return tuple(_cat(list(parts)) for parts in zip(*values))
+    if first is None:
+        return None
+    raise ValueError(f"cannot stack module outputs of type {type(first).__name__}")
+
+
+def _has_tensor(value) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, (tuple, list)):
+        return any(_has_tensor(v) for v in value)
+    if isinstance(value, Mapping):
+        return any(_has_tensor(v) for v in value.values())
+    return False
+
+
+def tile(value, copies: int):
+    """``value`` repeated ``copies`` times along the batch axis (tuples element-wise; a
+    non-tensor as it is)."""
+    if copies == 1:
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.repeat(copies, *([1] * (value.dim() - 1)))
+    if isinstance(value, tuple):
+        return tuple(tile(v, copies) for v in value)
+    return value

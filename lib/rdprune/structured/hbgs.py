@@ -50,6 +50,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..core import masks as M
+from ..core import replay as R
 from ..core.loops import fine_tune
 from .wrappers import Wrapped, run, set_module, wrap, wrappable, wrappers  # noqa: F401 - API
 from . import filters as FL
@@ -157,36 +158,18 @@ def remove(model: nn.Module, name: str, side: str, k: int, selector: str = "omp"
 
 # ----------------------------------------------------------------------------- scoring
 def _probe(net, x):
-    """Spatial sizes (in, out) of each wrapper and, per wrapper, the prefix modules to replay."""
-    order, hooks, clock = {}, [], [0]
-
-    def pre(m, _):
-        order.setdefault(m, [clock[0], None, 0, False])
-        order[m][2] += 1
-        clock[0] += 1
-
-    def post(m, inp, out):
-        order[m][1], order[m][3] = clock[0], torch.is_tensor(out)
-        clock[0] += 1
-        if isinstance(m, Wrapped):
-            m._hw = (inp[0].shape[-2] * inp[0].shape[-1], out.shape[-2] * out.shape[-1])
-
-    for m in list(net.modules())[1:]:
-        hooks += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
-    with torch.no_grad():
-        net.eval()(x[:1])
-    [h.remove() for h in hooks]
-    hw, plan = {}, {}
-    for name, w in sorted(wrappers(net).items(), key=lambda nw: order.get(nw[1], [math.inf])[0]):
-        if w not in order:
-            continue
-        hw[name], start, todo, plan[name] = w.__dict__.pop("_hw"), order[w][0], [net], []
-        while todo:  # largest modules that finish before w starts (run once, tensor output)
-            for child in todo.pop().children():
-                s, e, calls, tensor = order.get(child, (math.inf,) * 4)
-                if s < start:
-                    (plan[name] if e < start and calls == 1 and tensor else todo).append(child)
-    return hw, plan
+    """Spatial sizes (in, out) of each wrapper the forward pass calls, in call order, and per
+    wrapper the prefix modules to replay (:func:`rdprune.core.replay.plan`)."""
+    ws, hw, hooks = wrappers(net), {}, []
+    for name, w in ws.items():
+        hooks.append(w.register_forward_hook(lambda m, i, o, name=name: hw.__setitem__(
+            name, (i[0].shape[-2] * i[0].shape[-1], o.shape[-2] * o.shape[-1]))))
+    try:
+        probed = R.probe(net.eval(), x[:1])
+    finally:
+        [h.remove() for h in hooks]
+    hw = {k: hw[k] for k in sorted(hw, key=lambda k: probed[0][ws[k]][0])}
+    return hw, R.plan(net, x[:1], {k: ws[k] for k in hw}, probed=probed)
 
 
 def _layer_errors(net, orig, batches, names, cands, done):
@@ -216,21 +199,14 @@ def _output_errors(net, batches, logits0, plan, cands):
     num, keep = {c: 0.0 for c in cands}, {m for c in cands for m in plan[c[0]]}
     with torch.no_grad():
         for xb, l0 in zip(batches, logits0):
-            cache = {}
-            hooks = [m.register_forward_hook(lambda m, i, o: cache.__setitem__(m, o.clone()))
-                     for m in keep]
-            net(xb)
-            [h.remove() for h in hooks]
+            kept = R.capture(net, xb, keep)[1]
             for c in cands:
-                for m in plan[c[0]]:
-                    m.forward = lambda *a, _t=cache[m], **k: _t.clone()
                 ws[c[0]].override = cands[c]
                 try:
-                    num[c] += (net(xb) - l0).square().sum().item()
+                    with R.replaying({m: kept[m] for m in plan[c[0]]}):
+                        num[c] += (net(xb) - l0).square().sum().item()
                 finally:
                     ws[c[0]].override = None
-                    for m in plan[c[0]]:
-                        del m.forward
     den = sum(l.square().sum().item() for l in logits0)
     return {c: math.sqrt(v / max(den, 1e-300)) for c, v in num.items()}
 

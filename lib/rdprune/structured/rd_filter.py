@@ -110,7 +110,7 @@ def curves(model: nn.Module, calib: torch.Tensor, grid: int | None = None,
     try:
         ds = Downstream(model) if method == "fast" else None
     except ValueError:  # not traceable by torch.fx: whole forward passes
-        pass
+        ds = None
     chunks = list(torch.split(calib, batch))
     kept = ds.run(chunks[0]) if ds is not None and len(chunks) == 1 else None
     with torch.no_grad():
