@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -14,12 +15,21 @@ from ..util import check_choice
 from . import masks as M
 
 
+def sorted_values(t: torch.Tensor) -> torch.Tensor:
+    """``t``'s values in ascending order. On the CPU through NumPy, whose SIMD quicksort sorts
+    float32 about 10× faster than ``torch.sort`` here (0.3 s against 3 s for 16.7 M values);
+    only values are needed, so the sort need not be stable."""
+    if t.device.type != "cpu":
+        return torch.sort(t).values
+    return torch.from_numpy(np.sort(t.contiguous().numpy(), kind="quicksort"))
+
+
 def magnitude_scores(module):
     """|w| per weight, ascending (masked weights -1, so they go first); float64 (sorted in the
     weight's own float32, half the memory traffic; the values convert exactly)."""
     w = module.weight.detach().abs().flatten().float()
     w = torch.where(M.mask_of(module).flatten(), w, torch.full_like(w, -1.0))
-    return torch.sort(w).values.double()
+    return sorted_values(w).double()
 
 
 def lamp_scores(module):
@@ -27,11 +37,11 @@ def lamp_scores(module):
     of w_v² for every v at least as large (Lee et al. 2021). One sort per layer: the scores of
     the sorted squares are already non-decreasing."""
     keep = M.mask_of(module).flatten()
-    live = torch.sort(module.weight.detach().flatten().float().abs()[keep]).values.double() ** 2
+    live = sorted_values(module.weight.detach().flatten().float().abs()[keep]).double() ** 2
     suffix = live.flip(0).cumsum(0).flip(0)  # Σ_{v ≥ u} v² in sorted order
     score = live / suffix.clamp_min(torch.finfo(torch.float64).tiny)
     if len(score) > 1 and not bool((score[1:] >= score[:-1]).all()):  # rounding, in theory
-        score = torch.sort(score).values
+        score = sorted_values(score)
     return torch.cat([torch.full((int((~keep).sum()),), -1.0, dtype=torch.float64), score])
 
 
