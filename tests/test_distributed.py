@@ -17,12 +17,17 @@ WORKER = textwrap.dedent('''
     import os, sys, datetime, torch, torch.distributed as dist
     import rdprune as rp
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method="env://", timeout=datetime.timedelta(seconds=120))
+    dist.init_process_group("gloo", init_method="env://",
+                            timeout=datetime.timedelta(seconds=int(os.environ.get("WAIT", 120))))
     torch.manual_seed(0)
     model = rp.models.build("resnet20").eval()
     calib = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     if os.environ.get("OTHER_CALIB") and dist.get_rank() == 1:
         calib = calib + 1
+    if os.environ.get("DIE") and dist.get_rank() == 1:  # dies right after its first layer is saved
+        import rdprune.core.curves as C
+        save = C.atomic_write_bytes
+        C.atomic_write_bytes = lambda path, data: (save(path, data), os._exit(3))
     try:
         out = rp.rd.curves(model, calib, grid=4, progress=False, cache=os.environ["CACHE"] == "1")
         out.to_csv(sys.argv[1] + f"/rank{dist.get_rank()}.csv", index=False)
@@ -39,7 +44,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def launch(tmp_path, cache, **extra):
+def launch(tmp_path, cache, check=True, **extra):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     port = _free_port()
@@ -57,8 +62,9 @@ def launch(tmp_path, cache, **extra):
     finally:
         for p in procs:
             p.kill()
-    assert all(p.returncode == 0 for p in procs), outs
-    return outs
+    if check:
+        assert all(p.returncode == 0 for p in procs), outs
+    return outs if check else (outs, [p.returncode for p in procs])
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +94,34 @@ def test_two_ranks_give_every_rank_the_single_process_curves(tmp_path, single):
     assert len(list((tmp_path / "data" / "curves").glob("*/*.csv"))) == single.layer.nunique()
     again = launch(tmp_path, cache=True)
     assert all("PATHS" in o and "'cached'" in o and "fast" not in o for o in again), again
+
+
+def test_a_rank_killed_during_curves_loses_only_its_unfinished_layers(tmp_path, single,
+                                                                      monkeypatch):
+    """Rank 1 dies right after saving its first layer; rank 0 saves all of its share and then
+    fails at the gather. A rerun (here one process) computes exactly the layers not on disk and
+    returns the single-process curves."""
+    outs, codes = launch(tmp_path, cache=True, check=False, DIE="1", WAIT="20")
+    assert codes[1] == 3 and codes[0] != 0, outs
+    files = list((tmp_path / "data" / "curves").glob("*/*.csv"))
+    saved = {f.stem for f in files}
+    layers = list(single.layer.unique())
+    assert 1 < len(saved) < len(layers)  # rank 0's share and rank 1's first layer
+    monkeypatch.setenv("RDPRUNE_DATA", str(tmp_path / "data"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        model = rp.models.build("resnet20").eval()
+        calib = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+        again = rp.rd.curves(model, calib, grid=4, progress=False, cache=True)
+    finally:
+        torch.set_num_threads(threads)
+    paths = again.attrs["paths"]
+    assert {k for k, v in paths.items() if v == "cached"} == saved
+    assert {k for k, v in paths.items() if v != "cached"} == set(layers) - saved
+    pd.testing.assert_frame_equal(again.reset_index(drop=True), single.reset_index(drop=True),
+                                  check_exact=True, check_dtype=False)
 
 
 def test_ranks_that_disagree_on_the_calibration_are_refused(tmp_path):
@@ -185,10 +219,26 @@ def test_ddp_fine_tuning_keeps_ranks_identical_masks_intact_and_equals_one_proce
             assert torch.allclose(a[k], one[k], rtol=1e-4, atol=1e-6), k
 
 
+CRASH = textwrap.dedent('''
+    """A plugin (--import) that kills the process right after round 1 is saved: an interruption."""
+    import os
+    from rdprune.lab import pipeline
+    save = pipeline._checkpoint
+
+    def crash(out, config, model, rows):
+        save(out, config, model, rows)
+        if rows[-1]["round"] == 1:
+            os._exit(5)
+
+    pipeline._checkpoint = crash
+''')
+
+
 def test_an_iterative_schedule_under_torchrun_matches_one_process(lenet, tmp_path):
     """Two rounds (20 %, then 36 %) of RD with fine-tuning, two ranks against one process: the
     same rounds and columns, every target met, the same allocation and top-1 within a point (DDP
-    averages two half-batch gradients: the weights differ by float summation order only)."""
+    averages two half-batch gradients: the weights differ by float summation order only). The
+    two-rank run is first interrupted after round 1 (rank 0 dies) and resumes from there."""
     import shutil
     ckpt = rp.train.checkpoint_path("lenet5", "fashion_mnist", "quick", 0)
     (tmp_path / "checkpoints").mkdir()
@@ -196,16 +246,27 @@ def test_an_iterative_schedule_under_torchrun_matches_one_process(lenet, tmp_pat
     args = ["-m", "rdprune", "prune", "--model", "lenet5", "--schedule", "iterative",
             "--target", "0.36", "--finetune-steps", "4", "--calib-n", "32", "--grid", "6",
             "--quiet"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RDPRUNE_DATA": str(tmp_path)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RDPRUNE_DATA": str(tmp_path),
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    (tmp_path / "crash_after_round_1.py").write_text(CRASH)
     one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")],
                          capture_output=True, text=True, timeout=300, env=env)
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                          "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
-                          *args, "--out", str(tmp_path / "two")],
-                         capture_output=True, text=True, timeout=300, env=env)
+
+    def two_ranks(*extra):
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node",
+                               "2", "--master-addr", "127.0.0.1", "--master-port",
+                               str(_free_port()), *args, "--out", str(tmp_path / "two"), *extra],
+                              capture_output=True, text=True, timeout=300, env=env)
+    crashed = two_ranks("--import", "crash_after_round_1")  # rank 0 dies after round 1's save
+    assert crashed.returncode != 0
+    first = pd.read_csv(tmp_path / "two" / "results.csv")
+    assert list(first["round"]) == [0, 1]
+    two = two_ranks()
     assert one.returncode == 0 and two.returncode == 0, (one.stderr[-1500:], two.stderr[-1500:])
+    assert two.stdout.count("resuming") == 1 and "after round 1" in two.stdout
     assert two.stdout.count("results: ") == 1  # rank 0 alone reports and writes
     a, b = (pd.read_csv(tmp_path / d / "results.csv") for d in ("one", "two"))
+    pd.testing.assert_frame_equal(b.iloc[:2], first)  # round 1 kept, not recomputed
     assert list(a.columns) == list(b.columns) and list(a["round"]) == list(b["round"]) == [0, 1, 2]
     assert (b.sparsity >= b.target - 1e-9).all()  # every round meets its target
     # the same allocation unless a float-order difference flips one DP choice (one grid step)

@@ -44,7 +44,7 @@ from ..core import allocators as A
 from ..core import masks as M
 from ..core import rd
 from ..core.allocators import allocate
-from ..core.distributed import world
+from ..core.distributed import from_rank0, world
 from ..util import atomic_write_bytes
 from . import data as D
 from . import models, train
@@ -190,7 +190,7 @@ def run(model_name: str = "resnet20", dataset: str = "fashion_mnist", method: st
         calib = D.calibration("synthetic", s.calib_n, seed, shape=model.input_size)
     else:
         calib = D.calibration(dataset, s.calib_n, seed, imagenet_root=imagenet_root)
-    rows, start = _resume(out, config, model) if resume else ([], 0)
+    rows, start = _resume(out, config, model, rank, ranks) if resume else ([], 0)
     dense_flops = sum(M.layer_flops(model).values())
     if start == 0:
         rows = [dict(method=method, schedule=schedule, round=0, stage="dense", target=0.0,
@@ -267,7 +267,16 @@ def _checkpoint(out: Path, config, model, rows):
     atomic_write_bytes(out / "config.json", json.dumps(config, indent=2).encode())
 
 
-def _resume(out: Path, config, model):
+def _resume(out: Path, config, model, rank: int = 0, ranks: int = 1):
+    """(rows, last finished round) of an interrupted run in ``out``, its state loaded into
+    ``model``; ([], 0) when there is none. Under torchrun rank 0 reads the folder and broadcasts
+    rows and state, so ranks on other machines (no shared disk) resume from the same round."""
+    if ranks > 1:
+        rows, start = _resume(out, config, model) if rank == 0 else (None, None)
+        rows, start, state = from_rank0((rows, start, model.state_dict() if start else None))
+        if rank != 0 and start:
+            M.load_state(model, state)
+        return rows, start
     path = out / "state.pt"
     if not path.exists():
         return [], 0
