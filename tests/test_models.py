@@ -7,7 +7,7 @@ SMALL = ["lenet5", "resnet20", "resnet32", "resnet56", "vgg16", "densenet121", "
          "mobilenet_v2"]
 
 
-@pytest.mark.parametrize("name", SMALL)
+@pytest.mark.parametrize("name", SMALL + ["vit_tiny"])
 @pytest.mark.parametrize("channels,size", [(1, 28), (3, 32)])
 def test_builds_and_runs(name, channels, size):
     m = rp.models.build(name, num_classes=7, in_channels=channels).eval()

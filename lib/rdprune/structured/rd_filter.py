@@ -49,9 +49,23 @@ __all__ = ["curves", "allocate", "apply", "structure", "removed", "COLUMNS", "BU
 COLUMNS = ["layer", "amount", "n_weights", "flops", "distortion", "filters", "removed"]
 
 
+_STRUCTURES: dict = {}  # (model id, weights hash) -> structure, the last few models
+
+
 def structure(model):
     """{root: (n, L1 order of root channels, {module: its channel of each root channel})} over
-    every Conv2d/BN/Linear whose output channels the group's removal slices."""
+    every Conv2d/BN/Linear whose output channels the group's removal slices. Kept for the model's
+    current weights (``rp.prune`` asks three times: curves, allocation, surgery); treat it as
+    read-only."""
+    key = (id(model), state_hash(model))
+    if key not in _STRUCTURES:
+        if len(_STRUCTURES) >= 4:
+            _STRUCTURES.pop(next(iter(_STRUCTURES)))
+        _STRUCTURES[key] = _structure(model)
+    return _STRUCTURES[key]
+
+
+def _structure(model):
     m = copy.deepcopy(model)
     dg, names, out = S.dependency_graph(m), {v: k for k, v in m.named_modules()}, {}
     groups = S.coupled_groups(m, dg)
