@@ -439,3 +439,49 @@ def test_replay_starts_where_a_weight_is_first_read_not_where_its_module_is_call
         assert torch.equal(net(x), y)
     assert "forward" not in net.peek.__dict__  # restored
     assert torch.equal(net(x), y)
+
+
+def test_a_weight_read_by_another_leaf_is_not_perturbed_alone():
+    """``peek`` reads ``b``'s weight and becomes a leaf; ``b`` must not go the fast way (its cone
+    would miss ``peek``), and its curve must equal the reference."""
+    torch.manual_seed(0)
+    net, x = EarlyRead().eval(), torch.randn(16, 8)
+    with pytest.warns(UserWarning, match="cannot serve"):
+        fast = rp.rd.curves(net, x, grid=6, cache=False, progress=False)
+    assert fast.attrs["paths"]["b"] != "fast" and fast.attrs["paths"]["a"] == "fast"
+    ref = rp.rd.curves(net, x, grid=6, cache=False, progress=False, method="reference")
+    assert np.array_equal(fast.distortion, ref.distortion)
+    assert (ref.groupby("layer")["distortion"].max() > 0).all()
+
+
+class SeqFirst(nn.Module):
+    """A sequence-first transformer (``batch_first=False``): the batch is axis 1 inside."""
+
+    def __init__(self, pooled=True):
+        super().__init__()
+        self.pooled = pooled
+        self.embed = nn.Linear(6, 16)
+        self.encoder, self.second = (nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=False), 1,
+            enable_nested_tensor=False) for _ in range(2))
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):  # x: (N, S, 6)
+        h = self.second(self.encoder(self.embed(x).transpose(0, 1)))  # (S, N, 16)
+        return self.head(h.mean(0) if self.pooled else h)  # (N, 3) or, sequence-first, (S, N, 3)
+
+
+@pytest.mark.parametrize("pooled", [True, False])
+def test_a_sequence_first_leaf_runs_one_amount_at_a_time_and_equals_the_reference(pooled):
+    """Stacking amounts along axis 0 mixes them inside a sequence-first encoder. With a pooled
+    output the output count gives it away; with a sequence-first output it does not, and only
+    the stacking check (two copies of the dense weight must give the dense output twice) does."""
+    torch.manual_seed(0)
+    net, x = SeqFirst(pooled).eval(), torch.randn(8, 5, 6)
+    fast = rp.rd.curves(net, x, grid=6, cache=False, progress=False)
+    ref = rp.rd.curves(net, x, grid=6, cache=False, progress=False, method="reference")
+    both = fast.merge(ref, on=["layer", "amount"], suffixes=("", "_ref"))
+    scale = both.groupby("layer")["distortion_ref"].transform("max").clip(lower=1e-30)
+    assert ((both.distortion - both.distortion_ref).abs() / scale).max() <= 1e-5
+    assert (ref.groupby("layer")["distortion"].max() > 0).all()
+    assert any("encoder" in k and v == "fast" for k, v in fast.attrs["paths"].items())

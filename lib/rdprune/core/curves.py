@@ -227,7 +227,7 @@ def sweep(model, x_all, jobs, total, distortion, batch, max_batch, progress, des
             try:
                 values = _cone_distortions(ds, kept, chunks, module, name, weight, order, counts,
                                            distortion, y_refs, stack)
-            except RuntimeError:  # a size read outside the cone (ViT's reshape): one at a time
+            except Exception:  # noqa: BLE001 - e.g. an output that cannot be stacked: one at a time
                 try:
                     values = _cone_distortions(ds, kept, chunks, module, name, weight, order,
                                                counts, distortion, y_refs, 1)
@@ -246,11 +246,11 @@ def sweep(model, x_all, jobs, total, distortion, batch, max_batch, progress, des
             if refs is None:
                 refs = y_refs if y_refs is not None else [B.call(model, x) for x in chunks]
             if plans is None:  # per chunk: a data-dependent path is planned on its own data
-                watch = {k: modules[k].weight for k in slow}
+                watch = {k: m.weight for k, m in modules.items()}  # a later fallback too
                 plans = [R.plan(model, x, watch) for x in chunks]
-                if len(chunks) == 1:  # one dense pass keeps what every layer replays
-                    replayed = R.capture(model, chunks[0], {m for p in plans[0].values()
-                                                            for m in p})[1]
+                if len(chunks) == 1:  # one dense pass keeps what the slow layers replay
+                    replayed = R.capture(model, chunks[0], {m for k in slow
+                                                            for m in plans[0][k]})[1]
             values = _replayed_passes(model, module, weight, order, counts, refs, chunks,
                                       distortion, [p[name] for p in plans], replayed)
         if paths is not None:
@@ -266,13 +266,15 @@ def _cone_distortions(ds, kept, chunks, module, name, weight, order, counts, dis
     for c, x in enumerate(chunks):
         env = kept if kept is not None else ds.run(x)
         y_ref = ds.output(env) if y_refs is None else y_refs[c]
+        if c == 0 and stack > 1 and not ds.stacks(env, name, module):
+            stack = 1
         parts = []
         for s in range(0, len(counts), stack):
             group = counts[s:s + stack]
             out = ds.perturbed(env, name, module, [_variant(module.weight, weight, order, k)
                                                    for k in group])
             parts.append(D.per_sample(distortion, y_ref,
-                                      ds.rerun(env, name, out, copies=len(group))))
+                                      ds.rerun(env, name, out, copies=len(group)), len(group)))
         reducer.add(torch.cat(parts))
         del env
     return reducer.value()
@@ -308,7 +310,7 @@ def _replayed_passes(model, module, weight, order, counts, refs, chunks, distort
     reducer = D.Reducer(distortion, len(counts))
     try:
         for x, y_ref, prefix in zip(chunks, refs, prefixes):
-            mine = ({m: kept[m] for m in prefix} if kept is not None else
+            mine = ({m: kept[m] for m in prefix if m in kept} if kept is not None else
                     R.capture(model, x, prefix)[1] if prefix else {})
             errors = []
             with R.replaying(mine):

@@ -142,11 +142,16 @@ def output_tensor(y) -> torch.Tensor:
                      "a tensor, a tuple whose first item is one, or an object with .logits")
 
 
-def per_sample(kind: str, y_ref: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def per_sample(kind: str, y_ref: torch.Tensor, y: torch.Tensor,
+               copies: int | None = None) -> torch.Tensor:
     """``(copies, N)`` float64 errors of ``y`` (``copies`` batches of ``N`` stacked along the batch
-    axis) against ``y_ref`` (``N``); either may be any output :func:`output_tensor` reads."""
+    axis) against ``y_ref`` (``N``); either may be any output :func:`output_tensor` reads.
+    ``copies``, when given, must be what ``y`` holds (a RuntimeError otherwise: the stacking
+    went wrong and the caller runs one batch at a time)."""
     y_ref, y = output_tensor(y_ref), output_tensor(y)
     n = len(y_ref)
+    if copies is not None and len(y) != copies * n:
+        raise RuntimeError(f"{copies} stacked batches of {n} gave {len(y)} outputs")
     copies = len(y) // n
     ref = y_ref if copies == 1 else y_ref.repeat(copies, *([1] * (y_ref.dim() - 1)))
     err = check(kind).per_sample(ref, y)

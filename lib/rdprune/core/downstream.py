@@ -92,34 +92,46 @@ class Downstream:
     def __init__(self, model: nn.Module, example=None, max_leaves: int = 64):
         self.leaves: list[str] = []
         layers = M.prunable(model)
+        weights = {(k if isinstance(v, M.Weight) else f"{k}.weight") for k, v in layers.items()}
+        read_by: dict[str, set[str]] = {}  # weight -> the modules made leaves for reading it
+
+        def grow(where: str, why: Exception | None):
+            """Make ``where`` a leaf, or its nearest enclosing module that is not one yet."""
+            up = next((p for p in _prefixes(where) if p not in self.leaves), "")
+            if not up:  # the model's own code
+                raise Untraceable(f"{type(model).__name__} cannot be traced by torch.fx "
+                                  f"({type(why).__name__}: {why})") from why
+            self.leaves.append(up)
+
         for _ in range(max_leaves):
             tracer = _Tracer(self.leaves)
             try:
                 graph = tracer.trace(model)
             except Exception as e:  # noqa: BLE001
-                if not tracer.failed:  # the model's own forward
-                    raise Untraceable(f"{type(model).__name__} cannot be traced by torch.fx "
-                                      f"({type(e).__name__}: {e})") from e
-                self.leaves.append(tracer.failed)
+                grow(tracer.failed or "", e)
                 continue
             self.gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
             self.nodes, self.modules = list(self.gm.graph.nodes), dict(self.gm.named_modules())
-            weights = {(k if isinstance(v, M.Weight) else f"{k}.weight") for k, v in layers.items()}
-            functional = {_innermost(n) for n in self.nodes
-                          if n.op == "get_attr" and n.target in weights} - {""}
+            functional = {}
+            for n in self.nodes:
+                if n.op == "get_attr" and n.target in weights and _innermost(n):
+                    functional.setdefault(_innermost(n), set()).add(n.target)
             if functional:
-                self.leaves += sorted(functional)
+                for where, read in sorted(functional.items()):
+                    for w in read:
+                        read_by.setdefault(w, set()).add(where)
+                    grow(where, None)
                 continue
             if example is None:
                 break
             try:
                 self.check(model, example)
                 break
-            except Untraceable:
+            except Untraceable as e:
                 where = _innermost(self.failed_node) if self.failed_node is not None else ""
-                if not where or where in self.leaves:  # the model's own code, or a leaf itself
+                if not where:
                     raise
-                self.leaves.append(where)
+                grow(where, e)
         else:
             raise Untraceable(f"{type(model).__name__}: torch.fx needed more than {max_leaves} "
                               "leaf modules")
@@ -138,7 +150,10 @@ class Downstream:
             owner = name.rpartition(".")[0] if isinstance(layer, M.Weight) else name
             ptr = layer.weight.untyped_storage().data_ptr()
             others = [m for m in readers.get(ptr, []) if m != owner]
-            if others or (name if isinstance(layer, M.Weight) else f"{name}.weight") in attrs:
+            pname = name if isinstance(layer, M.Weight) else f"{name}.weight"
+            # a leaf made for reading this weight that does not hold it: a second reader
+            others += sorted(r for r in read_by.get(pname, ()) if r not in _prefixes(owner))
+            if others or pname in attrs:
                 self.unserved[name] = ("its weight is also read elsewhere ("
                                        + (", ".join(others) or "a functional call") + ")")
                 continue
@@ -159,6 +174,7 @@ class Downstream:
         self.batchy = self.descendants(inputs)  # values that carry the batch axis
         self._cones: dict[frozenset, list] = {}  # start nodes -> cone
         self._programs: dict[frozenset, tuple] = {}  # start nodes -> (compiled cone, inputs)
+        self._stacks: dict = {}  # leaf start node (None: the traced layers) -> stacking is exact
 
     def descendants(self, roots) -> set:
         """``roots`` and every node that reads them, directly or not."""
@@ -230,6 +246,30 @@ class Downstream:
         return env[node.args[0]]
 
     @torch.no_grad()
+    def stacks(self, env, name: str, layer) -> bool:
+        """Whether several amounts of layer ``name`` may share one pass through its cone: its
+        current weight and an all-zero one, stacked, must give what each gives alone (two
+        different variants: attention cannot tell two identical copies from one). Stacking
+        assumes the batch is the first axis of every value; a sequence-first attention
+        (``batch_first=False``) or recurrent part breaks that, and such a layer then runs one
+        amount at a time. Checked once per leaf start node, and once for the traced layers."""
+        key = self.layer_node[name] if name in self.swapped else None
+        if key not in self._stacks:
+            try:
+                w = layer.weight.detach()
+                variants = [w, torch.zeros_like(w)]
+                alone = torch.cat([output_tensor(self.rerun(
+                    env, name, self.perturbed(env, name, layer, [v]))) for v in variants])
+                both = output_tensor(self.rerun(env, name, self.perturbed(env, name, layer,
+                                                                          variants), copies=2))
+                scale = float(alone.abs().max().clamp_min(1e-30)) if alone.numel() else 1.0
+                self._stacks[key] = (both.shape == alone.shape and torch.allclose(
+                    both, alone, rtol=1e-4, atol=1e-5 * scale))
+            except Exception:  # noqa: BLE001 - whatever fails stacked runs one at a time
+                self._stacks[key] = False
+        return self._stacks[key]
+
+    @torch.no_grad()
     def perturbed(self, env, name: str, layer, weights) -> object:
         """The value of layer ``name``'s start node with each of ``weights`` in place of its
         weight, stacked along the batch axis: the layer itself applied to its kept input, or, for
@@ -240,9 +280,9 @@ class Downstream:
         node, param = self.layer_node[name], layer.weight
         original, outs = param.data, []
         try:
-            for w in weights:
+            for w in weights:  # the leaf's inputs copied: it may change them in place
                 param.data = w
-                outs.append(self._eval(node, env.__getitem__))
+                outs.append(self._eval(node, lambda n: _copy(env[n])))
         finally:
             param.data = original
         return _cat(outs)
@@ -333,15 +373,30 @@ def _prefixes(name: str):
 
 
 def _cat(values: list):
-    """Module outputs concatenated along the batch axis, tuples element-wise (``None`` kept)."""
+    """Module outputs concatenated along the batch axis, tuples, lists and dicts element-wise
+    (``None`` kept); anything else cannot be stacked (the caller runs one amount at a time)."""
     first = values[0]
     if isinstance(first, torch.Tensor):
         return torch.cat(values)
-    if isinstance(first, tuple):
-        return tuple(_cat(list(parts)) for parts in zip(*values))
-    if first is None:
-        return None
-    raise ValueError(f"cannot stack module outputs of type {type(first).__name__}")
+    if isinstance(first, (tuple, list)):
+        return type(first)(_cat(list(parts)) for parts in zip(*values))
+    if isinstance(first, Mapping):
+        try:
+            return type(first)({k: _cat([v[k] for v in values]) for k in first})
+        except (TypeError, ValueError) as e:
+            raise RuntimeError(f"cannot stack {type(first).__name__} outputs") from e
+    if first is None or len(values) == 1:
+        return first
+    raise RuntimeError(f"cannot stack module outputs of type {type(first).__name__}")
+
+
+def _copy(value):
+    """Tensors (also inside tuples and lists) cloned; anything else as it is."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_copy(v) for v in value)
+    return value
 
 
 def _has_tensor(value) -> bool:

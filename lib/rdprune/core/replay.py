@@ -41,8 +41,11 @@ def probe(model: nn.Module, x, watch: dict | None = None) -> tuple[dict, dict]:
 
     for m in list(model.modules())[1:]:
         hooks += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+    storages: dict[int, list[str]] = {}  # a tensor's storage: its aliases (views, tied) count
+    for k, t in (watch or {}).items():
+        storages.setdefault(_storage(t), []).append(k)
     try:
-        with torch.no_grad(), _Reads({id(t): k for k, t in (watch or {}).items()}, clock, first):
+        with torch.no_grad(), _Reads(storages, clock, first):
             B.call(model, x)
     finally:
         for h in hooks:
@@ -51,19 +54,27 @@ def probe(model: nn.Module, x, watch: dict | None = None) -> tuple[dict, dict]:
 
 
 class _Reads(torch.overrides.TorchFunctionMode):
-    """Records the tick at which each watched tensor is first an operation's argument."""
+    """Records the tick at which each watched storage is first read by an operation (through
+    the tensor itself or any view or alias of it)."""
 
-    def __init__(self, ids: dict, clock: list, first: dict):
+    def __init__(self, storages: dict, clock: list, first: dict):
         super().__init__()
-        self.ids, self.clock, self.first = ids, clock, first
+        self.storages, self.clock, self.first = storages, clock, first
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if self.ids:
+        if self.storages:
             for a in _leaves((args, kwargs)):
-                if id(a) in self.ids:
-                    self.first.setdefault(self.ids[id(a)], self.clock[0])
+                for name in self.storages.get(_storage(a), ()):
+                    self.first.setdefault(name, self.clock[0])
         return func(*args, **kwargs)
+
+
+def _storage(t: torch.Tensor) -> int | None:
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # a tensor without storage
+        return None
 
 
 def _leaves(tree):
@@ -98,22 +109,29 @@ def plan(model: nn.Module, x, targets: dict[str, object], probed=None) -> dict[s
                     todo.append(child)
                     continue
                 s, e, calls, ok = order[child]
-                if s < start:
-                    (out[name] if e < start and calls == 1 and ok else todo).append(child)
+                if s < start:  # in-place modules may be called for their side effect: not kept
+                    done = e is not None and e < start and calls == 1 and ok \
+                        and not getattr(child, "inplace", False)
+                    (out[name] if done else todo).append(child)
     return out
 
 
 @torch.no_grad()
 def capture(model: nn.Module, x, modules) -> tuple[object, dict]:
-    """(``model``'s output on ``x``, {module: its output}) for ``modules``, from one pass."""
-    kept, hooks = {}, []
-    for m in set(modules):
-        hooks.append(m.register_forward_hook(lambda m, i, o: kept.__setitem__(m, _clone(o))))
-    try:
+    """(``model``'s output on ``x``, {module: what its ``forward`` returned}) for ``modules``,
+    from one pass. ``forward`` itself is wrapped (not a hook), so the kept value is the one
+    :func:`replaying` must stand in for: the module's hooks run on it again as usual."""
+    kept = {}
+
+    def keep(m, forward):
+        def wrapped(*a, **k):
+            out = forward(*a, **k)
+            kept[m] = _clone(out)
+            return out
+        return wrapped
+
+    with _patched({m: keep(m, m.forward) for m in set(modules)}):
         y = B.call(model, x)
-    finally:
-        for h in hooks:
-            h.remove()
     return y, kept
 
 
@@ -121,9 +139,16 @@ def capture(model: nn.Module, x, modules) -> tuple[object, dict]:
 def replaying(kept: dict):
     """Within the block, each module of ``kept`` returns (a copy of) its kept output instead of
     running: a copy, since a later in-place operation must not change the kept value."""
-    saved = {m: m.__dict__.get("forward") for m in kept}
-    for m, value in kept.items():
-        m.forward = lambda *a, _v=value, **k: _clone(_v)
+    with _patched({m: (lambda *a, _v=value, **k: _clone(_v)) for m, value in kept.items()}):
+        yield
+
+
+@contextlib.contextmanager
+def _patched(forwards: dict):
+    """Each module's ``forward`` replaced for the block, then restored."""
+    saved = {m: m.__dict__.get("forward") for m in forwards}
+    for m, f in forwards.items():
+        m.forward = f
     try:
         yield
     finally:

@@ -273,7 +273,8 @@ def _resume(out: Path, config, model, rank: int = 0, ranks: int = 1):
     rows and state, so ranks on other machines (no shared disk) resume from the same round."""
     if ranks > 1:
         rows, start = _resume(out, config, model) if rank == 0 else (None, None)
-        rows, start, state = from_rank0((rows, start, model.state_dict() if start else None))
+        state = {k: v.cpu() for k, v in model.state_dict().items()} if start else None
+        rows, start, state = from_rank0((rows, start, state))
         if rank != 0 and start:
             M.load_state(model, state)
         return rows, start
@@ -285,10 +286,11 @@ def _resume(out: Path, config, model, rank: int = 0, ranks: int = 1):
         if blob["config"] != config:
             print(f"{path}: different settings, starting over")
             return [], 0
+        rows, start = blob["rows"], int(blob["rows"][-1]["round"])
+        M.load_state(copy.deepcopy(model), blob["state"])  # a state that fails leaves no trace
         M.load_state(model, blob["state"])
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - on rank 0 too: never before the broadcast
         print(f"{path} is unreadable ({type(e).__name__}); starting over")
         return [], 0
-    rows = blob["rows"]
-    print(f"resuming {out} after round {rows[-1]['round']}")
-    return rows, rows[-1]["round"]
+    print(f"resuming {out} after round {start}")
+    return rows, start
