@@ -67,18 +67,23 @@ def launch(tmp_path, cache, check=True, **extra):
     return outs if check else (outs, [p.returncode for p in procs])
 
 
-@pytest.fixture(scope="module")
-def single():
-    """One process, one thread (as each rank has), no cache."""
+def one_process(cache: bool):
+    """The workers' curves from one process with one thread (as each rank has)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         torch.manual_seed(0)
         model = rp.models.build("resnet20").eval()
         calib = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-        return rp.rd.curves(model, calib, grid=4, progress=False, cache=False)
+        return rp.rd.curves(model, calib, grid=4, progress=False, cache=cache)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def single():
+    """One process, no cache."""
+    return one_process(cache=False)
 
 
 def test_two_ranks_give_every_rank_the_single_process_curves(tmp_path, single):
@@ -108,15 +113,7 @@ def test_a_rank_killed_during_curves_loses_only_its_unfinished_layers(tmp_path, 
     layers = list(single.layer.unique())
     assert 1 < len(saved) < len(layers)  # rank 0's share and rank 1's first layer
     monkeypatch.setenv("RDPRUNE_DATA", str(tmp_path / "data"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.manual_seed(0)
-        model = rp.models.build("resnet20").eval()
-        calib = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-        again = rp.rd.curves(model, calib, grid=4, progress=False, cache=True)
-    finally:
-        torch.set_num_threads(threads)
+    again = one_process(cache=True)
     paths = again.attrs["paths"]
     assert {k for k, v in paths.items() if v == "cached"} == saved
     assert {k for k, v in paths.items() if v != "cached"} == set(layers) - saved
