@@ -227,7 +227,8 @@ def sweep(model, x_all, jobs, total, distortion, batch, max_batch, progress, des
             try:
                 values = _cone_distortions(ds, kept, chunks, module, name, weight, order, counts,
                                            distortion, y_refs, stack)
-            except Exception:  # noqa: BLE001 - e.g. an output that cannot be stacked: one at a time
+            except RuntimeError:  # e.g. a size read outside the cone, an output that cannot
+                # be stacked: one amount at a time (a user's ValueError goes on up)
                 try:
                     values = _cone_distortions(ds, kept, chunks, module, name, weight, order,
                                                counts, distortion, y_refs, 1)

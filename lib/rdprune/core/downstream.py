@@ -311,7 +311,7 @@ class Downstream:
         if starts not in self._programs:
             cone = self._plan(starts)
             if not cone or cone[-1] is not self.nodes[-1]:
-                raise ValueError("the model's output does not depend on the perturbed layer")
+                raise RuntimeError("the model's output does not depend on the perturbed layer")
             body, stack = set(cone), [a for n in cone for a in n.all_input_nodes]
             while stack:  # batch-derived sizes are recomputed, not read
                 a = stack.pop()
