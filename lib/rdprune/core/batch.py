@@ -103,15 +103,55 @@ def call(model: nn.Module, b):
     return model(b)
 
 
-def tile(b, copies: int):
-    """Every tensor repeated ``copies`` times along the batch axis."""
-    def rep(t):
-        return t.repeat(copies, *([1] * (t.dim() - 1)))
-    if isinstance(b, torch.Tensor):
-        return rep(b)
-    if isinstance(b, Mapping):
-        return {k: rep(v) for k, v in b.items()}
-    return tuple(rep(t) for t in b)
+def tile(value, copies: int):
+    """Every tensor repeated ``copies`` times along the batch axis (inside tuples, lists and
+    dicts too); anything else as it is."""
+    if copies == 1:
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.repeat(copies, *([1] * (value.dim() - 1)))
+    if isinstance(value, (tuple, list)):
+        return type(value)(tile(v, copies) for v in value)
+    if isinstance(value, Mapping):
+        return {k: tile(v, copies) for k, v in value.items()}
+    return value
+
+
+def cat(values: list):
+    """Module outputs concatenated along the batch axis, tuples, lists and dicts element-wise
+    (``None`` kept); anything else cannot be stacked (RuntimeError: run one at a time)."""
+    first = values[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(values)
+    if isinstance(first, (tuple, list)):
+        return type(first)(cat(list(parts)) for parts in zip(*values))
+    if isinstance(first, Mapping):
+        try:
+            return type(first)({k: cat([v[k] for v in values]) for k in first})
+        except (TypeError, ValueError) as e:
+            raise RuntimeError(f"cannot stack {type(first).__name__} outputs") from e
+    if first is None or len(values) == 1:
+        return first
+    raise RuntimeError(f"cannot stack module outputs of type {type(first).__name__}")
+
+
+def copy(value):
+    """Tensors (also inside tuples and lists) cloned; anything else as it is."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, (tuple, list)):
+        return type(value)(copy(v) for v in value)
+    return value
+
+
+def has_tensor(value) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, (tuple, list)):
+        return any(has_tensor(v) for v in value)
+    if isinstance(value, Mapping):
+        return any(has_tensor(v) for v in value.values())
+    return False
 
 
 def tobytes(b) -> bytes:

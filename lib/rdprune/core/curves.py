@@ -252,8 +252,8 @@ def sweep(model, x_all, jobs, total, distortion, batch, max_batch, progress, des
                 if len(chunks) == 1:  # one dense pass keeps what the slow layers replay
                     replayed = R.capture(model, chunks[0], {m for k in slow
                                                             for m in plans[0][k]})[1]
-            values = _replayed_passes(model, module, weight, order, counts, refs, chunks,
-                                      distortion, [p[name] for p in plans], replayed)
+            values = _passes(model, module, weight, order, counts, refs, chunks, distortion,
+                             [p[name] for p in plans], replayed)
         if paths is not None:
             paths[name] = ("fast" if name not in why else
                            "replay" if plans and any(p[name] for p in plans) else "reference")
@@ -299,12 +299,15 @@ def _reasons(why, slow):
     return "; ".join(f"{k}: {why[k]}" for k in slow[:6]) + ("; ..." if len(slow) > 6 else "")
 
 
-def _replayed_passes(model, module, weight, order, counts, refs, chunks, distortion, prefixes,
-                     kept=None):
-    """:func:`_full_passes`, each chunk's ``prefixes`` modules replayed from one dense pass
-    (:mod:`rdprune.core.replay`): they finish before the layer's weight is first read, so the
-    numbers are the full passes' exactly. ``kept``: the outputs of a single chunk's modules, kept
-    across layers; else each chunk's dense pass runs here."""
+def _passes(model, module, weight, order, counts, refs, chunks, distortion, prefixes=None,
+            kept=None):
+    """Distortion of ``model`` with ``module``'s weight set to ``weight`` less ``order[:k]``, for
+    each ``k`` in ``counts``, by forward passes (the reference way). With ``prefixes``, each
+    chunk's modules there are replayed from one dense pass (:mod:`rdprune.core.replay`): they
+    finish before the layer's weight is first read, so the numbers are the full passes'
+    exactly. ``kept``: the outputs of a single chunk's modules, kept across layers; else each
+    chunk's dense pass runs here."""
+    prefixes = prefixes or [[] for _ in chunks]
     if not counts:
         return np.zeros(0)
     original = module.weight.detach().clone()
@@ -323,20 +326,6 @@ def _replayed_passes(model, module, weight, order, counts, refs, chunks, distort
     finally:
         module.weight.copy_(original)
     return reducer.value()
-
-
-def _full_passes(model, module, weight, order, counts, refs, chunks, distortion):
-    """Distortion of ``model`` with ``module``'s weight set to ``weight`` less ``order[:k]``, for
-    each ``k`` in ``counts``: one whole forward pass each (the reference way)."""
-    original = module.weight.detach().clone()
-    out = np.zeros(len(counts))
-    try:
-        for i, k in enumerate(counts):
-            module.weight.copy_(_variant(original, weight, order, k))
-            out[i] = D.measure(refs, model, chunks, distortion)
-    finally:
-        module.weight.copy_(original)
-    return out
 
 
 def fast_curves(model, x_all, names, amounts, distortion, batch, max_batch, progress,
@@ -373,8 +362,8 @@ def reference_curves(model, x_all, names, amounts, distortion, batch, max_batch,
         original = module.weight.detach().clone()
         dist = np.zeros(len(amounts))
         todo = [i for i, k in enumerate(counts) if k > already]
-        dist[todo] = _full_passes(model, module, original, order, [counts[i] for i in todo],
-                                  refs, chunks, distortion)
+        dist[todo] = _passes(model, module, original, order, [counts[i] for i in todo], refs,
+                             chunks, distortion)
         if paths is not None:
             paths[name] = "reference"
         yield name, dist

@@ -282,10 +282,10 @@ class Downstream:
         try:
             for w in weights:  # the leaf's inputs copied: it may change them in place
                 param.data = w
-                outs.append(self._eval(node, lambda n: _copy(env[n])))
+                outs.append(self._eval(node, lambda n: B.copy(env[n])))
         finally:
             param.data = original
-        return _cat(outs)
+        return B.cat(outs)
 
     @torch.no_grad()
     def rerun(self, env, name: str, new_out: torch.Tensor, copies: int = 1) -> torch.Tensor:
@@ -316,7 +316,7 @@ class Downstream:
             while stack:  # batch-derived sizes are recomputed, not read
                 a = stack.pop()
                 if a not in body and a not in starts and a in self.batchy \
-                        and a.op != "placeholder" and not _has_tensor(env[a]):
+                        and a.op != "placeholder" and not B.has_tensor(env[a]):
                     body.add(a)
                     stack += a.all_input_nodes
             body = sorted(body, key=self.index.__getitem__)
@@ -330,7 +330,7 @@ class Downstream:
             for node in body:
                 for arg in node.all_input_nodes:
                     if arg not in value:  # a kept value, tiled just before its first read
-                        value[arg] = (g.call_function(tile, (given[arg], copies))
+                        value[arg] = (g.call_function(B.tile, (given[arg], copies))
                                       if arg in self.batchy else given[arg])
                 if node.op == "output":
                     g.output(fx.node.map_arg(node.args[0], value.__getitem__))
@@ -370,52 +370,3 @@ def _prefixes(name: str):
     """``a.b.c``, ``a.b``, ``a`` (innermost first; not the model itself)."""
     parts = name.split(".") if name else []
     return [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
-
-
-def _cat(values: list):
-    """Module outputs concatenated along the batch axis, tuples, lists and dicts element-wise
-    (``None`` kept); anything else cannot be stacked (the caller runs one amount at a time)."""
-    first = values[0]
-    if isinstance(first, torch.Tensor):
-        return torch.cat(values)
-    if isinstance(first, (tuple, list)):
-        return type(first)(_cat(list(parts)) for parts in zip(*values))
-    if isinstance(first, Mapping):
-        try:
-            return type(first)({k: _cat([v[k] for v in values]) for k in first})
-        except (TypeError, ValueError) as e:
-            raise RuntimeError(f"cannot stack {type(first).__name__} outputs") from e
-    if first is None or len(values) == 1:
-        return first
-    raise RuntimeError(f"cannot stack module outputs of type {type(first).__name__}")
-
-
-def _copy(value):
-    """Tensors (also inside tuples and lists) cloned; anything else as it is."""
-    if isinstance(value, torch.Tensor):
-        return value.clone()
-    if isinstance(value, (tuple, list)):
-        return type(value)(_copy(v) for v in value)
-    return value
-
-
-def _has_tensor(value) -> bool:
-    if isinstance(value, torch.Tensor):
-        return True
-    if isinstance(value, (tuple, list)):
-        return any(_has_tensor(v) for v in value)
-    if isinstance(value, Mapping):
-        return any(_has_tensor(v) for v in value.values())
-    return False
-
-
-def tile(value, copies: int):
-    """``value`` repeated ``copies`` times along the batch axis (tuples element-wise; a
-    non-tensor as it is)."""
-    if copies == 1:
-        return value
-    if isinstance(value, torch.Tensor):
-        return value.repeat(copies, *([1] * (value.dim() - 1)))
-    if isinstance(value, tuple):
-        return tuple(tile(v, copies) for v in value)
-    return value

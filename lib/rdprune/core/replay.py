@@ -126,7 +126,7 @@ def capture(model: nn.Module, x, modules) -> tuple[object, dict]:
     def keep(m, forward):
         def wrapped(*a, **k):
             out = forward(*a, **k)
-            kept[m] = _clone(out)
+            kept[m] = B.copy(out)
             return out
         return wrapped
 
@@ -139,7 +139,7 @@ def capture(model: nn.Module, x, modules) -> tuple[object, dict]:
 def replaying(kept: dict):
     """Within the block, each module of ``kept`` returns (a copy of) its kept output instead of
     running: a copy, since a later in-place operation must not change the kept value."""
-    with _patched({m: (lambda *a, _v=value, **k: _clone(_v)) for m, value in kept.items()}):
+    with _patched({m: (lambda *a, _v=value, **k: B.copy(_v)) for m, value in kept.items()}):
         yield
 
 
@@ -164,9 +164,3 @@ def _replayable(out) -> bool:
         return True
     return isinstance(out, tuple) and any(isinstance(v, torch.Tensor) for v in out) and \
         all(v is None or isinstance(v, torch.Tensor) for v in out)
-
-
-def _clone(out):
-    if isinstance(out, torch.Tensor):
-        return out.clone()
-    return tuple(None if v is None else v.clone() for v in out)
