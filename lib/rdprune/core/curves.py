@@ -244,14 +244,15 @@ def sweep(model, x_all, jobs, total, distortion, batch, max_batch, progress, des
                               "passes that replay the modules which finish before the layer's "
                               "weight is read (same numbers, slower)")
                 warned = True
-            if refs is None:
-                refs = y_refs if y_refs is not None else [B.call(model, x) for x in chunks]
             if plans is None:  # per chunk: a data-dependent path is planned on its own data
                 watch = {k: m.weight for k, m in modules.items()}  # a later fallback too
                 plans = [R.plan(model, x, watch) for x in chunks]
-                if len(chunks) == 1:  # one dense pass keeps what the slow layers replay
-                    replayed = R.capture(model, chunks[0], {m for k in slow
-                                                            for m in plans[0][k]})[1]
+                if len(chunks) == 1:  # one dense pass: the logits and what the layers replay
+                    y, replayed = R.capture(model, chunks[0], {m for k in slow
+                                                               for m in plans[0][k]})
+                    refs = y_refs if y_refs is not None else [y]
+            if refs is None:
+                refs = y_refs if y_refs is not None else [B.call(model, x) for x in chunks]
             values = _passes(model, module, weight, order, counts, refs, chunks, distortion,
                              [p[name] for p in plans], replayed)
         if paths is not None:
@@ -285,9 +286,7 @@ def fast_plan(model, x) -> tuple[Downstream | None, dict[str, str]]:
     """(the traced model, or None when it cannot be traced or its trace fails on ``x``;
     {layer: why the fast path cannot serve it}: every layer in the first case)."""
     try:
-        example = B.take(x, 0, 2)
-        ds = Downstream(model, example)
-        ds.check(model, example)
+        ds = Downstream(model, B.take(x, 0, 2))  # checks its trace on the example
     except Untraceable as e:
         return None, {k: str(e) for k in M.prunable(model)}
     return ds, dict(ds.unserved)
