@@ -47,6 +47,67 @@ def check(b) -> int:
     return n
 
 
+def _ids(b):
+    """The token-id tensor of a batch, if any: a bare integer tensor, a mapping's
+    ``input_ids``, or a tuple's first item when it is integer."""
+    if isinstance(b, Mapping):
+        t = b.get("input_ids")
+    elif isinstance(b, tuple):
+        t = b[0] if b else None
+    else:
+        t = b
+    if isinstance(t, torch.Tensor) and t.dim() >= 2 and t.dtype in (
+            torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        return t
+    return None
+
+
+def _vocabulary(model: nn.Module):
+    """The input embedding's size: Hugging Face's ``get_input_embeddings()``, else
+    ``config.vocab_size``, else None (the model says nothing we can trust)."""
+    get = getattr(model, "get_input_embeddings", None)
+    try:
+        emb = get() if callable(get) else None
+    except (NotImplementedError, AttributeError):
+        emb = None
+    if isinstance(emb, nn.Embedding):
+        return emb.num_embeddings
+    size = getattr(getattr(model, "config", None), "vocab_size", None)
+    return size if isinstance(size, int) else None
+
+
+def check_tokens(model: nn.Module, b) -> None:
+    """ValueError, before any work, for inputs a language model cannot read: float inputs to a
+    model whose input embedding takes token ids, token ids (a bare integer tensor, ``input_ids``
+    or a tuple's first item) outside ``[0, vocabulary)``, or windows longer than its context
+    (``config.n_positions`` / ``max_position_embeddings``). The vocabulary is Hugging Face's
+    ``get_input_embeddings()`` or ``config.vocab_size``; a model that declares neither is not
+    checked (its own error will come from inside)."""
+    vocab = _vocabulary(model)
+    if vocab is None:
+        return
+    first = b.get("input_ids") if isinstance(b, Mapping) else (b[0] if isinstance(b, tuple) and b
+                                                                else b)
+    if isinstance(first, torch.Tensor) and first.is_floating_point() and \
+            getattr(model, "main_input_name", "input_ids") == "input_ids":
+        raise ValueError(f"{type(model).__name__} reads token ids (integers), but the "
+                         f"calibration batch holds {first.dtype} values: pass token windows, "
+                         "e.g. rdprune.data.calibration('pystdlib', n) for a byte model")
+    ids = _ids(b)
+    if ids is None:
+        return
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= vocab:
+        raise ValueError(f"token ids run from {lo} to {hi}, but the model's vocabulary has "
+                         f"{vocab} entries: encode the text with the model's own tokenizer")
+    cfg = getattr(model, "config", None)
+    context = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
+    if isinstance(context, int) and ids.shape[1] > context:
+        raise ValueError(f"windows of {ids.shape[1]} tokens are longer than the model's context "
+                         f"of {context}: cut the calibration text into windows of at most "
+                         f"{context} tokens")
+
+
 def gather(b):
     """A list or DataLoader of batches concatenated into one batch; anything else unchanged."""
     if isinstance(b, (torch.Tensor, tuple, Mapping)):

@@ -36,6 +36,7 @@ def input_norms(model: nn.Module, calib, names: Iterable[str] | None = None,
     q, k and v inputs add up when they differ, as in cross-attention)."""
     calib = B.gather(calib)
     B.check(calib)
+    B.check_tokens(model, calib)
     layers = M.prunable(model)
     names = list(names) if names is not None else list(layers)
     wanted = set(names)

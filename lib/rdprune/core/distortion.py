@@ -217,6 +217,7 @@ def check_inputs(model: nn.Module, calib: torch.Tensor, grid: int, kind: str) ->
     read, a grid of fewer than 2 points or a model with NaN/infinite parameters."""
     check(kind)
     B.check(calib)
+    B.check_tokens(model, calib)
     if int(grid) < 2:
         raise ValueError(f"grid must have at least 2 points (0 and 1), got {grid}")
     for name, p in model.named_parameters():

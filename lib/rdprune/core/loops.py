@@ -3,6 +3,7 @@
 methods (HBGS, JointPruning) and the lab's recipes use them; they know no dataset name."""
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
@@ -51,6 +52,22 @@ def batches(loader, steps: int):
             raise ValueError("the training loader yields no batches")
 
 
+def per_token(out: torch.Tensor, y: torch.Tensor) -> bool:
+    """Whether ``out`` holds a language model's per-token logits (N, T, V) for next-token labels
+    ``y`` (N, T): the class axis last. Anything else keeps PyTorch's convention, classes on
+    axis 1 ((N, C) against (N,), dense (N, C, H, W) against (N, H, W))."""
+    return out.dim() > 2 and tuple(out.shape[:-1]) == tuple(y.shape)
+
+
+def token_loss(out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of class logits against labels, or, for a language model
+    (:func:`per_token`), of per-token logits against the next tokens: the mean (or sum) over
+    tokens, labels -100 ignored as in Hugging Face."""
+    if per_token(out, y):
+        return F.cross_entropy(out.flatten(0, -2), y.flatten(), reduction=reduction)
+    return F.cross_entropy(out, y, reduction=reduction)
+
+
 def fit(model: nn.Module, loader, steps: int, *, lr: float = 1e-3, weight_decay: float = 0.01,
         schedule: str = "cosine", teacher: nn.Module | None = None, temperature: float = 2.0,
         dev="auto", progress: bool = True, desc: str = "train") -> nn.Module:
@@ -86,12 +103,15 @@ def fit(model: nn.Module, loader, steps: int, *, lr: float = 1e-3, weight_decay:
             share = ranks * len(x) / n  # DDP averages ranks: weigh by samples, as one process
         x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
         out = output_tensor(net(x))
-        loss = F.cross_entropy(out, y)
+        loss = token_loss(out, y)
         if teacher is not None:
             with torch.no_grad():
                 t = output_tensor(teacher(x))
+            o, t, axis = out, t, 1
+            if per_token(out, y):  # a language model: per token, vocabulary last
+                o, t, axis = out.flatten(0, -2), t.flatten(0, -2), -1
             loss = loss + temperature ** 2 * F.kl_div(
-                F.log_softmax(out / temperature, 1), F.softmax(t / temperature, 1),
+                F.log_softmax(o / temperature, axis), F.softmax(t / temperature, axis),
                 reduction="batchmean")
         opt.zero_grad(set_to_none=True)
         (loss * share).backward()
@@ -109,19 +129,28 @@ def fit(model: nn.Module, loader, steps: int, *, lr: float = 1e-3, weight_decay:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader, dev=None) -> dict[str, float]:
-    """Top-1 accuracy (fraction) and mean cross-entropy over ``loader``."""
+    """Top-1 accuracy (fraction) and mean cross-entropy over ``loader``; for a language model
+    (per-token logits, next-token labels: :func:`per_token`) both are per token, labels -100
+    skipped, and ``perplexity`` (e^loss) is added."""
     dev = next(model.parameters()).device if dev is None else device(dev)
     was = model.training
     model.eval()
-    correct, loss, n = 0, 0.0, 0
+    correct, loss, n, tokens = 0, 0.0, 0, False
     for x, y in loader:
         x, y = x.to(dev), y.to(dev)
         out = output_tensor(model(x))
-        loss += F.cross_entropy(out, y, reduction="sum").item()
-        correct += (out.argmax(1) == y).sum().item()
-        n += len(y)
+        loss += token_loss(out, y, reduction="sum").item()
+        tokens = per_token(out, y)
+        valid = y != -100  # Hugging Face's ignored label
+        correct += ((out.argmax(-1 if tokens else 1) == y) & valid).sum().item()
+        n += int(valid.sum())
     model.train(was)
-    return {"top1": correct / n, "loss": loss / n}
+    if n == 0:
+        raise ValueError("the evaluation loader yields no labelled samples")
+    result = {"top1": correct / n, "loss": loss / n}
+    if tokens:
+        result["perplexity"] = math.exp(min(result["loss"], 700.0))
+    return result
 
 
 @torch.no_grad()

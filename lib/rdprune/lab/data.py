@@ -13,6 +13,10 @@ A folder of your own images is the data set ``imagefolder:/path``: ``/path/train
 ``/path/val/<class>/*`` (torchvision ``ImageFolder`` layout), read with ImageNet's transforms
 (test and calibration: resize 256, centre crop 224, ImageNet mean/std; training: random resized
 crop 224 and flip) as RGB, so torchvision and timm models see what they were built for.
+
+Text: ``pystdlib`` is the Python standard library's source as bytes (:mod:`.text`), windows of
+128 tokens; its :class:`Info` has ``text=True``, the vocabulary (256) as ``num_classes`` and the
+window as ``image_size``; loaders yield (tokens, next tokens) and calibration sets are windows.
 """
 from __future__ import annotations
 
@@ -27,9 +31,10 @@ import torch
 
 from ..core.loops import TensorLoader
 from ..util import data_dir
+from . import text as TX
 
-DATASETS = ("fashion_mnist", "cifar10", "imagenet", "synthetic")
-IN_MEMORY = ("fashion_mnist", "cifar10")  # held as tensors: held-out splits are exact slices
+DATASETS = ("fashion_mnist", "cifar10", "imagenet", "synthetic", TX.NAME)
+IN_MEMORY = ("fashion_mnist", "cifar10", TX.NAME)  # held as tensors: held-out splits are exact slices
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
 _FMNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -44,11 +49,13 @@ _STATS = {  # per-channel mean, std of the training split
 
 @dataclass(frozen=True)
 class Info:
-    """What a model needs to know about a dataset."""
+    """What a model needs to know about a dataset (for text: the vocabulary as ``num_classes``,
+    no channels, the window length in tokens as ``image_size``)."""
     name: str
     num_classes: int
     in_channels: int
     image_size: int
+    text: bool = False
 
 
 FOLDER = "imagefolder:"
@@ -61,6 +68,8 @@ def _folder(name: str, imagenet_root: str | None = None) -> str | None:
 
 def slug(name: str) -> str:
     """A file-name-safe data set name (an image folder's name plus a hash of its path)."""
+    if name == TX.NAME:
+        return TX.slug()
     if not name.startswith(FOLDER):
         return name
     root = Path(_folder(name)).resolve()
@@ -77,6 +86,7 @@ def info(name: str) -> Info:
         "cifar10": Info(name, 10, 3, 32),
         "imagenet": Info(name, 1000, 3, 224),
         "synthetic": Info(name, 10, 1, 28),
+        TX.NAME: Info(name, TX.VOCAB, 0, TX.WINDOW, text=True),
     }[name]
 
 
@@ -162,6 +172,8 @@ def tensors(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
     key = (name, split)
+    if name == TX.NAME:
+        return TX.windows(split)  # token ids: nothing to normalise
     if key not in _TENSOR_CACHE:
         if name == "fashion_mnist":
             folder = _fashion_mnist_folder()
@@ -201,7 +213,9 @@ def loaders(name: str = "fashion_mnist", batch_size: int = 128, *, seed: int = 0
     if subset:
         stride = max(1, len(xtr) // (6 * subset))
         xtr, ytr = xtr[::stride][: 6 * subset], ytr[::stride][: 6 * subset]
-        xte, yte = xte[:subset], yte[:subset]
+        # images: the first n; text windows at even strides (a prefix would be a few files)
+        step = max(1, len(xte) // subset) if name == TX.NAME else 1
+        xte, yte = xte[::step][:subset], yte[::step][:subset]
     train = TensorLoader(xtr, ytr, batch_size, shuffle=True, augment=name == "cifar10", seed=seed)
     test = TensorLoader(xte, yte, max(batch_size, 512), shuffle=False)
     return train, test
@@ -230,7 +244,8 @@ def calibration(name: str = "fashion_mnist", n: int = 1024, seed: int = 0, *,
 
     Images are taken at even strides through the training split, starting at an offset drawn
     from ``seed`` (the authors' protocol), so the same arguments give the same tensor bit for bit.
-    ``synthetic`` gives i.i.d. N(0, 1) inputs (zero-data mode) of ``shape`` (default 1×28×28).
+    ``synthetic`` gives i.i.d. N(0, 1) inputs (zero-data mode) of ``shape`` (default 1×28×28);
+    ``pystdlib`` gives ``n`` windows of training text (:func:`rdprune.lab.text.calibration`).
     """
     _check(name)
     if n <= 0:
@@ -241,6 +256,8 @@ def calibration(name: str = "fashion_mnist", n: int = 1024, seed: int = 0, *,
         return torch.randn((n, *shape), generator=gen)
     if name == "imagenet" or name.startswith(FOLDER):
         return _imagenet_calibration(_folder(name, imagenet_root), n, gen)
+    if name == TX.NAME:
+        return TX.calibration(n, seed)
     x, _ = tensors(name, "train")
     if n > len(x):
         raise ValueError(f"asked for {n} calibration images but {name} has {len(x)}")

@@ -72,6 +72,7 @@ def prune(model: nn.Module, method: str, target: float, budget: str = "params", 
     if calib is not None and method not in _METHODS:  # allocators read any batch
         calib = B.gather(calib)
         B.check(calib)  # a batch we cannot read fails here, before any work
+        B.check_tokens(model, calib)
     if calib is not None and (method not in _METHODS or isinstance(calib, torch.Tensor)
                               and len(calib)):
         example = B.take(calib, 0, 1)

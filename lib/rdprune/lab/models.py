@@ -1,6 +1,8 @@
-"""Model zoo: the CIFAR-style networks of the RD authors' code, LeNet-5, MobileNets, and
-torchvision's ImageNet models. Every model accepts any input-channel count and class count and
-carries ``arch`` and ``input_size`` (C, H, W) attributes so accounting needs no extra arguments.
+"""Model zoo: the CIFAR-style networks of the RD authors' code, LeNet-5, MobileNets, a small ViT
+(``vit_tiny``), a byte-level GPT-2 (``lm_tiny``, for the text data set ``pystdlib``) and
+torchvision's ImageNet models. Every image model accepts any input-channel count and class count
+and carries ``arch`` and ``input_size`` (C, H, W) attributes so accounting needs no extra
+arguments (``lm_tiny``'s ``input_size`` is None: it counts on a window of token ids).
 
 ``build("resnet32")`` has 34 prunable layers (31 convs in the trunk, 2 downsample 1×1 convs, the
 classifier), as in the authors' code.
@@ -23,7 +25,9 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from ..core import masks as M
 from . import specs
+from .text import WINDOW
 
 
 # ----------------------------------------------------------------------------- LeNet-5
@@ -252,6 +256,30 @@ def vit_tiny(num_classes=10, in_channels=1, image_size=28):
     return model
 
 
+# ----------------------------------------------------------------------------- language model
+def lm_tiny(vocab=256, context=128):
+    """A small GPT-style byte-level language model: Hugging Face's ``GPT2LMHeadModel`` built
+    from a config (4 blocks of width 128, 4 heads, MLP 512, context ``context`` tokens, no
+    dropout; 0.79 M weights in its prunable layers, the 16 ``Conv1D`` projections). Its output
+    layer is tied to the token embedding, as in GPT-2, and so is left out of pruning. Needs
+    ``transformers`` (``pip install 'rdprune[hf]'``); nothing is downloaded. Its example input
+    for FLOP counts is one window of ``context`` tokens."""
+    try:
+        from transformers import GPT2Config, GPT2LMHeadModel
+    except ImportError as e:
+        raise ValueError("lm_tiny is Hugging Face's GPT2LMHeadModel: pip install "
+                         "'rdprune[hf]' (transformers)") from e
+    cfg = GPT2Config(vocab_size=vocab, n_positions=context, n_embd=128, n_layer=4, n_head=4,
+                     n_inner=512, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                     bos_token_id=0, eos_token_id=0, use_cache=False)
+    model = GPT2LMHeadModel(cfg)
+    M.remember(model, torch.zeros(1, context, dtype=torch.long))
+    return model
+
+
+TEXT = ("lm_tiny",)  # zoo models that read token ids (data sets with Info.text)
+
+
 # ----------------------------------------------------------------------------- torchvision
 _TV_WEIGHTS = {"tv_resnet50": "ResNet50_Weights", "tv_vgg16_bn": "VGG16_BN_Weights",
                "tv_mobilenet_v2": "MobileNet_V2_Weights"}
@@ -285,6 +313,9 @@ _BUILDERS = {  # (classes, input channels, width multiplier, image size) -> mode
     "mobilenet_v1": lambda c, i, w, s: MobileNetV1(c, i, w),
     "mobilenet_v2": lambda c, i, w, s: MobileNetV2(c, i, w),
     "vit_tiny": lambda c, i, w, s: vit_tiny(c, i, s),
+    # a text data set's Info has no channels (0), its vocabulary as classes and its window as
+    # size; build("lm_tiny") with the image defaults gives the byte model (256, 128)
+    "lm_tiny": lambda c, i, w, s: lm_tiny(c, s) if i == 0 else lm_tiny(),
 }
 _TV = tuple(_TV_WEIGHTS)
 
@@ -297,6 +328,20 @@ def available() -> list[str]:
 def check(spec: str) -> None:
     """ValueError unless ``spec`` is a zoo name or a buildable spec (:mod:`.specs`)."""
     specs.check(spec, available())
+
+
+def check_data(name: str, data_info) -> None:
+    """ValueError when a zoo language model meets an image data set or a zoo image model a
+    text data set (a spec, e.g. a user's factory, is not checked: we cannot know what it reads)."""
+    if name not in _BUILDERS:
+        return
+    is_text = name in TEXT
+    if is_text != bool(getattr(data_info, "text", False)):
+        want = "a text data set (pystdlib)" if is_text else "an image data set"
+        raise ValueError(f"{name} reads {'token ids' if is_text else 'images'}; "
+                         f"{data_info.name} is {'text' if data_info.text else 'images'}: use "
+                         f"{want}, or a {'language' if data_info.text else 'vision'} model "
+                         f"({', '.join(TEXT) if data_info.text else 'e.g. resnet20'})")
 
 
 def slug(spec: str) -> str:
@@ -323,8 +368,9 @@ def build(name: str, num_classes: int = 10, in_channels: int = 1, *, image_size:
         model = _torchvision(name, num_classes, in_channels, pretrained)
         default_size = 224
     else:
-        default_size = 28 if in_channels == 1 else 32
+        default_size = WINDOW if name in TEXT else 28 if in_channels == 1 else 32
         model = _BUILDERS[name](num_classes, in_channels, width, image_size or default_size)
     model.arch = name
-    model.input_size = (in_channels, image_size or default_size, image_size or default_size)
+    model.input_size = None if name in TEXT else \
+        (in_channels, image_size or default_size, image_size or default_size)
     return model

@@ -21,8 +21,8 @@ measured right after pruning, before fine-tuning, against the network as it was 
 round), ``seconds`` (the round's wall time, fine-tune included).
 
 **The fine-tune guard.** ``val_n`` (512) training images are held out of fine-tuning; a round's
-fine-tuned weights are kept only if their top-1 there is at least that of the network straight
-after pruning, otherwise the round continues from the pruned, un-tuned weights (columns
+fine-tuned weights are kept only if their top-1 there (a language model: their loss) is at least
+as good as that of the network straight after pruning, otherwise the round continues from the pruned, un-tuned weights (columns
 ``val_before``, ``val_after``, ``finetune_kept``). Fine-tuning thus never returns a network worse
 on images it was not trained on; ``val_n=0`` turns the guard off (ImageNet runs have no guard
 yet: its ImageFolder has no in-memory tensors to hold images out of).
@@ -41,11 +41,12 @@ import pandas as pd
 import torch
 
 from ..core import allocators as A
+from ..core import criteria as C
 from ..core import masks as M
 from ..core import rd
 from ..core.allocators import allocate
 from ..core.distributed import from_rank0, world
-from ..util import atomic_write_bytes
+from ..util import atomic_write_bytes, check_choice
 from . import data as D
 from . import models, train
 from .presets import SCHEDULE_RECIPE, SCHEDULES as PRESETS, Settings, settings  # noqa: F401
@@ -104,13 +105,23 @@ def prune_round(model, method: str, target: float, calib: torch.Tensor, *, budge
 
 def zero_shot(model, methods, targets, calib: torch.Tensor, test_loader, *, budget="params",
               curves: pd.DataFrame | None = None, distortion: str = "mse",
-              held_out: torch.Tensor | None = None, refine: int = 0) -> pd.DataFrame:
+              held_out: torch.Tensor | None = None, refine: int = 0,
+              criterion: str = "magnitude") -> pd.DataFrame:
     """One-shot pruning without fine-tuning, every method at every target, on copies of
     ``model``: one row each with sparsity, flops_left, top1, loss, predicted (RD curves' sum, when
     ``curves`` are given), distortion on ``calib`` (and ``distortion_heldout`` on ``held_out``)
     and seconds. ``df.attrs["amounts"][method, target]`` holds each allocation. ``rd`` needs
     ``curves``; ``refine`` > 0 adds rows ``rd+refine``: RD's allocation after that many
-    :func:`rdprune.rd.refine` steps."""
+    :func:`rdprune.rd.refine` steps. ``criterion`` (``magnitude`` or ``wanda``,
+    :mod:`rdprune.core.criteria`) picks the weights inside each layer for every method; RD's
+    ``curves`` must have been measured with it (a language model's rows add ``perplexity``)."""
+    check_choice("criterion", criterion, C.CRITERIA)
+    if curves is not None and curves.attrs.get("criterion", "magnitude") != criterion:
+        raise ValueError(f"these curves were measured with criterion "
+                         f"{curves.attrs.get('criterion')!r}, not {criterion!r}; recompute them")
+    if refine and criterion != "magnitude":
+        raise ValueError("refine measures magnitude-pruned neighbours; use refine=0 with "
+                         f"criterion={criterion!r}")
     for m in methods:
         if A.get(m).structured:
             raise ValueError(f"zero_shot compares mask allocators; {m!r} is structured "
@@ -128,7 +139,7 @@ def zero_shot(model, methods, targets, calib: torch.Tensor, test_loader, *, budg
             else:
                 amounts = allocate(label, model, t, budget, curves=curves, **_calib(label, calib))
             chosen[label, t] = amounts
-            pruned = M.apply(copy.deepcopy(model), amounts)
+            pruned = C.apply(copy.deepcopy(model), amounts, criterion, calib)
             row = dict(method=label, target=t, sparsity=M.sparsity(pruned),
                        flops_left=M.flops(pruned) / dense_flops,
                        **train.evaluate(pruned, test_loader),
@@ -187,6 +198,9 @@ def run(model_name: str = "resnet20", dataset: str = "fashion_mnist", method: st
         _, test_loader = D.loaders(dataset, s.batch_size, seed=seed, subset=s.eval_subset,
                                    imagenet_root=imagenet_root)
     if calibration == "synthetic":
+        if not getattr(model, "input_size", None):
+            raise ValueError(f"zero-data calibration draws N(0, 1) images; {model_name} has no "
+                             "image input_size (a language model): use calibration='train'")
         calib = D.calibration("synthetic", s.calib_n, seed, shape=model.input_size)
     else:
         calib = D.calibration(dataset, s.calib_n, seed, imagenet_root=imagenet_root)
@@ -238,9 +252,14 @@ def _fine_tune(model, loader, s: Settings, val, dev, progress) -> dict:
         return {"finetune_kept": True}
     held = [val]
     start = copy.deepcopy(model.state_dict())
-    before = train.evaluate(model, held)["top1"]
+
+    def score():  # higher is better: top-1, or minus the loss for a language model
+        r = train.evaluate(model, held)
+        return -r["loss"] if "perplexity" in r else r["top1"]
+
+    before = score()
     train.fine_tune(model, loader, s.finetune_steps, lr=s.finetune_lr, dev=dev, progress=progress)
-    after = train.evaluate(model, held)["top1"]
+    after = score()
     if after < before:
         model.load_state_dict(start)
     return {"val_before": before, "val_after": after, "finetune_kept": after >= before}

@@ -39,18 +39,21 @@ RECIPES = {
     "smoke": Recipe(epochs=0.1),  # seconds: for tests and a first look, not for results
     "paper": Recipe(lr=3e-4, batch_size=100, steps=50_000),
 }
-_PAPER_STEPS = {"vgg16": 20_000, "densenet121": 80_000}  # the paper recipe's dense training
+# (recipe, model) -> changes: the paper recipe's dense training per architecture; the byte-level
+# language model counts steps of 32 windows (an epoch of its corpus is about 2,640 of them;
+# 850 steps took 9.5 minutes here, see README)
+_PER_MODEL = {("paper", "vgg16"): dict(steps=20_000), ("paper", "densenet121"): dict(steps=80_000),
+              ("quick", "lm_tiny"): dict(batch_size=32, steps=850, lr=2e-3),
+              ("smoke", "lm_tiny"): dict(batch_size=16, steps=20, lr=2e-3),
+              ("smoke", "vit_tiny"): dict(steps=10)}
 
 
 def get_recipe(name: str | Recipe, model_name: str | None = None) -> Recipe:
-    """Look up a named recipe (the ``paper`` one has per-architecture step counts)."""
+    """Look up a named recipe (some have per-architecture changes, :data:`_PER_MODEL`)."""
     if isinstance(name, Recipe):
         return name
     check_choice("recipe", name, RECIPES)
-    r = RECIPES[name]
-    if name == "paper" and model_name in _PAPER_STEPS:
-        r = replace(r, steps=_PAPER_STEPS[model_name])
-    return r
+    return replace(RECIPES[name], **_PER_MODEL.get((name, model_name), {}))
 
 
 # ----------------------------------------------------------------------------- pruning schedules
@@ -106,6 +109,14 @@ _UNIFORM = ["omp", "backward", "random"]
 _COMPARED = ["rd", "rd_filter", "HBGS-B", "HBGTS-B", "jointpruning", "uniform_width", "l1_filter"]
 _COMPARED_ALL = _COMPARED[:2] + _HBGS + _COMPARED[4:]
 
+# notebook 07: vit_tiny (zero-shot top-1) and lm_tiny (perplexity, magnitude and Wanda)
+_TRANSFORMERS = dict(model="vit_tiny", targets=[0.5, 0.6, 0.7, 0.8, 0.9],
+                     methods=["rd", "lamp", "global", "erk", "uniform", "owl"], refine=4,
+                     lm_model="lm_tiny", lm_targets=[0.5, 0.6, 0.7, 0.8],
+                     lm_methods=["uniform", "owl", "lamp", "rd"], criteria=["magnitude", "wanda"],
+                     lm_calib_n=32, n_configs=30, lm_eval_windows=512, seeds=[0],
+                     _needs=["transformers"])  # lm_tiny is Hugging Face's GPT-2
+
 # Preset → {"*": parameters for every notebook, "<notebook stem>": its own}. Later wins.
 NOTEBOOKS: dict[str, dict[str, dict]] = {
     "quick": {  # minutes on a 2-core CPU; Fashion-MNIST ships offline
@@ -126,6 +137,7 @@ NOTEBOOKS: dict[str, dict[str, dict]] = {
         "06_comparison": dict(seeds=[0], targets=[0.5, 0.7], methods=_COMPARED, k=0.25, selection_n=96,
                               filter_grid=None, supernet_steps=120, search_steps=12, samples=4,
                               finetune_steps=40, latency_batch=256, latency_repeats=5),
+        "07_transformers": _TRANSFORMERS,
     },
     # 3 seeds and all 10,000 test images for the RD paper's comparison (notebooks 01-03), about
     # an hour on a 2-core CPU. 04-06 take the same seeds list, but 3 seeds of them add about
@@ -143,6 +155,9 @@ NOTEBOOKS: dict[str, dict[str, dict]] = {
                             "hours more here); run it with: python -m rdprune reproduce --preset full --only "
                             + stem[:2] + " -p seeds \"[0, 1, 2]\"")
            for stem in ("04_jointpruning", "05_hbgs", "06_comparison")},
+        "07_transformers": dict(_TRANSFORMERS, _skip="not in the full preset yet (one seed of "
+                                "it is the quick preset); run it with: python -m rdprune "
+                                "reproduce --preset full --only 07 -p seeds \"[0, 1, 2]\""),
     },
     "paper": {  # the RD authors' CIFAR-10 protocol (docs/rd-authors-code.md); needs CIFAR-10, a GPU
         "*": dict(dataset="cifar10", model="resnet32", recipe="paper", calib_n=1024, grid=101,
@@ -165,5 +180,7 @@ NOTEBOOKS: dict[str, dict[str, dict]] = {
                               filter_grid=None, supernet_steps=30_000, search_steps=300,
                               samples=8, finetune_steps=40_000, latency_batch=256,
                               latency_repeats=20),
+        "07_transformers": dict(_TRANSFORMERS, _skip="the RD paper has no transformer protocol "
+                                "to follow; run the quick preset (07 --only) instead"),
     },
 }

@@ -81,6 +81,7 @@ def pretrained(model_name: str = "resnet20", dataset: str = "fashion_mnist",
     r = get_recipe(recipe, model_name)
     meta = {"model": model_name, "dataset": dataset, "recipe": asdict(r), "seed": seed}
     inf = D.info(dataset)
+    models.check_data(model_name, inf)
     torch.manual_seed(seed)
     model = models.build(model_name, inf.num_classes, inf.in_channels, image_size=inf.image_size)
     if weights is not None:
