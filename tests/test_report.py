@@ -141,3 +141,59 @@ def test_readme_tables_equal_the_committed_results(preset):
     assert R.update_readme(readme, blocks) == readme
     for name in blocks:
         assert f"<!-- table:{name} -->" in readme
+
+
+def _ppl(rd, owl, criterion="wanda"):
+    return pd.DataFrame([dict(method=m, criterion=criterion, target=0.6, perplexity=v, seed=s)
+                         for s, (a, b) in enumerate(zip(rd, owl))
+                         for m, v in (("rd", a), ("owl", b))])
+
+
+def test_goal_follows_the_numbers_and_says_so_without_noise_on_one_seed():
+    one = R.goal(_ppl([4.0], [5.0]), "rd", "owl", "perplexity", [0.6], by="criterion", lower=True)
+    assert one.verdict.tolist() == ["better"] and one.difference.iloc[0] == pytest.approx(-1.0)
+    worse = R.goal(_ppl([5.5], [5.0]), "rd", "owl", "perplexity", [0.6], lower=True)
+    assert worse.verdict.tolist() == ["worse"]
+    steady = R.goal(_ppl([4.0, 4.1, 4.2], [5.0, 5.1, 5.2]), "rd", "owl", "perplexity", [0.6],
+                    lower=True)
+    noisy = R.goal(_ppl([4.0, 6.0, 4.5], [5.0, 5.0, 5.0]), "rd", "owl", "perplexity", [0.6],
+                   lower=True)
+    assert steady.verdict.tolist() == ["win"] and noisy.verdict.tolist() == ["tie"]
+    top1 = R.goal(_seeded([0.86, 0.87, 0.85], [0.80, 0.81, 0.80]), "rd", "lamp", "top1", [0.5],
+                  n_test=10_000)
+    assert top1.verdict.tolist() == ["win"] and top1.n_seeds.tolist() == [3]
+    assert R.goal(_seeded([0.8005], [0.8]), "rd", "lamp", "top1", [0.5],
+                  n_test=2000).verdict.tolist() == ["tie"]  # inside two standard errors
+
+
+def test_publishing_some_notebooks_keeps_the_other_rows_of_the_summary(tmp_path):
+    docs, run = tmp_path / "docs", tmp_path / "run"
+    docs.mkdir()
+    run.mkdir()
+    pd.DataFrame([dict(notebook="01_rd_curves", status="ok", seconds=60, reason=""),
+                  dict(notebook="07_transformers", status="ok", seconds=9, reason="")]).to_csv(
+        docs / "summary.csv", index=False)
+    pd.DataFrame([dict(notebook="07_transformers", status="ok", seconds=900, output="/x",
+                       reason="")]).to_csv(run / "summary.csv", index=False)
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- table:times -->\n<!-- /table:times -->\n")
+    R.publish(run, docs, readme)
+    merged = pd.read_csv(docs / "summary.csv")
+    assert merged.notebook.tolist() == ["01_rd_curves", "07_transformers"]
+    assert merged.seconds.tolist() == [60, 900]
+    assert "| 07_transformers | ok | 15.0 |" in readme.read_text()
+
+
+def test_transformer_tables_render_whatever_targets_a_run_has(tmp_path):
+    folder = tmp_path / "07_transformers"
+    folder.mkdir()
+    pd.concat([_ppl([4.0], [5.0], c).assign(target=0.5) for c in ("magnitude", "wanda")]).assign(
+        sparsity=0.5).to_csv(folder / "lm.csv", index=False)
+    blocks = R.tables(tmp_path)  # no 60 % or 70 % row: no goal table, and no error
+    assert "transformers_lm" in blocks and "transformers_goals" not in blocks
+    pd.concat([_ppl([4.0], [5.0], c) for c in ("magnitude", "wanda")]).assign(
+        sparsity=0.6).to_csv(folder / "lm.csv", index=False)
+    goals = R.tables(tmp_path)["transformers_goals"]
+    assert goals.count("| better |") == 2 and "| lm_tiny | perplexity | wanda | 60% |" in goals
+    with pytest.raises(ValueError, match="lower=False"):
+        R.goal(_ppl([4.0], [5.0]), "rd", "owl", "top1", [0.6], lower=True, n_test=100)

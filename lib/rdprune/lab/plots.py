@@ -1,5 +1,5 @@
-"""Figures for the notebooks: RD curves, heat-map, allocation bars, additivity scatter,
-accuracy against sparsity, the JointPruning search trace, HBGS selection order and per-method
+"""Figures for the notebooks: RD curves (also by transformer weight type), heat-map, allocation
+bars, additivity scatter, accuracy (or a language model's perplexity) against sparsity, the JointPruning search trace, HBGS selection order and per-method
 comparison scatters. Every function returns a matplotlib ``Figure``; :func:`save` writes it
 as PNG and SVG. Distortion spans decades, so it is always drawn on a log scale (zero distortion,
 e.g. at amount 0, cannot be shown there and is left out).
@@ -50,6 +50,60 @@ def rd_curves(curves: pd.DataFrame, layers: list[str] | None = None, title: str 
     ncol = 1 if len(names) <= 18 else 2
     ax.legend(title="layer (weights)", fontsize=7, title_fontsize=8, ncol=ncol,
               loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+# a transformer weight's role from its name, first match wins (torchvision ViT, Hugging Face
+# GPT-2 / BERT / ViT, timm): (role, name fragments)
+WEIGHT_TYPES = (("qkv", ("in_proj_weight", "c_attn", ".qkv", "query", ".key", ".value")),
+                ("attention output", ("out_proj", "attn.c_proj", "attn.proj", "attention.output")),
+                ("MLP up", ("mlp.0", "c_fc", "fc1", "intermediate.dense", "linear1")),
+                ("MLP down", ("mlp.3", "mlp.c_proj", "fc2", "output.dense", "linear2")),
+                ("head", ("head", "classifier", "lm_head")),
+                ("embedding", ("conv_proj", "patch_embed", "embeddings")))
+
+
+def weight_type(name: str) -> str:
+    """A transformer layer's role (:data:`WEIGHT_TYPES`: qkv, attention output, MLP up,
+    MLP down, head, embedding), ``other`` when the name matches none."""
+    for role, parts in WEIGHT_TYPES:
+        if any(p in name for p in parts):
+            return role
+    return "other"
+
+
+def rd_curves_by_type(curves: pd.DataFrame, title: str | None = None):
+    """One panel per weight role (:func:`weight_type`), a line per layer coloured from the first
+    block to the last: do the qkv projections of every block behave alike, and are MLP weights
+    cheaper to prune than attention's?"""
+    plt, sns = _plt()
+    names = _layer_order(curves)
+    roles = {k: weight_type(k) for k in names}
+    shown = [r for r, _ in WEIGHT_TYPES + (("other", ()),) if r in roles.values()]
+    df = curves[curves["distortion"] > 0]
+    cols = min(3, len(shown))
+    rows = -(-len(shown) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), sharex=True,
+                             sharey=True, squeeze=False)
+    for ax, role in zip(axes.flat, shown):
+        members = [k for k in names if roles[k] == role]
+        for color, name in zip(sns.color_palette("viridis", len(members)), members):
+            g = df[df["layer"] == name].sort_values("amount")
+            ax.plot(g["amount"], g["distortion"], color=color, lw=1.3, label=name)
+        ax.set_yscale("log")
+        ax.set_xlim(0, 1)
+        ax.set_title(f"{role} ({len(members)} layer{'s' if len(members) > 1 else ''})",
+                     fontsize=10)
+        if len(members) <= 8:
+            ax.legend(fontsize=6, frameon=False, loc="lower right")
+    for ax in axes.flat[len(shown):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("amount pruned in the layer")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"distortion ({curves.attrs.get('distortion', 'mse')})")
+    fig.suptitle(title or "RD curves by weight type (colour: first block → last)")
     fig.tight_layout()
     return fig
 
@@ -171,6 +225,31 @@ def accuracy_vs_sparsity(table: pd.DataFrame, reference: pd.DataFrame | None = N
         ax2.set_title("Reported by the RD authors (CIFAR-10 / ImageNet)\nnot comparable with "
                       "the left panel", fontsize=11)
         ax2.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def perplexity_vs_sparsity(results: pd.DataFrame, dense: float | None = None,
+                           title: str | None = None):
+    """A language model's held-out perplexity (log scale) against achieved sparsity: colour per
+    method, line style per within-layer ``criterion``; with several seeds, against the target
+    (achieved sparsities differ a little per seed), means and ± one sd bands. ``dense``: the
+    unpruned model's perplexity, dotted."""
+    plt, sns = _plt()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    seeds = _n_seeds(results)
+    x = "target" if seeds > 1 else "sparsity"
+    style = "criterion" if "criterion" in results else None
+    sns.lineplot(results, x=x, y="perplexity", hue="method", style=style, markers=True,
+                 errorbar="sd" if seeds > 1 else None, ax=ax)
+    if dense is not None:
+        ax.axhline(dense, color="k", ls=":", lw=1, label="dense")
+    ax.set_yscale("log")
+    ax.set_xlabel("sparsity (fraction of the prunable weights removed)" if seeds == 1 else
+                  f"target sparsity (mean ± sd over {seeds} seeds)")
+    ax.set_ylabel("held-out perplexity (log scale, lower is better)")
+    ax.set_title(title or "Perplexity against sparsity")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     return fig
 

@@ -6,7 +6,8 @@
   ``seed`` column) of every group, long form or as a ``mean ± sd`` table; :func:`gap`: the
   difference of two methods paired by seed, with its 95 % interval;
 - :func:`rd_verdict` (notebook 03) and :func:`comparison_verdict` (notebook 06): conclusions as
-  Markdown, each sentence computed from the results table;
+  Markdown, each sentence computed from the results table; :func:`goal` (notebook 07): one
+  method against another at given targets, win / loss / tie;
 - :func:`tables`: README's result tables rendered from ``results/<preset>/``'s CSVs, and
   :func:`update_readme` / ``python -m rdprune report`` to write them between markers
   ``<!-- table:NAME -->`` … ``<!-- /table:NAME -->``; a test keeps README equal to the CSVs
@@ -19,11 +20,12 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 # (notebook folder, CSV) pairs the README's tables are rendered from
 SOURCES = {"03_rd_vs_baselines": ["results.csv"], "06_comparison": ["results.csv"],
-           "summary": []}
+           "07_transformers": ["vit.csv", "lm.csv"], "summary": []}
 
 
 def noise_pts(top1: float, n: int) -> float:
@@ -115,6 +117,45 @@ def gap(results: pd.DataFrame, a: str, b: str, value: str = "top1",
     half = t95(n - 1) * sd / math.sqrt(n) if n > 1 else float("nan")
     return dict(mean=float(d.mean()), sd=sd, n=n, half=half, a=float(pa.mean()),
                 b=float(pb.mean()))
+
+
+def goal(results: pd.DataFrame, a: str, b: str, value: str, targets, *, by: str | None = None,
+         lower: bool = False, n_test: int | None = None) -> pd.DataFrame:
+    """``a`` against ``b`` on ``value`` at each target (and each ``by`` group, e.g. the
+    criterion), paired by seed: both means, the mean difference ``a − b`` with its sd and n,
+    and a verdict for ``a``: ``win``, ``loss`` or ``tie``. Top-1 (``n_test`` given) is judged
+    against two standard errors on that many test images and, for several seeds, the 95 %
+    interval of the per-seed differences; another value (``lower``: smaller is better, e.g.
+    perplexity) against that interval alone, so with one seed there is no noise to judge by and
+    the verdict only says which is ``better`` or ``worse`` (or ``equal``). A seed whose value
+    is missing (NaN) for either method is left out of the pair, and ``n_seeds`` says how many
+    remained; targets the table lacks give no row."""
+    if n_test is not None and lower:
+        raise ValueError("n_test judges top-1 (higher is better); leave lower=False with it")
+    rows = []
+    groups = results.groupby(by, sort=False) if by else [(None, results)]
+    for key, part in groups:
+        for t in targets:
+            g = gap(part[np.isclose(part.target, t)], a, b, value)
+            if g is None:
+                continue
+            mean = g["mean"] / 100  # gap() counts points (×100)
+            if n_test is not None:
+                word, _ = _judge(g, n_test)
+            else:
+                better = -mean if lower else mean
+                if g["n"] == 1:
+                    word = "equal" if better == 0 else ("better" if better > 0 else "worse")
+                else:
+                    word = "tie" if abs(mean) <= g["half"] / 100 else \
+                        ("win" if better > 0 else "loss")
+            rows.append({**({by: key} if by else {}), "target": t, a: g["a"], b: g["b"],
+                         "difference": mean, "sd": g["sd"] / 100, "n_seeds": g["n"],
+                         "verdict": word})
+    return pd.DataFrame(rows)
+
+
+LM_GOALS, VIT_GOALS = [0.6, 0.7], [0.7, 0.8]  # the issue's goals: RD vs OWL, RD vs LAMP
 
 
 def _pct(t: float) -> str:
@@ -279,6 +320,37 @@ def tables(root: str | Path, prefix: str | None = None) -> dict[str, str]:
         w.index.name = "FLOPs removed →" + ("" if "seed" not in r or r.seed.nunique() == 1 else
                                            f" (mean ± sd, {r.seed.nunique()} seeds)")
         out["comparison"] = markdown(w, 3)
+    tf = root / "07_transformers"
+    if (tf / "vit.csv").is_file():
+        r = pd.read_csv(tf / "vit.csv")
+        z = spread_table(r, "method", "target", "top1", label="top-1, zero-shot")
+        z.columns = [f"{c:.0%}" for c in z.columns]
+        z.index.name += ", sparsity →"
+        out["transformers_vit"] = markdown(z)
+    if (tf / "lm.csv").is_file():
+        r = pd.read_csv(tf / "lm.csv")
+        r["method + criterion"] = r.method + " + " + r.criterion
+        z = spread_table(r, "method + criterion", "target", "perplexity", digits=2,
+                         label="held-out perplexity")
+        z.columns = [f"{c:.0%}" for c in z.columns]
+        z.index.name += ", sparsity →"
+        out["transformers_lm"] = markdown(z)
+        goals = [goal(r, "rd", "owl", "perplexity", LM_GOALS, by="criterion", lower=True)
+                 .rename(columns={"rd": "rd_value", "owl": "other_value"})
+                 .assign(model="lm_tiny", value="perplexity", other="owl")]
+        if (tf / "vit.csv").is_file():
+            v = pd.read_csv(tf / "vit.csv")
+            goals.append(goal(v, "rd", "lamp", "top1", VIT_GOALS, n_test=int(v["n_test"].iloc[0]))
+                         .rename(columns={"rd": "rd_value", "lamp": "other_value"})
+                         .assign(model="vit_tiny", value="top-1", criterion="magnitude",
+                                 other="lamp"))
+        goals = [g for g in goals if len(g)]  # targets a run did not measure give no rows
+        if goals:
+            cols = ["model", "value", "criterion", "target", "other", "rd_value", "other_value",
+                    "difference", "n_seeds", "verdict"]
+            g = pd.concat(goals, ignore_index=True)[cols]
+            g["target"] = g["target"].map("{:.0%}".format)
+            out["transformers_goals"] = markdown(g.set_index("model"), 4)
     summary = root / "summary.csv"
     if summary.is_file():
         t = pd.read_csv(summary)[["notebook", "status", "seconds"]].set_index("notebook")
@@ -300,17 +372,23 @@ def publish(results: str | Path, docs: str | Path, readme: str | Path) -> list[s
     """Copy the CSVs the tables are rendered from into ``docs`` (committed) and rewrite the
     README's blocks from them; returns the names of the blocks written."""
     results, docs = Path(results), Path(docs)
-    for folder in ("03_rd_vs_baselines", "06_comparison"):
-        src = results / folder / "results.csv"
-        dst = docs / folder / "results.csv"
-        if src.is_file() and not (dst.exists() and dst.samefile(src)):
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dst)
+    for folder, files in SOURCES.items():
+        for name in files:
+            src, dst = results / folder / name, docs / folder / name
+            if src.is_file() and not (dst.exists() and dst.samefile(src)):
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dst)
     if (results / "summary.csv").is_file():  # without the run's own output paths
         docs.mkdir(parents=True, exist_ok=True)
-        summary = pd.read_csv(results / "summary.csv", keep_default_na=False)
-        summary[["notebook", "status", "seconds", "reason"]].to_csv(docs / "summary.csv",
-                                                                    index=False)
+        cols = ["notebook", "status", "seconds", "reason"]
+        summary = pd.read_csv(results / "summary.csv", keep_default_na=False)[cols]
+        old = docs / "summary.csv"
+        if old.is_file() and not old.samefile(results / "summary.csv"):
+            # a run of some notebooks (--only) replaces their rows and keeps the others'
+            kept = pd.read_csv(old, keep_default_na=False)[cols]
+            kept = kept[~kept.notebook.isin(summary.notebook)]
+            summary = pd.concat([kept, summary]).sort_values("notebook", kind="stable")
+        summary.to_csv(old, index=False)
     blocks = tables(docs)
     path = Path(readme)
     path.write_text(update_readme(path.read_text(), blocks))

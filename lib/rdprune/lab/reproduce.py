@@ -7,7 +7,9 @@ step) into
 A notebook whose dataset is not available (its ``dataset`` parameter; e.g. CIFAR-10 offline) is
 skipped with the reason, a failing notebook does not stop the others, and the command exits
 non-zero naming the failures. A preset may leave a notebook out (``_skip``: the reason, e.g. the
-``full`` preset's 04-06), which is then reported as skipped unless ``--only`` names it. Parameters can be overridden: ``-p KEY VALUE`` for every notebook
+``full`` preset's 04-06), which is then reported as skipped unless ``--only`` names it; a
+notebook whose optional packages are missing (``_needs``: 07 needs transformers) is skipped
+with the install command. Parameters can be overridden: ``-p KEY VALUE`` for every notebook
 that declares KEY, ``-p NOTEBOOK:KEY VALUE`` for one (values are read as Python/JSON literals,
 else kept as strings).
 """
@@ -89,11 +91,26 @@ def parameters(stem: str, preset: str, overrides: dict | None = None) -> dict:
     return out
 
 
+def missing(packages) -> str | None:
+    """Why a notebook cannot run: the optional packages it needs (``_needs`` in its preset)
+    that are not installed, or None."""
+    import importlib.util
+    absent = [p for p in packages if importlib.util.find_spec(p) is None]
+    if not absent:
+        return None
+    extra = {"transformers": "hf", "timm": "timm"}
+    return (f"needs {', '.join(absent)}: pip install " +
+            " ".join(f"'rdprune[{extra.get(p, p)}]'" if p in extra else p for p in absent))
+
+
 def dataset_problem(name: str, params: dict | None = None) -> str | None:
     """Why ``name`` cannot be used offline right now, or None when it can."""
     from . import data as D
     if name in (None, "synthetic"):
         return None
+    if name == "pystdlib":
+        from . import text
+        return None if text.root().is_dir() else f"no Python standard library at {text.root()}"
     if name == "fashion_mnist":
         if D.local_fashion_mnist() is not None:
             return None
@@ -160,6 +177,7 @@ def run(preset: str = "quick", only: list[str] | None = None, overrides: dict | 
         row = dict(notebook=path.stem, status="ok", seconds=0.0, output=str(out), reason="")
         skip = None if only else parameters(path.stem, preset, overrides).get("_skip")
         problem = (skip  # not in this preset, unless --only asked for it
+                   or missing(parameters(path.stem, preset, overrides).get("_needs", ()))
                    or dataset_problem(params.get("dataset", decl[path].get("dataset")),
                                       {**decl[path], **params}))
         if problem:
