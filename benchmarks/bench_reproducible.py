@@ -1,5 +1,5 @@
 """Reproducibility: the same quick-preset notebooks run with different torch thread counts give
-every top-1 within the README's tolerance (``rdprune.lab.report.TOLERANCE_PTS`` points).
+every top-1 within the README's tolerance (``rdprune.lab.readme.TOLERANCE_PTS`` points).
 
 Float sums are reordered when the thread count changes, so pruning choices near a tie and every
 fine-tuning step can differ in the last bits; this measures how far that moves the published
@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from rdprune.lab import report
+from rdprune.lab import readme
 
 HERE = Path(__file__).resolve().parent
 
@@ -52,7 +52,7 @@ def main():
     first, *rest = sorted(roots)
     frames = []
     for t in rest:
-        diff = report.compare(roots[t] / "quick", roots[first] / "quick")
+        diff = readme.compare(roots[t] / "quick", roots[first] / "quick")
         frames.append(diff.assign(threads=f"{t} vs {first}"))
     import pandas as pd
     table = pd.concat(frames, ignore_index=True)
@@ -60,7 +60,7 @@ def main():
     worst = table.loc[table.diff_pts.abs().idxmax()]
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"\n{int(table.within.sum())} of {len(table)} top-1 numbers within "
-          f"{report.TOLERANCE_PTS:g} points; largest difference {worst.diff_pts:+.2f} points "
+          f"{readme.TOLERANCE_PTS:g} points; largest difference {worst.diff_pts:+.2f} points "
           f"({worst.notebook} {worst.method} @ {worst.target:g}, {worst.value})")
 
 

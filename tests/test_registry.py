@@ -168,8 +168,8 @@ def test_plain_allocators_and_typos():
 
 def test_space_of_any_depth_and_compare_of_nothing(tmp_path):
     from rdprune import jointpruning as J
-    from rdprune.lab import report
+    from rdprune.lab import readme
     sp = J.space_of(rp.models.CifarResNet(44, 10, 1) if hasattr(rp.models, "CifarResNet")
                     else rp.models.build("resnet56"), image_size=28)
     assert sp.n in (7, 9)
-    assert report.compare(tmp_path, tmp_path).empty
+    assert readme.compare(tmp_path, tmp_path).empty

@@ -4,6 +4,7 @@ import math
 import pandas as pd
 import pytest
 
+from rdprune.lab import readme as RM
 from rdprune.lab import report as R
 from rdprune.util import REPO
 
@@ -51,17 +52,17 @@ def test_tables_render_and_replace_readme_blocks(tmp_path):
     pd.DataFrame([dict(method="rd", schedule="zero-shot", target=0.5, top1=0.9),
                   dict(method="lamp", schedule="zero-shot", target=0.5, top1=0.8)]).to_csv(
         tmp_path / "03_rd_vs_baselines" / "results.csv", index=False)
-    blocks = R.tables(tmp_path)
+    blocks = RM.tables(tmp_path)
     assert list(blocks) == ["zero_shot"] and "| rd | 0.900 |" in blocks["zero_shot"]
     seeded = _seeded([0.85, 0.86, 0.87], [0.80, 0.81, 0.82]).assign(dataset="fashion_mnist",
                                                                      n_test=10_000)
     seeded.to_csv(tmp_path / "03_rd_vs_baselines" / "results.csv", index=False)
-    with_seeds = R.tables(tmp_path)
+    with_seeds = RM.tables(tmp_path)
     assert "| rd | 0.860 ± 0.010 |" in with_seeds["zero_shot"]
     assert "n = 3 seeds" in with_seeds["zero_shot"]
     assert "**wins**" in with_seeds["verdict"] and "10000 test images" in with_seeds["verdict"]
     text = "a\n<!-- table:zero_shot -->\nold\n<!-- /table:zero_shot -->\nb"
-    assert R.update_readme(text, blocks) == \
+    assert RM.update_readme(text, blocks) == \
         f"a\n<!-- table:zero_shot -->\n{blocks['zero_shot']}\n<!-- /table:zero_shot -->\nb"
 
 
@@ -71,7 +72,7 @@ def test_compare_flags_what_moved(tmp_path):
         pd.DataFrame([dict(method="rd", schedule="zero-shot", target=0.5, top1=v),
                       dict(method="lamp", schedule="zero-shot", target=0.5, top1=0.8)]).to_csv(
             tmp_path / name / "03_rd_vs_baselines" / "results.csv", index=False)
-    diff = R.compare(tmp_path / "new", tmp_path / "old", tolerance_pts=3)
+    diff = RM.compare(tmp_path / "new", tmp_path / "old", tolerance_pts=3)
     assert diff.set_index("method").loc["rd", "diff_pts"] == pytest.approx(5.0)
     assert diff.set_index("method")["within"].to_dict() == {"rd": False, "lamp": True}
 
@@ -135,10 +136,10 @@ def test_readme_tables_equal_the_committed_results(preset):
     """README's result tables are exactly what docs/results/<preset>'s CSVs render to (written by
     ``python -m rdprune report --results results/<preset> --publish`` after a ``reproduce``)."""
     docs = REPO / "docs" / "results" / preset
-    blocks = R.tables(docs)
-    assert {R.block_prefix(preset) + "zero_shot"} <= set(blocks), f"no results in {docs}"
+    blocks = RM.tables(docs)
+    assert {RM.block_prefix(preset) + "zero_shot"} <= set(blocks), f"no results in {docs}"
     readme = (REPO / "README.md").read_text()
-    assert R.update_readme(readme, blocks) == readme
+    assert RM.update_readme(readme, blocks) == readme
     for name in blocks:
         assert f"<!-- table:{name} -->" in readme
 
@@ -177,7 +178,7 @@ def test_publishing_some_notebooks_keeps_the_other_rows_of_the_summary(tmp_path)
                        reason="")]).to_csv(run / "summary.csv", index=False)
     readme = tmp_path / "README.md"
     readme.write_text("<!-- table:times -->\n<!-- /table:times -->\n")
-    R.publish(run, docs, readme)
+    RM.publish(run, docs, readme)
     merged = pd.read_csv(docs / "summary.csv")
     assert merged.notebook.tolist() == ["01_rd_curves", "07_transformers"]
     assert merged.seconds.tolist() == [60, 900]
@@ -189,11 +190,11 @@ def test_transformer_tables_render_whatever_targets_a_run_has(tmp_path):
     folder.mkdir()
     pd.concat([_ppl([4.0], [5.0], c).assign(target=0.5) for c in ("magnitude", "wanda")]).assign(
         sparsity=0.5).to_csv(folder / "lm.csv", index=False)
-    blocks = R.tables(tmp_path)  # no 60 % or 70 % row: no goal table, and no error
+    blocks = RM.tables(tmp_path)  # no 60 % or 70 % row: no goal table, and no error
     assert "transformers_lm" in blocks and "transformers_goals" not in blocks
     pd.concat([_ppl([4.0], [5.0], c) for c in ("magnitude", "wanda")]).assign(
         sparsity=0.6).to_csv(folder / "lm.csv", index=False)
-    goals = R.tables(tmp_path)["transformers_goals"]
+    goals = RM.tables(tmp_path)["transformers_goals"]
     assert goals.count("| better |") == 2 and "| lm_tiny | perplexity | wanda | 60% |" in goals
     with pytest.raises(ValueError, match="lower=False"):
         R.goal(_ppl([4.0], [5.0]), "rd", "owl", "top1", [0.6], lower=True, n_test=100)

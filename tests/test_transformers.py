@@ -101,25 +101,34 @@ def test_fast_curves_equal_the_reference_with_no_per_layer_fallback(kind, lm, wi
         assert np.abs(f.distortion.to_numpy() - r.distortion.to_numpy()).max() <= 1e-5 * scale
 
 
-@pytest.mark.parametrize("criterion", ["magnitude", "wanda"])
-def test_every_allocator_meets_params_and_flops_targets_on_the_lm(criterion, lm, windows):
-    curves = rp.rd.curves(lm, windows, grid=11, cache=False, progress=False, criterion=criterion)
-    dense_flops = M.flops(lm)
-    _, test = D.loaders("pystdlib", 64, subset=8)
+@pytest.mark.parametrize("kind,criterion", [("lm", "magnitude"), ("lm", "wanda"),
+                                            ("vit", "magnitude")])
+def test_every_allocator_meets_params_and_flops_targets(kind, criterion, lm, windows):
+    if kind == "lm":
+        model, x, (_, test) = lm, windows, D.loaders("pystdlib", 64, subset=8)
+    else:
+        torch.manual_seed(0)
+        model, x = models.build("vit_tiny").eval(), torch.randn(4, 1, 28, 28)
+        _, test = D.loaders("fashion_mnist", 64, subset=16)
+    curves = rp.rd.curves(model, x, grid=11, cache=False, progress=False, criterion=criterion)
+    dense_flops = M.flops(model)
     for method in ALLOCATORS:
         for budget, target in (("params", 0.6), ("flops", 0.5)):
-            net, record = rp.prune(lm, method, target, budget, calib=windows, curves=curves,
+            net, record = rp.prune(model, method, target, budget, calib=x, curves=curves,
                                    criterion=criterion)
             if budget == "params":
                 assert M.sparsity(net) >= target - 1e-9, method
             else:
                 assert 1 - M.flops(net) / dense_flops >= target - 1e-6, method
             row = rp.train.evaluate(net, test)
-            assert math.isfinite(row["perplexity"]) and row["perplexity"] > 1
+            if kind == "lm":
+                assert math.isfinite(row["perplexity"]) and row["perplexity"] > 1
+            else:
+                assert 0 <= row["top1"] <= 1 and "perplexity" not in row
     # the masks follow the criterion: Wanda's are not magnitude's
-    amounts = {k: 0.5 for k in M.prunable(lm)}
-    wanda = C.apply(copy.deepcopy(lm), amounts, "wanda", windows)
-    magnitude = M.apply(copy.deepcopy(lm), amounts)
+    amounts = {k: 0.5 for k in M.prunable(model)}
+    wanda = C.apply(copy.deepcopy(model), amounts, "wanda", x)
+    magnitude = M.apply(copy.deepcopy(model), amounts)
     assert any(not torch.equal(a, b) for a, b in zip(M.masks(wanda).values(),
                                                       M.masks(magnitude).values()))
 
@@ -141,6 +150,9 @@ def test_language_model_bad_inputs_name_the_fix(lm, windows):
         rp.rd.curves(lm, long, grid=3, cache=False, progress=False)
     with pytest.raises(ValueError, match="pass calib="):
         C.apply(copy.deepcopy(lm), {k: 0.5 for k in M.prunable(lm)}, "wanda")
+    embedding_only = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.LayerNorm(4))
+    with pytest.raises(ValueError, match="no matrix weights"):
+        rp.allocate("owl", embedding_only, 0.5, calib=torch.randint(0, 10, (2, 3)))
     with pytest.raises(ValueError, match="text data set"):
         rp.train.pretrained("lm_tiny", "fashion_mnist", "smoke", progress=False, verbose=False)
     with pytest.raises(ValueError, match="images"):

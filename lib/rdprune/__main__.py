@@ -190,7 +190,7 @@ def _process_group(args):
 
 
 def report(args) -> int:
-    from rdprune.lab import report as R
+    from rdprune.lab import readme as R
     from rdprune.util import REPO
     results = Path(args.results)
     if not results.is_dir():
@@ -335,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="copy its CSVs to docs/results/<preset>/ and rewrite README's tables")
     r.add_argument("--compare", action="store_true",
                    help="compare every top-1 with the committed docs/results/<preset>/ and exit "
-                        f"1 if one differs by more than {rp.lab.report.TOLERANCE_PTS:g} points")
+                        f"1 if one differs by more than {rp.lab.readme.TOLERANCE_PTS:g} points")
     r.set_defaults(func=report)
     return parser
 

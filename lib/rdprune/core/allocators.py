@@ -108,6 +108,10 @@ class Layers:
     def __init__(self, model, budget, exclude=()):
         allp = M.prunable(model)
         self.free = M.prunable(model, exclude)
+        if not allp:
+            raise ValueError(f"{type(model).__name__} has no matrix weights to prune (no Conv, "
+                             "Linear, Conv1D or attention projection; embeddings and norms are "
+                             "never pruned): there is nothing to allocate over")
         if not self.free:
             raise ValueError("no prunable layer is left to allocate over"
                              + (f" after exclude={list(exclude)}" if list(exclude) else "")

@@ -172,8 +172,10 @@ def tensors(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
     key = (name, split)
-    if name == TX.NAME:
-        return TX.windows(split)  # token ids: nothing to normalise
+    if name == TX.NAME:  # token ids: nothing to normalise
+        if key not in _TENSOR_CACHE:
+            _TENSOR_CACHE[key] = TX.windows(split)
+        return _TENSOR_CACHE[key]
     if key not in _TENSOR_CACHE:
         if name == "fashion_mnist":
             folder = _fashion_mnist_folder()

@@ -11,10 +11,11 @@ What "quick" means, in each place:
   200 fine-tuning steps per round; ``paper``: the authors' 1024 images, 101 points, worst-case
   distortion and 80k/40k/60k fine-tuning steps;
 - the **notebooks'** ``quick``: half that calibration set (128 images, a 21-point grid) and
-  2,000 test images, one seed, so that all six notebooks finish in about an hour here;
+  2,000 test images, one seed, so that all seven notebooks finish in about 75 minutes here
+  (07, the transformers, another 20 minutes the first time, to train vit_tiny and lm_tiny);
 - the **notebooks'** ``full``: the RD comparison (01-03) on all 10,000 test images, notebook 03
   over 3 seeds with 60 fine-tuning steps per iterative round (2× quick), about an hour here;
-  04-06 are skipped with the reason (their seeds lists work, 3 seeds cost about 2 hours more).
+  04-07 are skipped with the reason (their seeds lists work, 3 seeds cost hours more).
 """
 from __future__ import annotations
 

@@ -8,24 +8,15 @@
 - :func:`rd_verdict` (notebook 03) and :func:`comparison_verdict` (notebook 06): conclusions as
   Markdown, each sentence computed from the results table; :func:`goal` (notebook 07): one
   method against another at given targets, win / loss / tie;
-- :func:`tables`: README's result tables rendered from ``results/<preset>/``'s CSVs, and
-  :func:`update_readme` / ``python -m rdprune report`` to write them between markers
-  ``<!-- table:NAME -->`` … ``<!-- /table:NAME -->``; a test keeps README equal to the CSVs
-  committed under ``docs/results/<preset>/``.
+
+README's tables, rendered from these, are in :mod:`rdprune.lab.readme`.
 """
 from __future__ import annotations
 
 import math
-import re
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-# (notebook folder, CSV) pairs the README's tables are rendered from
-SOURCES = {"03_rd_vs_baselines": ["results.csv"], "06_comparison": ["results.csv"],
-           "07_transformers": ["vit.csv", "lm.csv"], "summary": []}
 
 
 def noise_pts(top1: float, n: int) -> float:
@@ -262,162 +253,3 @@ def comparison_verdict(results: pd.DataFrame, n_test: int) -> str:
 
 
 # ----------------------------------------------------------------------------- README tables
-def markdown(df: pd.DataFrame, digits: int = 3) -> str:
-    """A GitHub table of ``df`` (index as the first column), floats to ``digits`` places."""
-    df = df.reset_index()
-    fmt = [(lambda v: f"{v:.{digits}f}" if isinstance(v, float) and not math.isnan(v) else
-            ("–" if isinstance(v, float) else str(v)))] * len(df.columns)
-    head = "| " + " | ".join(map(str, df.columns)) + " |"
-    rule = "|" + "|".join("---" for _ in df.columns) + "|"
-    body = ["| " + " | ".join(f(v) for f, v in zip(fmt, row)) + " |" for row in df.itertuples(
-        index=False)]
-    return "\n".join([head, rule, *body])
-
-
-def block_prefix(preset: str) -> str:
-    """README block names of a preset's tables: ``zero_shot`` for quick (and folders that are not
-    a preset's), ``full_zero_shot`` for full..."""
-    from .presets import NOTEBOOKS
-    return f"{preset}_" if preset in NOTEBOOKS and preset != "quick" else ""
-
-
-def tables(root: str | Path, prefix: str | None = None) -> dict[str, str]:
-    """README's tables from a results folder (``results/<preset>`` or a committed copy): means ±
-    standard deviations over the seeds a run has (plain values for one seed). Block names get
-    ``prefix`` (default: :func:`block_prefix` of the folder's name)."""
-    root, out = Path(root), {}
-    prefix = block_prefix(root.name) if prefix is None else prefix
-    zs = root / "03_rd_vs_baselines" / "results.csv"
-    if zs.is_file():
-        r = pd.read_csv(zs)
-        for key, schedule, digits in (("zero_shot", "zero-shot", "{:.0%}"),
-                                      ("iterative", "iterative", "{:.1%}")):
-            part = r[r.schedule == schedule]
-            if len(part):
-                z = spread_table(part, "method", "target", "top1", label=f"top-1, {schedule}")
-                z.columns = [digits.format(c) for c in z.columns]
-                z.index.name += ", sparsity →"
-                out[key] = markdown(z)
-        if "n_test" in r:  # the conclusion, computed (README quotes it for the full preset)
-            from . import data as D
-            chance = 1 / D.info(r["dataset"].iloc[0]).num_classes
-            out["verdict"] = rd_verdict(r, int(r["n_test"].iloc[0]), chance=chance)
-    cmp = root / "06_comparison" / "results.csv"
-    if cmp.is_file():
-        r = pd.read_csv(cmp)
-        shown = {"top1_recal": "top-1 pruned + BN", "top1_after": "top-1 fine-tuned"}
-        cols = {}
-        for v, name in shown.items():
-            w = spread_table(r, "method", "target", v)
-            cols.update({f"{name} @ {t:.0%}": w[t] for t in sorted(r.target.unique())})
-        means = r.pivot_table(index="method", columns="target", sort=False,
-                              values=["speedup", "prune_seconds"], aggfunc="mean")
-        for v, name, f in (("speedup", "CPU speed-up", "{:.1f}×"),
-                           ("prune_seconds", "pruning s", "{:.0f}")):
-            cols.update({f"{name} @ {t:.0%}": means[(v, t)].map(f.format)
-                         for t in sorted(r.target.unique())})
-        w = pd.DataFrame(cols).reindex(list(dict.fromkeys(r.method)))
-        w.index.name = "FLOPs removed →" + ("" if "seed" not in r or r.seed.nunique() == 1 else
-                                           f" (mean ± sd, {r.seed.nunique()} seeds)")
-        out["comparison"] = markdown(w, 3)
-    tf = root / "07_transformers"
-    if (tf / "vit.csv").is_file():
-        r = pd.read_csv(tf / "vit.csv")
-        z = spread_table(r, "method", "target", "top1", label="top-1, zero-shot")
-        z.columns = [f"{c:.0%}" for c in z.columns]
-        z.index.name += ", sparsity →"
-        out["transformers_vit"] = markdown(z)
-    if (tf / "lm.csv").is_file():
-        r = pd.read_csv(tf / "lm.csv")
-        r["method + criterion"] = r.method + " + " + r.criterion
-        z = spread_table(r, "method + criterion", "target", "perplexity", digits=2,
-                         label="held-out perplexity")
-        z.columns = [f"{c:.0%}" for c in z.columns]
-        z.index.name += ", sparsity →"
-        out["transformers_lm"] = markdown(z)
-        goals = [goal(r, "rd", "owl", "perplexity", LM_GOALS, by="criterion", lower=True)
-                 .rename(columns={"rd": "rd_value", "owl": "other_value"})
-                 .assign(model="lm_tiny", value="perplexity", other="owl")]
-        if (tf / "vit.csv").is_file():
-            v = pd.read_csv(tf / "vit.csv")
-            goals.append(goal(v, "rd", "lamp", "top1", VIT_GOALS, n_test=int(v["n_test"].iloc[0]))
-                         .rename(columns={"rd": "rd_value", "lamp": "other_value"})
-                         .assign(model="vit_tiny", value="top-1", criterion="magnitude",
-                                 other="lamp"))
-        goals = [g for g in goals if len(g)]  # targets a run did not measure give no rows
-        if goals:
-            cols = ["model", "value", "criterion", "target", "other", "rd_value", "other_value",
-                    "difference", "n_seeds", "verdict"]
-            g = pd.concat(goals, ignore_index=True)[cols]
-            g["target"] = g["target"].map("{:.0%}".format)
-            out["transformers_goals"] = markdown(g.set_index("model"), 4)
-    summary = root / "summary.csv"
-    if summary.is_file():
-        t = pd.read_csv(summary)[["notebook", "status", "seconds"]].set_index("notebook")
-        t["minutes"] = t.pop("seconds") / 60
-        t.loc["all"] = ["", t["minutes"].sum()]
-        out["times"] = markdown(t, 1)
-    return {prefix + k: v for k, v in out.items()}
-
-
-def update_readme(text: str, blocks: dict[str, str]) -> str:
-    """``text`` with each ``<!-- table:NAME -->…<!-- /table:NAME -->`` block replaced."""
-    for name, table in blocks.items():
-        pattern = re.compile(rf"(<!-- table:{name} -->\n)(?:.*?\n)?(<!-- /table:{name} -->)", re.S)
-        text = pattern.sub(lambda m: m.group(1) + table + "\n" + m.group(2), text)
-    return text
-
-
-def publish(results: str | Path, docs: str | Path, readme: str | Path) -> list[str]:
-    """Copy the CSVs the tables are rendered from into ``docs`` (committed) and rewrite the
-    README's blocks from them; returns the names of the blocks written."""
-    results, docs = Path(results), Path(docs)
-    for folder, files in SOURCES.items():
-        for name in files:
-            src, dst = results / folder / name, docs / folder / name
-            if src.is_file() and not (dst.exists() and dst.samefile(src)):
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, dst)
-    if (results / "summary.csv").is_file():  # without the run's own output paths
-        docs.mkdir(parents=True, exist_ok=True)
-        cols = ["notebook", "status", "seconds", "reason"]
-        summary = pd.read_csv(results / "summary.csv", keep_default_na=False)[cols]
-        old = docs / "summary.csv"
-        if old.is_file() and not old.samefile(results / "summary.csv"):
-            # a run of some notebooks (--only) replaces their rows and keeps the others'
-            kept = pd.read_csv(old, keep_default_na=False)[cols]
-            kept = kept[~kept.notebook.isin(summary.notebook)]
-            summary = pd.concat([kept, summary]).sort_values("notebook", kind="stable")
-        summary.to_csv(old, index=False)
-    blocks = tables(docs)
-    path = Path(readme)
-    path.write_text(update_readme(path.read_text(), blocks))
-    return list(blocks)
-
-
-TOLERANCE_PTS = 3.0  # README's stated tolerance between two runs of one preset (README explains)
-
-
-def compare(new: str | Path, old: str | Path, tolerance_pts: float = TOLERANCE_PTS) -> pd.DataFrame:
-    """Every top-1 of the README's tables in ``new`` against ``old`` (e.g. a fresh run against
-    the committed ``docs/results/quick``): one row per number with both values, the difference in
-    points and whether it lies within ``tolerance_pts``."""
-    rows = []
-    for folder, keys, cols in (("03_rd_vs_baselines", ["method", "schedule", "target"], ["top1"]),
-                               ("06_comparison", ["method", "target"],
-                                ["top1_recal", "top1_after"])):
-        a, b = Path(new) / folder / "results.csv", Path(old) / folder / "results.csv"
-        if not (a.is_file() and b.is_file()):
-            continue
-        # means over seeds; a row in one run only: missing
-        a_, b_ = (pd.read_csv(f).groupby(keys, sort=False)[cols].mean().reset_index()
-                  for f in (a, b))
-        both = a_.merge(b_, on=keys, how="outer", suffixes=("_new", "_old"))
-        for col in cols:
-            for _, r in both.iterrows():
-                d = 100 * (r[f"{col}_new"] - r[f"{col}_old"])
-                rows.append(dict(notebook=folder, **{k: r[k] for k in keys}, value=col,
-                                 new=r[f"{col}_new"], old=r[f"{col}_old"], diff_pts=d,
-                                 within=bool(abs(d) <= tolerance_pts)))  # NaN: not within
-    return pd.DataFrame(rows, columns=["notebook", "method", "schedule", "target", "value", "new",
-                                       "old", "diff_pts", "within"])

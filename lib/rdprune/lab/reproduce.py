@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -145,15 +146,19 @@ def _select(paths: list[Path], only) -> list[Path]:
 def run(preset: str = "quick", only: list[str] | None = None, overrides: dict | None = None,
         results: str | Path | None = None, folder: str | Path | None = None,
         progress: bool = True, cell_progress: bool = False,
-        cell_timeout: float | None = None) -> pd.DataFrame:
+        cell_timeout: float | None = None, jobs: int = 1) -> pd.DataFrame:
     """Execute the selected notebooks; returns the summary (notebook, status, seconds, output,
     reason) and writes it to ``results/<preset>/summary.csv``. ``cell_timeout`` (seconds, default
     none): a cell that runs longer (or whose reply never comes back from the kernel) fails its
-    notebook instead of waiting for ever."""
-    import papermill as pm
+    notebook instead of waiting for ever. ``jobs`` > 1 runs that many notebooks at once, each
+    kernel with ``cores // jobs`` threads (``OMP_NUM_THREADS``), which pays where much of a
+    notebook is single-threaded (kernel start, small models, figures); notebooks that need the
+    same untrained checkpoint then train it side by side, so run one of them first."""
     from tqdm.auto import tqdm
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a whole number >= 1, got {jobs!r}")
     paths = _select(notebooks(folder), only)
     decl = {p: declared(p) for p in paths}
     unknown = {k for layer in (overrides or {}).values() for k in layer} - \
@@ -163,46 +168,80 @@ def run(preset: str = "quick", only: list[str] | None = None, overrides: dict | 
                          f"{[p.stem for p in paths]}")
     root = Path(results) if results else Path.cwd() / "results"
     root = (root / preset).resolve()
-    rows = []
-    bar = tqdm(paths, desc=f"reproduce {preset}", unit="notebook", disable=not progress)
-    for path in bar:
-        bar.set_postfix_str(path.stem)
+    rows, todo = {}, []
+    for path in paths:
         out = root / path.stem
-        params = {k: v for k, v in parameters(path.stem, preset, overrides).items()
-                  if k in decl[path]}
+        every = parameters(path.stem, preset, overrides)
+        params = {k: v for k, v in every.items() if k in decl[path]}
         params["out_dir"] = str(out)
         for quiet in ("interactive", "progress"):  # a batch run: no widgets, no progress bars
             if quiet in decl[path]:
                 params.setdefault(quiet, False)
-        row = dict(notebook=path.stem, status="ok", seconds=0.0, output=str(out), reason="")
-        skip = None if only else parameters(path.stem, preset, overrides).get("_skip")
-        problem = (skip  # not in this preset, unless --only asked for it
-                   or missing(parameters(path.stem, preset, overrides).get("_needs", ()))
+        rows[path] = dict(notebook=path.stem, status="ok", seconds=0.0, output=str(out),
+                          reason="")
+        problem = ((None if only else every.get("_skip"))  # unless --only asked for it
+                   or missing(every.get("_needs", ()))
                    or dataset_problem(params.get("dataset", decl[path].get("dataset")),
                                       {**decl[path], **params}))
         if problem:
-            row.update(status="skipped", reason=problem)
+            rows[path].update(status="skipped", reason=problem)
         else:
-            out.mkdir(parents=True, exist_ok=True)
-            tic = time.perf_counter()
-            try:
-                pm.execute_notebook(str(path), str(out / path.name), parameters=params,
-                                    kernel_name="python3", progress_bar=cell_progress,
-                                    cwd=str(REPO), log_output=False,
-                                    execution_timeout=cell_timeout,
-                                    extra_arguments=QUIET_KERNEL)
-            except Exception as e:  # noqa: BLE001 - any failure is reported, the rest go on
-                msg = f"{getattr(e, 'ename', type(e).__name__)}: {getattr(e, 'evalue', e)}"
-                row.update(status="failed", reason=msg.strip().splitlines()[0][:300])
-            row["seconds"] = round(time.perf_counter() - tic, 1)
-        rows.append(row)
+            todo.append((path, out, params))
+    threads = None if jobs == 1 else max(1, (os.cpu_count() or 1) // jobs)
+    bar = tqdm(total=len(paths), desc=f"reproduce {preset}", unit="notebook",
+               disable=not progress)
+
+    def report(path):
+        row = rows[path]
+        bar.update()
         if progress:
             why = f" — {row['reason']}" if row["reason"] else ""
             tqdm.write(f"{path.stem}: {row['status']} ({row['seconds']:.0f} s){why}")
-    summary = pd.DataFrame(rows, columns=["notebook", "status", "seconds", "output", "reason"])
+
+    for path in paths:
+        if rows[path]["status"] == "skipped":
+            report(path)
+    args = [(str(p), str(o), prm, cell_progress, cell_timeout, threads) for p, o, prm in todo]
+    if jobs == 1:
+        for (path, _, _), a in zip(todo, args):
+            bar.set_postfix_str(path.stem)
+            rows[path].update(_execute(*a))
+            report(path)
+    else:
+        import concurrent.futures as cf
+        import multiprocessing as mp
+        with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+            futures = {pool.submit(_execute, *a): path for (path, _, _), a in zip(todo, args)}
+            for f in cf.as_completed(futures):
+                rows[futures[f]].update(f.result())
+                report(futures[f])
+    bar.close()
+    summary = pd.DataFrame([rows[p] for p in paths],
+                           columns=["notebook", "status", "seconds", "output", "reason"])
     root.mkdir(parents=True, exist_ok=True)
     summary.to_csv(root / "summary.csv", index=False)
     return summary
+
+
+def _execute(path: str, out: str, params: dict, cell_progress: bool, cell_timeout,
+             threads: int | None) -> dict:
+    """One notebook through papermill (in this process, or a worker of ``run(jobs=...)``):
+    {status, reason, seconds}; a failure is reported, never raised."""
+    import papermill as pm
+    if threads is not None:  # the kernel inherits it: jobs × threads ≤ cores
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    tic, result = time.perf_counter(), dict(status="ok", reason="")
+    try:
+        pm.execute_notebook(path, str(Path(out) / Path(path).name), parameters=params,
+                            kernel_name="python3", progress_bar=cell_progress, cwd=str(REPO),
+                            log_output=False, execution_timeout=cell_timeout,
+                            extra_arguments=QUIET_KERNEL)
+    except Exception as e:  # noqa: BLE001 - any failure is reported, the rest go on
+        msg = f"{getattr(e, 'ename', type(e).__name__)}: {getattr(e, 'evalue', e)}"
+        result.update(status="failed", reason=msg.strip().splitlines()[0][:300])
+    result["seconds"] = round(time.perf_counter() - tic, 1)
+    return result
 
 
 def parse_value(text: str):
@@ -233,7 +272,7 @@ def _cli(args) -> int:
     tic = time.perf_counter()
     summary = run(args.preset, args.only, parse_overrides(args.param), args.results,
                   args.notebooks, progress=not args.quiet, cell_progress=args.verbose,
-                  cell_timeout=args.cell_timeout)
+                  cell_timeout=args.cell_timeout, jobs=args.jobs)
     with pd.option_context("display.width", 200, "display.max_colwidth", 90):
         print(summary.to_string(index=False))
     print(f"total {time.perf_counter() - tic:.0f} s; summary in "
@@ -259,6 +298,8 @@ def add_parser(sub) -> None:
     p.add_argument("--list", action="store_true", help="print each notebook's parameters and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--verbose", action="store_true", help="papermill's per-cell progress bars")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="notebooks run at once, each with cores/N threads (default: 1)")
     p.add_argument("--cell-timeout", type=float, default=None, metavar="SECONDS",
                    help="fail a notebook whose cell runs longer than this (default: no limit)")
     p.set_defaults(func=_cli)
