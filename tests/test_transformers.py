@@ -133,6 +133,19 @@ def test_every_allocator_meets_params_and_flops_targets(kind, criterion, lm, win
                                                       M.masks(magnitude).values()))
 
 
+def test_zero_shot_applies_the_criterion_it_is_given(lm, windows):
+    curves = rp.rd.curves(lm, windows, grid=5, cache=False, progress=False, criterion="wanda")
+    _, test = D.loaders("pystdlib", 64, subset=4)
+    table = rp.pipeline.zero_shot(lm, ["rd", "owl"], [0.5], windows, test, curves=curves,
+                                  criterion="wanda")
+    for (method, target), amounts in table.attrs["amounts"].items():
+        direct = C.apply(copy.deepcopy(lm), amounts, "wanda", windows)
+        row = table[(table.method == method) & (table.target == target)].iloc[0]
+        assert row.distortion == rp.rd.distortion(lm, direct, windows)  # Wanda's masks, exactly
+    with pytest.raises(ValueError, match="criterion 'wanda', not 'magnitude'"):
+        rp.pipeline.zero_shot(lm, ["rd"], [0.5], windows, test, curves=curves)
+
+
 def test_kl_distortion_is_zero_at_amount_zero_and_never_negative(lm, windows):
     kl = rp.rd.curves(lm, windows, grid=5, cache=False, progress=False, distortion="kl")
     assert (kl[kl.amount == 0].distortion == 0).all()

@@ -127,6 +127,8 @@ def zero_shot(model, methods, targets, calib: torch.Tensor, test_loader, *, budg
             raise ValueError(f"zero_shot compares mask allocators; {m!r} is structured "
                              "(use rp.prune)")
     rows, chosen, dense_flops = [], {}, M.flops(model)
+    # one removal order per layer for every method and target (Wanda: one pass over calib)
+    orders = C.orders(model, criterion, calib)
     grid = curves["amount"].nunique() if curves is not None else 101
     labels = [m for method in methods
               for m in ([method, "rd+refine"] if method == "rd" and refine else [method])]
@@ -139,7 +141,7 @@ def zero_shot(model, methods, targets, calib: torch.Tensor, test_loader, *, budg
             else:
                 amounts = allocate(label, model, t, budget, curves=curves, **_calib(label, calib))
             chosen[label, t] = amounts
-            pruned = C.apply(copy.deepcopy(model), amounts, criterion, calib)
+            pruned = M.apply(copy.deepcopy(model), amounts, orders=orders)
             row = dict(method=label, target=t, sparsity=M.sparsity(pruned),
                        flops_left=M.flops(pruned) / dense_flops,
                        **train.evaluate(pruned, test_loader),
