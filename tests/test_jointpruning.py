@@ -165,7 +165,7 @@ def test_bad_input_raises():
     with pytest.raises(ValueError, match="supports"):
         J.flops("vgg16", np.zeros(16))
     loader, _ = D.loaders("fashion_mnist", 16, subset=20)
-    with pytest.raises(ValueError, match="CIFAR-style ResNets"):
+    with pytest.raises(ValueError, match="CIFAR-style ResNets.*mobilenet"):
         J.search(models.build("lenet5"), loader, progress=False)
     r20 = models.build("resnet20")
     for target in (0.0, -0.1, 1.5):
@@ -181,3 +181,131 @@ def test_bad_input_raises():
         J.build(r20, np.ones(5))
     with pytest.raises(ValueError, match="finite"):
         J.flops("resnet20", np.full(16, np.nan))
+
+
+# ----------------------------------------------------------------------------- MobileNets
+MOBILENETS = ["mobilenet_v1", "mobilenet_v2"]
+
+
+def _width_targets(name, in_ch=1, size=28):
+    """FLOPs fractions of the zoo's 0.75x / 0.5x / 0.25x width multipliers (the issue's targets)."""
+    def macs(w):
+        return sum(M.layer_flops(models.build(name, 10, in_ch, image_size=size, width=w)).values())
+    return [macs(w) / macs(1.0) for w in (0.75, 0.5, 0.25)]
+
+
+@pytest.mark.parametrize("name", MOBILENETS)
+def test_mobilenet_projection_meets_every_target_within_one_percent(name):
+    dense = models.build(name)
+    sp = J.space(dense)
+    rng = np.random.default_rng(5)
+    combos = [("channel",), ("channel", "depth"), J.DIMS]
+    targets = _width_targets(name) + list(rng.uniform(0.05, 1.0, 30))
+    for i, target in enumerate(targets):
+        dims = combos[i % 3]
+        p = J.project(dense, rng.uniform(sp.lo, sp.hi), target, dims)
+        ratio = J.flops(dense, p) / (target * sp.full_macs)
+        assert 0.99 <= ratio <= 1.0, (i, target, ratio)
+        cfg = J.decode(dense, p)
+        if "depth" not in dims:
+            assert cfg.depths == tuple(len(st) for st in sp.stages)
+        if "resolution" not in dims:
+            assert cfg.resolution == sp.full
+
+
+@pytest.mark.parametrize("name,in_ch,size", [("mobilenet_v1", 1, 28), ("mobilenet_v2", 1, 28),
+                                             ("mobilenet_v2", 3, 32)])
+def test_mobilenet_space_flops_build_and_supernet_slice(name, in_ch, size):
+    torch.manual_seed(0)
+    dense = models.build(name, 10, in_ch, image_size=size)
+    sp = J.space(dense)
+    assert sp.full_macs == sum(M.layer_flops(dense).values())
+    # the layout read off the network: V2's stages are its (t, c, n, s) rows, the first block
+    # of every stage kept, a head conv of fixed width; V1 has no inner widths
+    sizes = [len(st) for st in sp.stages]
+    assert sizes == ([1, 2, 3, 4, 3, 3, 1] if name == "mobilenet_v2" else [1, 2, 2, 6, 2])
+    assert sp.size == 1 + len(sizes) + len(sp.inner_max) + sum(n > 1 for n in sizes) + 1
+    assert len(sp.inner_max) == (16 if name == "mobilenet_v2" else 0)
+    net = J.Supernet(dense).eval()
+    calib, x = torch.randn(16, in_ch, size, size), torch.randn(4, in_ch, size, size)
+    for v in random_vectors(sp, 3, seed=6) + [sp.lo]:
+        cfg = J.decode(dense, v)
+        small = J.build(dense, v)
+        assert small.resolution == cfg.resolution
+        counted = M.module_flops(small, torch.zeros(1, in_ch, size, size))[""] // 2
+        assert J.flops(dense, v) == counted
+        assert small.features[0][0].out_channels == cfg.stem
+        kept = [n for n, _ in small.features.named_children()]
+        assert len(kept) == 1 + (sum(cfg.depths) * (1 if name == "mobilenet_v2" else 2)) + \
+            (name == "mobilenet_v2")
+        # build = the supernet's slice: inherit copies it, outputs equal on a batch
+        model = J.inherit(net, v, calib=calib)
+        with torch.no_grad():
+            want = net(torch.cat([calib, x]), cfg, k=len(calib))[len(calib):]
+            torch.testing.assert_close(model(x), want, rtol=1e-4, atol=1e-5)
+    # all entries at their maxima: the dense network itself (its weights load, outputs equal)
+    full = J.build(dense, sp.hi).eval()
+    full.load_state_dict(dense.state_dict())
+    dense.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(full(x), dense(x), rtol=0, atol=0)
+
+
+def test_mobilenet_width_multipliers_lie_in_the_space():
+    """The zoo's 0.5x MobileNetV2 (the baseline of the comparison) is a point of the 1.0x space:
+    same convs, same FLOPs (its stage widths are the leading slices of the 1.0x network's)."""
+    dense, half = models.build("mobilenet_v2"), models.build("mobilenet_v2", width=0.5)
+    sp = J.space(dense)
+    ch = [half.features[0][0].out_channels]
+    ch += [half.get_submodule(st[0].convs[-1].name).out_channels for st in sp.stages]
+    ch += [half.get_submodule(b.convs[0].name).out_channels for st in sp.stages for b in st
+           if b.expand]
+    v = np.r_[np.asarray(ch) / sp.cmax, sp.hi[sp.nc:]]
+    small = J.build(dense, v)
+    shapes = [m.weight.shape for m in small.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert shapes == [m.weight.shape for m in half.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert J.flops(dense, v) == sum(M.layer_flops(half).values())
+
+
+@pytest.mark.parametrize("name", MOBILENETS)
+def test_mobilenet_search_is_seeded_and_meets_the_target(name, one_thread):
+    loader, _ = D.loaders("fashion_mnist", 16, subset=20, seed=0)
+
+    def run():
+        torch.manual_seed(0)
+        return J.search(models.build(name), loader, flops_target=0.3, supernet_steps=4,
+                        search_steps=2, samples=2, seed=0, val_size=24, val_batch=16,
+                        calib_size=8, progress=False)
+
+    (v1, t1), (v2, t2) = run(), run()
+    np.testing.assert_array_equal(v1, v2)
+    assert t1.equals(t2)
+    dense = models.build(name)
+    full = J.space(dense).full_macs
+    assert 0.99 * 0.3 * full <= J.flops(dense, v1) <= 0.3 * full
+
+
+def test_mobilenet_bad_input_raises():
+    with pytest.raises(ValueError, match="pass the network itself"):
+        J.space("mobilenet_v2")
+    odd = models.build("mobilenet_v1")
+    odd.features[1][0] = torch.nn.Conv2d(32, 32, 3, 1, 1, groups=4, bias=False)
+    with pytest.raises(ValueError, match="grouped convs"):
+        J.space(odd)
+
+
+@pytest.mark.parametrize("name", MOBILENETS)
+def test_front_door_prunes_a_mobilenet(name, one_thread):
+    import rdprune as rp
+    loader, _ = D.loaders("fashion_mnist", 16, subset=20, seed=0)
+    dense = models.build(name)
+    calib = D.calibration("fashion_mnist", n=8, seed=0)
+    net, record = rp.prune(dense, "jointpruning", 0.7, "flops", calib=calib, train_loader=loader,
+                           supernet_steps=2, search_steps=1, samples=1, val_size=24,
+                           val_batch=16, calib_size=8)
+    assert isinstance(net, J.PrunedMobileNet) and not net.training
+    assert 0.7 <= record["flops_reduction"] <= 0.7 + 0.01 * 0.3 + 1e-9
+    assert record["flops"] == J.flops(dense, record["vector"])
+    assert net(calib[:2]).shape == (2, 10)
+    with pytest.raises(ValueError, match="budget='flops'"):
+        rp.prune(dense, "jointpruning", 0.7, "params", calib=calib, train_loader=loader)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import rdprune as rp
 from rdprune import reproduce
 
 pytestmark = pytest.mark.slow
@@ -27,8 +28,10 @@ TINY = {
                           grid=6),
     "03_rd_vs_baselines": dict(seeds=[0, 1], iterative_methods=["rd"], iterative_target=0.75, per_round=0.5,
                                finetune_steps=10, eval_subset=500, refine=2),
-    # 04-06 need a ResNet (JointPruning's space, HBGS's wrapped 3x3 convs): the smoke ResNet-20
-    "04_jointpruning": dict(model="resnet20", recipe="smoke", targets=[0.5], eval_subset=300,
+    # 04-06 need a ResNet (JointPruning's space, HBGS's wrapped 3x3 convs): the smoke ResNet-20;
+    # 04 also searches the smoke MobileNetV2 at the 0.5x width multiplier's FLOPs
+    "04_jointpruning": dict(model=["resnet20", "mobilenet_v2"], recipe="smoke", targets=[0.5],
+                            widths=[0.5], eval_subset=300,
                             dims=[["channel"], ["channel", "depth", "resolution"]],
                             supernet_steps=6, search_steps=2, samples=2, retrain_steps=3),
     "05_hbgs": dict(model="resnet20", recipe="smoke", targets=[0.3], eval_subset=300,
@@ -193,18 +196,32 @@ def test_baselines_outputs(executed):
 
 def test_jointpruning_outputs(executed):
     out = executed[1] / "04_jointpruning"
-    _figures(out, "search_trace", "accuracy_vs_flops")
+    _figures(out, *(f"{f}_{m}" for f in ("search_trace", "accuracy_vs_flops")
+                     for m in ("resnet20", "mobilenet_v2")))
     trace = pd.read_csv(out / "search_trace.csv")
-    assert len(trace) == 2 and trace["best"].sum() == 1
-    assert (trace.flops_ratio <= 0.5).all() and (trace.flops_ratio >= 0.49).all()
+    assert list(trace.groupby("model", sort=False).size().items()) == [("resnet20", 2),
+                                                                      ("mobilenet_v2", 2)]
+    assert (trace.groupby("model").best.sum() == 1).all()
+    r20, mb = trace[trace.model == "resnet20"], trace[trace.model == "mobilenet_v2"]
+    assert (r20.flops_ratio <= 0.5).all() and (r20.flops_ratio >= 0.49).all()
+    # MobileNetV2's target: the FLOPs of the zoo's 0.5x network, met within 1 % under it
+    half = sum(rp.masks.layer_flops(rp.models.build("mobilenet_v2", width=0.5)).values())
+    full = sum(rp.masks.layer_flops(rp.models.build("mobilenet_v2")).values())
+    assert (mb.flops_ratio <= half / full).all() and (mb.flops_ratio >= 0.99 * half / full).all()
     abl = pd.read_csv(out / "ablation.csv")
-    assert list(abl.method) == ["channel", "channel + depth + resolution"]
-    assert (abl.loc[abl.method == "channel", ["depth", "resolution"]].values == [9, 28]).all()
+    assert list(abl.method) == ["channel", "channel + depth + resolution"] * 2
+    assert (abl.loc[(abl.method == "channel") & (abl.model == "resnet20"),
+                    ["depth", "resolution"]].values == [9, 28]).all()
     table = pd.read_csv(out / "targets.csv")
     assert set(table.method) == {"channel + depth + resolution", "uniform width"}
-    assert table.flops_reduction.between(0.5, 0.6).all() and table.top1.between(0, 1).all()
+    assert table.top1.between(0, 1).all()
+    assert table[table.model == "resnet20"].flops_reduction.between(0.5, 0.6).all()
+    uni = table[(table.model == "mobilenet_v2") & (table.method == "uniform width")]
+    assert list(uni.width_multiplier) == [0.5] and uni.flops.iloc[0] == half
+    jp = table[(table.model == "mobilenet_v2") & (table.method != "uniform width")]
+    assert 0.99 * half <= jp.flops.iloc[0] <= half
     side = pd.read_csv(out / "side_by_side.csv", keep_default_na=False)
-    assert (side.source == "ours (this run)").sum() == 1
+    assert (side.source == "ours (this run)").sum() == 2
     assert {"MetaPruning README", "paper abstract (FLOPs not stated)"} <= set(side.source)
 
 
@@ -233,6 +250,27 @@ def test_comparison_outputs(executed):
     assert (res.latency_ms > 0).all() and (res.prune_seconds >= 0).all()
     alloc = pd.read_csv(out / "allocation.csv", index_col=0)
     assert list(alloc.columns) == TINY["06_comparison"]["methods"]
+
+
+def test_comparison_on_a_mobilenet_says_what_cannot_run(tmp_path):
+    """Notebook 06 on MobileNetV2: HBGS cannot prune its depthwise and 1x1 convs, so its rows
+    carry the reason (and the verdict names it) while the other methods run as usual."""
+    params = dict(TINY["06_comparison"], model="mobilenet_v2", methods=["HBGS-B", "uniform_width"],
+                  targets=[0.5], eval_subset=100, finetune_steps=2)
+    summary = reproduce.run("quick", only=["06"], overrides={"06_comparison": params},
+                            results=tmp_path, progress=False, cell_timeout=600)
+    assert list(summary.status) == ["ok"], summary.to_string()
+    out = tmp_path / "quick" / "06_comparison"
+    res = pd.read_csv(out / "results.csv")
+    assert list(res.method) == ["HBGS-B", "uniform_width"] and set(res.model) == {"mobilenet_v2"}
+    hb, uw = res.iloc[0], res.iloc[1]
+    assert hb.note.startswith("not applicable") and "depthwise" in hb.note
+    assert np.isnan(hb.top1_after) and pd.isna(uw.note)
+    assert 0.5 <= uw.flops_reduction < 0.6 and 0 <= uw.top1_after <= 1
+    nb = nbformat.read(out / "06_comparison.ipynb", as_version=4)
+    text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/markdown", ""))
+                   for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "Not applicable to this network: HBGS-B" in text
 
 
 # ----------------------------------------------------------------------------- the runner

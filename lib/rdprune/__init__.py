@@ -21,6 +21,7 @@ from .core.allocators import allocate, register_allocator, unregister_allocator
 from .lab import data, models, pipeline, plots, presets, reproduce, train, widgets
 from .lab.front import evaluate_pruned, methods, prune, register_method
 from .structured import filters, hbgs, jointpruning, rd_filter
+from .util import NotApplicable
 
 # the module paths of the flat layout keep working (import rdprune.masks, rdprune.allocation, ...)
 for _name, _module in dict(allocation=allocation, masks=masks, knapsack=core.knapsack,
@@ -31,7 +32,7 @@ for _name, _module in dict(allocation=allocation, masks=masks, knapsack=core.kna
     _sys.modules.setdefault(f"{__name__}.{_name}", _module)
 _sys.modules.setdefault(f"{__name__}.rd", rd)
 
-__all__ = ["allocate", "allocation", "core", "data", "distortion", "evaluate_pruned", "filters",
+__all__ = ["NotApplicable", "allocate", "allocation", "core", "data", "distortion", "evaluate_pruned", "filters",
            "hbgs", "jointpruning", "lab", "masks", "methods", "models", "pipeline", "plots",
            "presets", "prune", "rd", "rd_filter", "register_allocator", "register_method",
            "reproduce", "structured", "train", "unregister_allocator", "util", "widgets"]

@@ -50,6 +50,16 @@ def atomic_write_bytes(path: Path, payload: bytes, mode: int = 0o644) -> None:
         raise
 
 
+class NotApplicable(ValueError):
+    """A method that cannot prune this network at all (HBGS on a network of depthwise and 1x1
+    convs, JointPruning on a family outside its space). ``reason``: a short phrase for a table
+    cell; the message says what to use instead. A comparison records it and goes on."""
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason or message
+
+
 def check_choice(kind: str, value, valid: Iterable) -> None:
     """ValueError naming the valid choices unless ``value`` is one of them."""
     valid = list(valid)

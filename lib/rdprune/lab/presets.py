@@ -42,8 +42,13 @@ RECIPES = {
 }
 # (recipe, model) -> changes: the paper recipe's dense training per architecture; the byte-level
 # language model counts steps of 32 windows (an epoch of its corpus is about 2,640 of them;
-# 850 steps took 9.5 minutes here, see README)
-_PER_MODEL = {("paper", "vgg16"): dict(steps=20_000), ("paper", "densenet121"): dict(steps=80_000),
+# 850 steps took 9.5 minutes here, see README); the MobileNets' quick recipe is shorter (their
+# CIFAR variants keep 28 px through the first stages: about 1.4 s per step of 64 for V2 here)
+_PER_MODEL = {("quick", "mobilenet_v2"): dict(batch_size=64, steps=600),
+              ("quick", "mobilenet_v1"): dict(batch_size=64, steps=600),
+              ("smoke", "mobilenet_v2"): dict(batch_size=32, steps=10),
+              ("smoke", "mobilenet_v1"): dict(batch_size=32, steps=10),
+              ("paper", "vgg16"): dict(steps=20_000), ("paper", "densenet121"): dict(steps=80_000),
               ("quick", "lm_tiny"): dict(batch_size=32, steps=850, lr=2e-3),
               ("smoke", "lm_tiny"): dict(batch_size=16, steps=20, lr=2e-3),
               ("smoke", "vit_tiny"): dict(steps=10)}
@@ -109,6 +114,8 @@ _HBGS = ["HBGS", "HBGS-B", "HBGTS", "HBGTS-B"]
 _UNIFORM = ["omp", "backward", "random"]
 _COMPARED = ["rd", "rd_filter", "HBGS-B", "HBGTS-B", "jointpruning", "uniform_width", "l1_filter"]
 _COMPARED_ALL = _COMPARED[:2] + _HBGS + _COMPARED[4:]
+_RETRAIN_BATCH = {"*": 128, "mobilenet_v1": 64, "mobilenet_v2": 64}  # 04: per model
+_MOBILENETS = dict(model=["resnet20", "mobilenet_v1", "mobilenet_v2"], widths=[0.75, 0.5, 0.25])
 
 # notebook 07: vit_tiny (zero-shot top-1) and lm_tiny (perplexity, magnitude and Wanda)
 _TRANSFORMERS = dict(model="vit_tiny", targets=[0.5, 0.6, 0.7, 0.8, 0.9],
@@ -131,8 +138,9 @@ NOTEBOOKS: dict[str, dict[str, dict]] = {
                                    iterative_methods=["rd", "lamp"], iterative_target=0.9,
                                    per_round=0.5, finetune_steps=30, refine=0),
         # 04-06: FLOPs / parameter *reductions*; ResNet-20 quick checkpoint, short CPU budgets
-        "04_jointpruning": dict(seeds=[0], targets=[0.5, 0.7], dims=_DIMS, supernet_steps=120,
-                                search_steps=12, samples=4, retrain_steps=150),
+        "04_jointpruning": dict(model=["resnet20", "mobilenet_v2"], seeds=[0], targets=[0.5, 0.7],
+                                widths=[0.5], dims=_DIMS, supernet_steps=120, search_steps=12,
+                                samples=4, retrain_steps=150, retrain_batch=_RETRAIN_BATCH),
         "05_hbgs": dict(seeds=[0], targets=[0.4, 0.6], methods=_HBGS, uniform_selectors=_UNIFORM, k=16,
                         selection_n=128, round_finetune_steps=0, finetune_steps=30),
         "06_comparison": dict(seeds=[0], targets=[0.5, 0.7], methods=_COMPARED, k=0.25, selection_n=96,
@@ -152,10 +160,16 @@ NOTEBOOKS: dict[str, dict[str, dict]] = {
         "03_rd_vs_baselines": dict(seeds=[0, 1, 2], targets=[0.5, 0.6, 0.7, 0.8, 0.9],
                                    iterative_methods=["rd", "lamp"], iterative_target=0.9,
                                    per_round=0.5, finetune_steps=60, refine=0),
+        "04_jointpruning": dict(_MOBILENETS, seeds=[0, 1, 2], targets=[0.5, 0.7], dims=_DIMS,
+                                supernet_steps=120, search_steps=12, samples=4,
+                                retrain_steps=150, retrain_batch=_RETRAIN_BATCH,
+                                _skip="not in the full preset (3 seeds of ResNet-20 and both "
+                                "MobileNets take hours here); run it with: python -m rdprune "
+                                "reproduce --preset full --only 04"),
         **{stem: dict(_skip="not in the full preset (3 seeds of notebooks 04-06 take about 2 "
                             "hours more here); run it with: python -m rdprune reproduce --preset full --only "
                             + stem[:2] + " -p seeds \"[0, 1, 2]\"")
-           for stem in ("04_jointpruning", "05_hbgs", "06_comparison")},
+           for stem in ("05_hbgs", "06_comparison")},
         "07_transformers": dict(_TRANSFORMERS, _skip="not in the full preset yet (one seed of "
                                 "it is the quick preset); run it with: python -m rdprune "
                                 "reproduce --preset full --only 07 -p seeds \"[0, 1, 2]\""),
@@ -173,7 +187,8 @@ NOTEBOOKS: dict[str, dict[str, dict]] = {
                                    refine=0),
         # JointPruning note's CPU-scale suggestion (supernet ~40 epochs, 300 v-updates, N = 8,
         # retrain ~100 epochs); HBGS slides: k = 5, 1 epoch between rounds, 63 / 95 % params
-        "04_jointpruning": dict(seeds=[0], targets=[0.5, 0.7], dims=_DIMS, supernet_steps=30_000,
+        "04_jointpruning": dict(_MOBILENETS, model=["resnet32", "mobilenet_v1", "mobilenet_v2"],
+                                seeds=[0], targets=[0.5, 0.7], dims=_DIMS, supernet_steps=30_000,
                                 search_steps=300, samples=8, retrain_steps=40_000),
         "05_hbgs": dict(seeds=[0], targets=[0.63, 0.95], methods=_HBGS, uniform_selectors=_UNIFORM, k=5,
                         selection_n=1024, round_finetune_steps=390, finetune_steps=40_000),

@@ -218,8 +218,14 @@ def rd_verdict(results: pd.DataFrame, n_test: int, chance: float | None = None) 
 def comparison_verdict(results: pd.DataFrame, n_test: int) -> str:
     """Notebook 06's reading, computed: the best mean top-1 after fine-tuning and the fastest
     network at each target (methods within the noise of the best named), what BN re-estimation
-    did, and where fine-tuning was refused."""
+    did, where fine-tuning was refused, and which methods could not run (rows with a ``note``)."""
     lines = []
+    if "note" in results and results["note"].notna().any():  # methods that could not run
+        skipped = results[results["note"].notna()].drop_duplicates("method")
+        lines.append("- Not applicable to this network: " + "; ".join(
+            f"{m} ({str(n).removeprefix('not applicable: ')})"
+            for m, n in zip(skipped.method, skipped.note)) + ".")
+        results = results[results["note"].isna()]
     n_seeds = int(results["seed"].nunique()) if "seed" in results else 1
     for t, part in results.groupby("target"):
         means = part.groupby("method", sort=False)[["top1_after", "speedup"]].mean()

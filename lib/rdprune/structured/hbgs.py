@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 from ..core import masks as M
 from ..core import replay as R
 from ..core.loops import fine_tune
+from ..util import NotApplicable
 from .wrappers import Wrapped, run, set_module, wrap, wrappable, wrappers  # noqa: F401 - API
 from . import filters as FL
 from .surgery import BUDGETS, count, removed
@@ -233,9 +234,12 @@ def _setup(model, data, target, budget, sides=("out", "in")):
     if not wrappers(net):
         _, skipped = wrappable(model)
         why = "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:8])
-        raise ValueError("HBGS prunes K×K convs (K > 1, groups 1, zero padding, not the stem) and "
-                         f"this model has none it could wrap ({why or 'no Conv2d at all'}"
-                         f"{'; ...' if len(skipped) > 8 else ''}); use rd_filter or a mask method")
+        raise NotApplicable(
+            "HBGS prunes K×K convs (K > 1, groups 1, zero padding, not the stem) and this model "
+            f"has none it could wrap ({why or 'no Conv2d at all'}"
+            f"{'; ...' if len(skipped) > 8 else ''}); use rd_filter or a mask method",
+            reason="no dense K×K conv to prune (only the stem, depthwise and 1×1 convs)"
+            if skipped else "no Conv2d to prune")
     net._hbgs_hw, full = hw, count(model, x[:1])
     base = {key: full[key] - cost(net, hw, {"params": 0, "flops": 0})[key] for key in full}
     limit = (1.0 - float(target)) * full[budget]

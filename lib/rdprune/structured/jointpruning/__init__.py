@@ -1,6 +1,7 @@
 """JointPruning (Liu et al., IEEE TIP 2021, arXiv 2005.08931): channel, depth and resolution
 pruned together by a gradient search over one pruning vector, reconstructed for the CIFAR-style
-ResNets (resnet20/32/56 of the zoo, or any network of that shape). Method notes: ``docs/jointpruning.md``.
+ResNets (resnet20/32/56 of the zoo, or any network of that shape) and the zoo's MobileNet V1 / V2
+(:mod:`.mobilenet`: its layout and choices). Method notes: ``docs/jointpruning.md``.
 Tags: [P] paper abstract/introduction, [MP] MetaPruning's code, [NC] our choice.
 
     v, trace = search(dense, train_loader, flops_target=0.5)  # keep 50 % of the FLOPs
@@ -61,16 +62,18 @@ Tags: [P] paper abstract/introduction, [MP] MetaPruning's code, [NC] our choice.
   after the search every distinct vector of the trace is re-scored with the *final* supernet on
   all ``val_size`` held-out images (same BN calibration batch), so all compete with the same
   weights; ties go to the earlier update. :func:`build` is then trained from scratch, or
-  :func:`inherit` copies the supernet's slices. MobileNetV2 is not supported.
+  :func:`inherit` copies the supernet's slices.
 
-The space, FLOPs and networks live in :mod:`rdprune.supernet`; this module holds the projection,
-the estimator, the search and the user-facing helpers.
+The space, FLOPs and projection live in :mod:`.space` (families register a reader there), the
+networks in :mod:`.supernet` and :mod:`.mobilenet`, the estimator and the search in :mod:`.search`.
 """
+from .mobilenet import MobileConfig, MobileNetSpace, PrunedMobileNet
 from .search import estimate_gradient, search
-from .space import (DIMS, MODELS, RATIO_MIN, Config, Space, decode, flops, project, space,
-                    space_of, uniform, uniform_for_flops)
+from .space import (DIMS, MODELS, RATIO_MIN, Config, ResNetSpace, Space, decode, flops, project,
+                    register_family, space, space_of, uniform, uniform_for_flops)
 from .supernet import PrunedResNet, Supernet, build, inherit
 
-__all__ = ["DIMS", "MODELS", "RATIO_MIN", "Config", "PrunedResNet", "Space", "Supernet", "build",
-           "decode", "estimate_gradient", "flops", "inherit", "project", "search", "space",
-           "space_of", "uniform", "uniform_for_flops"]
+__all__ = ["DIMS", "MODELS", "RATIO_MIN", "Config", "MobileConfig", "MobileNetSpace",
+           "PrunedMobileNet", "PrunedResNet", "ResNetSpace", "Space", "Supernet", "build",
+           "decode", "estimate_gradient", "flops", "inherit", "project", "register_family",
+           "search", "space", "space_of", "uniform", "uniform_for_flops"]

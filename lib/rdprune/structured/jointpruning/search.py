@@ -66,7 +66,7 @@ def search(model: nn.Module, train_loader, flops_target: float = 0.5, dims=DIMS,
     the 2N held-out losses), flops, flops_ratio, width (mean channel ratio), depth (total
     blocks), resolution, sigma, train_loss, val_loss (the updated vector's held-out loss with
     the final supernet) and best (True on the returned row). ``model``: the dense CIFAR-style
-    ResNet the supernet starts from (trained, or fresh for a supernet from scratch);
+    ResNet or zoo MobileNet the supernet starts from (trained, or fresh for a supernet from scratch);
     ``train_loader``: training batches (an in-memory :class:`rdprune.data.TensorLoader`, whose
     held-out part is split off here, or any loader with ``val_data=(x, y)``)."""
     sp = space_of(model, image_size)

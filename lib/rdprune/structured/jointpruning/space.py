@@ -9,6 +9,8 @@ from typing import NamedTuple
 import numpy as np
 from torch import nn
 
+from ...util import NotApplicable
+
 MODELS = ("resnet20", "resnet32", "resnet56")
 RATIO_MIN = 0.10
 
@@ -22,26 +24,28 @@ class Config(NamedTuple):
 
 
 class Space:
-    """Layout, bounds and rounding of the pruning vector for one model and input shape."""
+    """Layout, bounds and rounding of the pruning vector for one network family and input shape:
+    ``nc`` channel entries (ratios of ``cmax``), one depth entry per stage with skippable blocks
+    (blocks run, up to ``dmax``), the input side last. A family (:class:`ResNetSpace`,
+    :class:`~.mobilenet.MobileNetSpace`) says how entries map to its :class:`Config` (``_config``,
+    ``_entries``) and counts that network's FLOPs (``_count``)."""
 
-    def __init__(self, model_name, num_classes, in_channels, image_size):
-        self.model_name, self.num_classes, self.in_channels = model_name, num_classes, in_channels
+    kind = ""
+
+    def _setup(self, cmax, dmax, image_size):
         self.full = image_size
-        self.n = (int(model_name[6:]) - 2) // 6
-        self.widths = (16, 32, 64)
-        S, n = len(self.widths), self.n
-        self.nc = S + S * n
-        self.size = self.nc + S + 1
-        self.groups = {"channel": slice(0, self.nc), "depth": slice(self.nc, self.nc + S),
-                       "resolution": slice(self.nc + S, self.size)}
+        self.cmax, self.dmax = np.asarray(cmax, float), np.asarray(dmax, float)
+        self.nc, nd = len(self.cmax), len(self.dmax)
+        self.size = self.nc + nd + 1
+        self.groups = {"channel": slice(0, self.nc), "depth": slice(self.nc, self.nc + nd),
+                       "resolution": slice(self.nc + nd, self.size)}
         step, rmin = (4, 16) if image_size <= 64 else (8, 96)
         rmin = min(rmin, image_size)
         first = -(-rmin // step) * step
         self.res_grid = np.array(sorted({rmin, image_size, *range(first, image_size + 1, step)}))
-        self.cmax = np.array(list(self.widths) + [w for w in self.widths for _ in range(n)], float)
-        self.lo = np.r_[np.full(self.nc, RATIO_MIN), np.ones(S), rmin].astype(float)
-        self.hi = np.r_[np.ones(self.nc), np.full(S, n), image_size].astype(float)
-        self.unit = np.r_[1.0 / self.cmax, np.ones(S), step]  # one rounding step per entry
+        self.lo = np.r_[np.full(self.nc, RATIO_MIN), np.ones(nd), rmin].astype(float)
+        self.hi = np.r_[np.ones(self.nc), self.dmax, image_size].astype(float)
+        self.unit = np.r_[1.0 / self.cmax, np.ones(nd), step]  # one rounding step per entry
         self._macs = {}
 
     def check(self, vector) -> np.ndarray:
@@ -51,26 +55,24 @@ class Space:
                              f"(widths, inner widths, depths, resolution); got shape {v.shape}")
         return np.clip(v, self.lo, self.hi)
 
-    def config(self, v) -> Config:
+    def config(self, v):
         v = np.clip(v, self.lo, self.hi)
         ch = np.maximum(1, np.rint(v[:self.nc] * self.cmax)).astype(int).tolist()
-        S, n = len(self.widths), self.n
-        inner = tuple(tuple(ch[S + s * n: S + (s + 1) * n]) for s in range(S))
-        depths = tuple(np.rint(v[self.groups["depth"]]).astype(int).tolist())
+        depths = np.rint(v[self.groups["depth"]]).astype(int).tolist()
         r = int(self.res_grid[np.abs(self.res_grid - v[-1]).argmin()])
-        return Config(tuple(ch[:S]), inner, depths, r)
+        return self._config(ch, depths, r)
 
     def snap(self, v) -> np.ndarray:
         """The canonical vector of ``config(v)``: ratios c/C, integer depths, grid resolution."""
         c = self.config(v)
-        ch = np.r_[c.stage_widths, [m for s in c.inner_widths for m in s]] / self.cmax
-        return np.r_[ch, c.depths, c.resolution].astype(float)
+        ch, depths = self._entries(c)
+        return np.r_[np.asarray(ch) / self.cmax, depths, c.resolution].astype(float)
 
-    def macs(self, cfg: Config) -> int:
+    def macs(self, cfg) -> int:
         if cfg not in self._macs:
             if len(self._macs) > 500_000:  # bound the cache over many searches
                 self._macs.clear()
-            self._macs[cfg] = _config_macs(self, cfg)
+            self._macs[cfg] = self._count(cfg)
         return self._macs[cfg]
 
     @property
@@ -82,6 +84,33 @@ class Space:
         for d in dims:
             mask[self.groups[d]] = True
         return mask
+
+
+class ResNetSpace(Space):
+    """A CIFAR-style ResNet (stages of 16/32/64 channels, ``n`` basic blocks each): one width per
+    stage (the stem shares stage 1's, which its identity shortcuts need), one inner width per
+    block, blocks per stage."""
+
+    kind = "resnet"
+
+    def __init__(self, model_name, num_classes, in_channels, image_size):
+        self.model_name, self.num_classes, self.in_channels = model_name, num_classes, in_channels
+        self.n = (int(model_name[6:]) - 2) // 6
+        self.widths = (16, 32, 64)
+        S, n = len(self.widths), self.n
+        self._setup(list(self.widths) + [w for w in self.widths for _ in range(n)], [n] * S,
+                    image_size)
+
+    def _config(self, ch, depths, r) -> Config:
+        S, n = len(self.widths), self.n
+        inner = tuple(tuple(ch[S + s * n: S + (s + 1) * n]) for s in range(S))
+        return Config(tuple(ch[:S]), inner, tuple(depths), r)
+
+    def _entries(self, c: Config):
+        return [*c.stage_widths, *(m for s in c.inner_widths for m in s)], list(c.depths)
+
+    def _count(self, c: Config) -> int:
+        return _config_macs(self, c)
 
 
 def conv_shortcut(s: int, j: int) -> bool:
@@ -105,12 +134,12 @@ def _config_macs(sp: Space, c: Config) -> int:
 
 @lru_cache(maxsize=None)
 def _space_cached(model_name, num_classes, in_channels, image_size) -> Space:
-    return Space(model_name, num_classes, in_channels, image_size)
+    return ResNetSpace(model_name, num_classes, in_channels, image_size)
 
 
 def space(model, num_classes: int = 10, in_channels: int = 1,
           image_size: int | None = None) -> Space:
-    """The search space of a CIFAR-style ResNet: a name (``"resnet20"``, with the shape given
+    """The search space of a network: a ResNet's name (``"resnet20"``, with the shape given
     here; image size 28 for one input channel, else 32), a :class:`Space`, or the network itself
     (its depth, classes and input channels read off its layers; image size from ``image_size``,
     else its ``input_size``)."""
@@ -119,30 +148,58 @@ def space(model, num_classes: int = 10, in_channels: int = 1,
     if isinstance(model, nn.Module):
         return space_of(model, image_size)
     if model not in MODELS:
-        raise ValueError(f"JointPruning supports {', '.join(MODELS)}, not {model!r}")
+        raise ValueError(f"JointPruning supports {', '.join(MODELS)} by name, not {model!r}; for "
+                         f"a MobileNet pass the network itself (its space is read off its layers)")
     return _space_cached(model, int(num_classes), int(in_channels),
                          int(image_size or (28 if in_channels == 1 else 32)))
 
 
+_FAMILIES: list = []  # functions (module, image_size) -> Space, or None when not theirs
+
+
+def register_family(read):
+    """Add a network family: ``read(module, image_size)`` returns its :class:`Space`, None when
+    the module is not of that family, or raises ValueError when it is but cannot be searched."""
+    _FAMILIES.append(read)
+    return read
+
+
 def space_of(model: nn.Module, image_size: int | None = None) -> Space:
-    """The space of a CIFAR-style ResNet module (stem ``conv1``/``bn1``, stages ``layer1..3`` of
-    blocks with ``conv1``/``bn1``/``conv2``/``bn2``/``shortcut``, classifier ``fc``)."""
-    need = ("conv1", "bn1", "layer1", "layer2", "layer3", "fc")
-    if not all(hasattr(model, a) for a in need) or hasattr(model, "layer4"):
-        raise ValueError(f"JointPruning's space covers CIFAR-style ResNets ({', '.join(MODELS)}: "
-                         f"modules {', '.join(need)}); {type(model).__name__} is not one")
-    n = len(model.layer1)
-    widths = tuple(getattr(model, f"layer{s}")[0].conv2.out_channels for s in (1, 2, 3))
-    if widths != (16, 32, 64) or any(len(getattr(model, f"layer{s}")) != n for s in (2, 3)):
-        raise ValueError(f"JointPruning's space covers ResNets with stage widths 16/32/64 and equal "
-                         f"stages; this one has widths {widths}")
+    """The space of a network of a registered family: the CIFAR-style ResNets (stem
+    ``conv1``/``bn1``, stages ``layer1..3``, classifier ``fc``) and the zoo's MobileNet V1 / V2
+    (``features`` + ``classifier``, :mod:`.mobilenet`). The space is read off the module, so a
+    wider or narrower network of the family is its own maximum."""
+    for read in _FAMILIES:
+        sp = read(model, image_size)
+        if sp is not None:
+            return sp
+    raise NotApplicable(f"JointPruning's space covers CIFAR-style ResNets ({', '.join(MODELS)}: "
+                     f"modules conv1, bn1, layer1-3, fc) and the zoo's mobilenet_v1 / mobilenet_v2 "
+                     f"(features + classifier); {type(model).__name__} is neither",
+                        reason="outside JointPruning's space (CIFAR ResNets, zoo MobileNets)")
+
+
+def image_size_of(model: nn.Module, image_size: int | None) -> int:
     if image_size is None:
         size = getattr(model, "input_size", None)
         if not size:
             raise ValueError("give image_size= (the input side in pixels) for this network")
         image_size = size[-1]
+    return int(image_size)
+
+
+@register_family
+def _resnet_space(model: nn.Module, image_size: int | None):
+    need = ("conv1", "bn1", "layer1", "layer2", "layer3", "fc")
+    if not all(hasattr(model, a) for a in need) or hasattr(model, "layer4"):
+        return None
+    n = len(model.layer1)
+    widths = tuple(getattr(model, f"layer{s}")[0].conv2.out_channels for s in (1, 2, 3))
+    if widths != (16, 32, 64) or any(len(getattr(model, f"layer{s}")) != n for s in (2, 3)):
+        raise ValueError(f"JointPruning's space covers ResNets with stage widths 16/32/64 and equal "
+                         f"stages; this one has widths {widths}")
     return _space_cached(f"resnet{6 * n + 2}", int(model.fc.out_features),
-                         int(model.conv1.in_channels), int(image_size))
+                         int(model.conv1.in_channels), image_size_of(model, image_size))
 
 
 # ----------------------------------------------------------------------------- vectors
@@ -219,7 +276,7 @@ def _bump(sp: Space, x, j):
         n = np.rint(x[j] * sp.cmax[j])
         x[j] = (n + 1) / sp.cmax[j] if n < sp.cmax[j] else np.nan
     elif j < sp.size - 1:
-        x[j] = np.rint(x[j]) + 1 if np.rint(x[j]) < sp.n else np.nan
+        x[j] = np.rint(x[j]) + 1 if np.rint(x[j]) < sp.hi[j] else np.nan
     else:
         up = sp.res_grid[sp.res_grid > c.resolution]
         x[j] = up[0] if len(up) else np.nan

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .mobilenet import PrunedMobileNet, resize as _resize, supernet_forward
 from .space import Config, Space, conv_shortcut, space_of
 
 # ----------------------------------------------------------------------------- networks
@@ -20,12 +21,6 @@ def _bn(x, bn, c, k, name, record):
     if record is not None:
         record[name] = (mean, var)
     return F.batch_norm(x, mean, var, w, b, False, 0.0, bn.eps)
-
-
-def _resize(x, r):
-    if tuple(x.shape[-2:]) == (r, r):
-        return x
-    return F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False, antialias=True)
 
 
 class Supernet(nn.Module):
@@ -40,8 +35,11 @@ class Supernet(nn.Module):
 
     def forward(self, x, cfg: Config, k: int | None = None, record: dict | None = None):
         net = self.net
-        w = cfg.stage_widths
         x = _resize(x, cfg.resolution)
+        if self.space.kind == "mobilenet":
+            return supernet_forward(net, x, cfg, self.space,
+                                    lambda y, bn, c, name: _bn(y, bn, c, k, name, record))
+        w = cfg.stage_widths
         x = F.relu(_bn(F.conv2d(x, net.conv1.weight[:w[0]], None, 1, 1), net.bn1, w[0], k, "bn1",
                        record))
         cin = w[0]
@@ -105,18 +103,20 @@ class PrunedResNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-def build(model: nn.Module, vector, image_size: int | None = None) -> PrunedResNet:
+def build(model: nn.Module, vector, image_size: int | None = None) -> nn.Module:
     """A freshly initialised pruned network of the dense ``model``'s family with exactly
-    ``decode(model, vector)``'s channels, depths and resolution."""
+    ``decode(model, vector)``'s channels, depths and resolution (:class:`PrunedResNet` or
+    :class:`PrunedMobileNet`)."""
     sp = space_of(model, image_size)
+    cfg = sp.config(sp.check(vector))
     template = model
-    model = PrunedResNet(sp, sp.config(sp.check(vector)), template)
+    model = (PrunedMobileNet if sp.kind == "mobilenet" else PrunedResNet)(sp, cfg, template)
     model.vector = sp.snap(sp.check(vector))
     return model
 
 
 @torch.no_grad()
-def inherit(supernet: Supernet, vector, calib: torch.Tensor | None = None) -> PrunedResNet:
+def inherit(supernet: Supernet, vector, calib: torch.Tensor | None = None) -> nn.Module:
     """:func:`build` with the supernet's leading slices copied in; BN running statistics are set
     from ``calib`` (default: the calibration batch the search used), in eval mode."""
     sp = supernet.space
