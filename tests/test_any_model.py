@@ -119,9 +119,12 @@ def test_hbgs_says_which_convs_it_could_not_wrap():
                         nn.Conv2d(8, 16, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                         nn.Linear(16, 10))
     ok, skipped = hbgs.wrappable(net)
-    assert ok == [] and skipped == {"0": "the stem", "2": "grouped (groups=8)", "4": "1×1"}
-    with pytest.raises(ValueError, match=r"none it could wrap \(0: the stem; 2: grouped"):
+    assert ok == [] and skipped == {"0": "the stem", "2": "depthwise (groups=8)", "4": "1×1"}
+    with pytest.raises(ValueError, match=r"none it could wrap \(0: the stem; 2: depthwise"):
         hbgs.prune(net, torch.randn(8, 1, 12, 12), 0.3, progress=False)
+    with pytest.raises(rp.NotApplicable) as e:  # with the short reason a comparison table shows
+        hbgs.prune(net, torch.randn(8, 1, 12, 12), 0.3, progress=False)
+    assert e.value.reason == "no conv HBGS can prune (only the stem, depthwise, 1×1 convs)"
 
 
 @pytest.mark.parametrize("budget", ["params", "flops"])

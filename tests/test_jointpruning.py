@@ -213,23 +213,26 @@ def test_mobilenet_projection_meets_every_target_within_one_percent(name):
             assert cfg.resolution == sp.full
 
 
-@pytest.mark.parametrize("name,in_ch,size", [("mobilenet_v1", 1, 28), ("mobilenet_v2", 1, 28),
-                                             ("mobilenet_v2", 3, 32)])
-def test_mobilenet_space_flops_build_and_supernet_slice(name, in_ch, size):
+@pytest.mark.parametrize("name,in_ch,size,width", [
+    ("mobilenet_v1", 1, 28, 1.0), ("mobilenet_v2", 1, 28, 1.0), ("mobilenet_v2", 3, 32, 1.0),
+    ("mobilenet_v1", 3, 32, 0.35), ("mobilenet_v2", 1, 28, 0.25), ("mobilenet_v2", 1, 28, 1.4)])
+def test_mobilenet_space_flops_build_and_supernet_slice(name, in_ch, size, width):
     torch.manual_seed(0)
-    dense = models.build(name, 10, in_ch, image_size=size)
+    dense = models.build(name, 10, in_ch, image_size=size, width=width)
     sp = J.space(dense)
     assert sp.full_macs == sum(M.layer_flops(dense).values())
-    # the layout read off the network: V2's stages are its (t, c, n, s) rows, the first block
-    # of every stage kept, a head conv of fixed width; V1 has no inner widths
     sizes = [len(st) for st in sp.stages]
-    assert sizes == ([1, 2, 3, 4, 3, 3, 1] if name == "mobilenet_v2" else [1, 2, 2, 6, 2])
-    assert sp.size == 1 + len(sizes) + len(sp.inner_max) + sum(n > 1 for n in sizes) + 1
-    assert len(sp.inner_max) == (16 if name == "mobilenet_v2" else 0)
+    if width == 1.0:  # V2's stages are its (t, c, n, s) rows; V1's its runs of equal width
+        assert sizes == ([1, 2, 3, 4, 3, 3, 1] if name == "mobilenet_v2" else [1, 2, 2, 6, 2])
+        assert len(sp.inner_max) == (16 if name == "mobilenet_v2" else 0)
+        assert not sp.stem_tied
+    if width == 0.25:  # rounding makes the stem as wide as stage 1, whose first block adds it
+        assert dense.features[1].use_res and sp.stem_tied and sizes[0] == 3
     net = J.Supernet(dense).eval()
     calib, x = torch.randn(16, in_ch, size, size), torch.randn(4, in_ch, size, size)
     for v in random_vectors(sp, 3, seed=6) + [sp.lo]:
         cfg = J.decode(dense, v)
+        assert cfg.stem == cfg.stage_widths[0] or not sp.stem_tied
         small = J.build(dense, v)
         assert small.resolution == cfg.resolution
         counted = M.module_flops(small, torch.zeros(1, in_ch, size, size))[""] // 2
@@ -273,7 +276,7 @@ def test_mobilenet_search_is_seeded_and_meets_the_target(name, one_thread):
 
     def run():
         torch.manual_seed(0)
-        return J.search(models.build(name), loader, flops_target=0.3, supernet_steps=4,
+        return J.search(models.build(name), loader, flops_target=0.3, supernet_steps=2,
                         search_steps=2, samples=2, seed=0, val_size=24, val_batch=16,
                         calib_size=8, progress=False)
 

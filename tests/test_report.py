@@ -198,3 +198,43 @@ def test_transformer_tables_render_whatever_targets_a_run_has(tmp_path):
     assert goals.count("| better |") == 2 and "| lm_tiny | perplexity | wanda | 60% |" in goals
     with pytest.raises(ValueError, match="lower=False"):
         R.goal(_ppl([4.0], [5.0]), "rd", "owl", "top1", [0.6], lower=True, n_test=100)
+
+
+def test_jointpruning_table_orders_variants_and_judges_each_against_uniform(tmp_path):
+    folder = tmp_path / "04_jointpruning"
+    folder.mkdir()
+    base = dict(dataset="fashion_mnist", seed=0, n_test=2000)
+    abl = [dict(base, model="mobilenet_v2", method=m, target=0.683, width_multiplier=None,
+                flops=23.0e6, top1=v) for m, v in (("channel", 0.85), ("channel + depth", 0.80))]
+    tgt = [dict(base, model="mobilenet_v2", method="channel + depth", target=0.683,
+                width_multiplier=None, flops=23.0e6, top1=0.80),
+           dict(base, model="mobilenet_v2", method="uniform width", target=0.683,
+                width_multiplier=0.5, flops=23.1e6, top1=0.81),
+           dict(base, model="resnet20", method="channel + depth", target=0.5,
+                width_multiplier=None, flops=15e6, top1=0.70),
+           dict(base, model="resnet20", method="uniform width", target=0.5,
+                width_multiplier=None, flops=15e6, top1=0.90)]
+    pd.DataFrame(abl).to_csv(folder / "ablation.csv", index=False)
+    pd.DataFrame(tgt).to_csv(folder / "targets.csv", index=False)
+    lines = RM.tables(tmp_path, prefix="")["jointpruning"].splitlines()[2:]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    assert [(c[0], c[2]) for c in cells] == [
+        ("mobilenet_v2", "channel"), ("mobilenet_v2", "channel + depth"),
+        ("mobilenet_v2", "uniform width"), ("resnet20", "channel + depth"),
+        ("resnet20", "uniform width")]
+    assert cells[0][1] == "68.3% (the 0.5× network's)" and cells[3][1] == "50%"
+    # 4 points over uniform on 2,000 images is beyond two standard errors (about 1.7 points),
+    # 1 point under it is not, 20 points under it is a loss
+    assert [c[-1] for c in cells] == ["win", "tie", "", "loss", ""]
+    assert float(cells[0][5]) == pytest.approx(4.0) and cells[2][5] == "–"
+
+
+def test_comparison_verdict_names_methods_that_could_not_run():
+    nan = float("nan")
+    rows = [dict(method="uniform_width", target=0.5, top1_before=0.5, top1_recal=0.6,
+                 top1_after=0.8, speedup=1.4, note=None),
+            dict(method="HBGS-B", target=0.5, top1_before=nan, top1_recal=nan, top1_after=nan,
+                 speedup=nan, note="not applicable: no dense K×K conv to prune")]
+    text = R.comparison_verdict(pd.DataFrame(rows), n_test=2000)
+    assert "Not applicable to this network: HBGS-B (no dense K×K conv to prune)." in text
+    assert "best after fine-tuning **uniform_width**" in text and "fastest **uniform_width**" in text

@@ -5,8 +5,10 @@ these; a test keeps each notebook's ``parameters`` cell equal to ``NOTEBOOKS["qu
 
 What "quick" means, in each place:
 - a **recipe** ``quick``: 2 epochs of AdamW, minutes on a 2-core CPU (ResNet-20 ≥ 90 % top-1 on
-  Fashion-MNIST); ``smoke`` trains for seconds (tests); ``paper`` is the RD authors' CIFAR recipe
-  (AdamW lr 3e-4, batch 100, 50k steps for ResNets, 20k VGG-16, 80k DenseNet);
+  Fashion-MNIST; the MobileNets 600 steps of 64, about 0.64 epoch, and the transformers their
+  own, :data:`_PER_MODEL`); ``smoke`` trains for seconds (tests); ``paper`` is the RD authors'
+  CIFAR recipe (AdamW lr 3e-4, batch 100, 50k steps for ResNets and the MobileNets, 20k VGG-16,
+  80k DenseNet);
 - a **schedule** ``quick`` (``prune`` and ``baselines``): 256 calibration images, a 51-point grid,
   200 fine-tuning steps per round; ``paper``: the authors' 1024 images, 101 points, worst-case
   distortion and 80k/40k/60k fine-tuning steps;
@@ -149,8 +151,8 @@ NOTEBOOKS: dict[str, dict[str, dict]] = {
         "07_transformers": _TRANSFORMERS,
     },
     # 3 seeds and all 10,000 test images for the RD paper's comparison (notebooks 01-03), about
-    # an hour on a 2-core CPU. 04-06 take the same seeds list, but 3 seeds of them add about
-    # 2 hours here: they are skipped with that reason (run them with -p seeds "[0, 1, 2]").
+    # an hour on a 2-core CPU. 04-07 are skipped with the reason: 04 (3 seeds, ResNet-20 and
+    # both MobileNets) with --only 04, 05-06 with -p seeds "[0, 1, 2]" (about 2 hours more).
     "full": {
         "*": dict(dataset="fashion_mnist", model="resnet20", recipe="quick", calib_n=128, grid=21,
                   eval_subset=None, distortion="mse", seed=0, device="auto"),

@@ -21,7 +21,8 @@ import pandas as pd
 from .report import LM_GOALS, VIT_GOALS, goal, rd_verdict, spread_table
 
 # (notebook folder, CSV) pairs the README's tables are rendered from
-SOURCES = {"03_rd_vs_baselines": ["results.csv"], "06_comparison": ["results.csv"],
+SOURCES = {"03_rd_vs_baselines": ["results.csv"], "04_jointpruning": ["targets.csv", "ablation.csv"],
+           "06_comparison": ["results.csv"],
            "07_transformers": ["vit.csv", "lm.csv"], "summary": []}
 
 
@@ -69,6 +70,8 @@ def tables(root: str | Path, prefix: str | None = None) -> dict[str, str]:
     cmp = root / "06_comparison" / "results.csv"
     if cmp.is_file():
         r = pd.read_csv(cmp)
+        if "note" in r:  # methods that could not prune the network (the notebook says why)
+            r = r[r["note"].isna()]
         shown = {"top1_recal": "top-1 pruned + BN", "top1_after": "top-1 fine-tuned"}
         cols = {}
         for v, name in shown.items():
@@ -84,6 +87,8 @@ def tables(root: str | Path, prefix: str | None = None) -> dict[str, str]:
         w.index.name = "FLOPs removed →" + ("" if "seed" not in r or r.seed.nunique() == 1 else
                                            f" (mean ± sd, {r.seed.nunique()} seeds)")
         out["comparison"] = markdown(w, 3)
+    if (root / "04_jointpruning" / "targets.csv").is_file():
+        out["jointpruning"] = jointpruning_table(root / "04_jointpruning")
     tf = root / "07_transformers"
     if (tf / "vit.csv").is_file():
         r = pd.read_csv(tf / "vit.csv")
@@ -122,6 +127,36 @@ def tables(root: str | Path, prefix: str | None = None) -> dict[str, str]:
         t.loc["all"] = ["", t["minutes"].sum()]
         out["times"] = markdown(t, 1)
     return {prefix + k: v for k, v in out.items()}
+
+
+def jointpruning_table(folder: Path) -> str:
+    """Notebook 04's networks at each FLOPs target: every searched variant (the ablation's at the
+    first target) and the uniform width network, MFLOPs and top-1 after the same retraining, and
+    each variant against the uniform network (points, and the verdict of :func:`report.goal`)."""
+    parts = [pd.read_csv(folder / f) for f in ("ablation.csv", "targets.csv")
+             if (folder / f).is_file()]
+    r = pd.concat(parts, ignore_index=True).drop_duplicates(["model", "method", "target", "seed"])
+    order = [m for m in dict.fromkeys(r.method) if m != "uniform width"] + ["uniform width"]
+    n_test = int(r["n_test"].iloc[0]) if "n_test" in r else None
+    rows, uniform = [], "uniform width"
+    for (model, t), part in r.groupby(["model", "target"], sort=False):
+        wm = part.loc[part.method == uniform, "width_multiplier"]
+        wm = wm.iloc[0] if len(wm) and wm.iloc[0] == wm.iloc[0] else None
+        where = f"{t:.1%} (the {wm:g}× network's)" if wm else f"{t:.0%}"
+        for method in [m for m in order if m in set(part.method)]:
+            p = part[part.method == method]
+            vs = goal(part, method, uniform, "top1", [t], n_test=n_test) \
+                if method != uniform else pd.DataFrame()
+            rows.append({"model": model, "FLOPs removed": where, "method": method,
+                         "MFLOPs": p["flops"].mean() / 1e6, "top-1": p["top1"].mean(),
+                         "vs uniform (points)": 100 * vs["difference"].iloc[0] if len(vs)
+                         else float("nan"),
+                         "verdict": vs["verdict"].iloc[0] if len(vs) else ""})
+    n_seeds = int(r["seed"].nunique()) if "seed" in r else 1
+    table = pd.DataFrame(rows).set_index("model")
+    table.columns = [c if c != "top-1" or n_seeds == 1 else f"top-1 (mean of {n_seeds} seeds)"
+                     for c in table.columns]
+    return markdown(table, 3)
 
 
 def update_readme(text: str, blocks: dict[str, str]) -> str:

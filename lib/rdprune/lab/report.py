@@ -226,6 +226,8 @@ def comparison_verdict(results: pd.DataFrame, n_test: int) -> str:
             f"{m} ({str(n).removeprefix('not applicable: ')})"
             for m, n in zip(skipped.method, skipped.note)) + ".")
         results = results[results["note"].isna()]
+        if not len(results):
+            return "No method could prune this network:\n\n" + lines[0]
     n_seeds = int(results["seed"].nunique()) if "seed" in results else 1
     for t, part in results.groupby("target"):
         means = part.groupby("method", sort=False)[["top1_after", "speedup"]].mean()

@@ -238,8 +238,9 @@ def _setup(model, data, target, budget, sides=("out", "in")):
             "HBGS prunes K×K convs (K > 1, groups 1, zero padding, not the stem) and this model "
             f"has none it could wrap ({why or 'no Conv2d at all'}"
             f"{'; ...' if len(skipped) > 8 else ''}); use rd_filter or a mask method",
-            reason="no dense K×K conv to prune (only the stem, depthwise and 1×1 convs)"
-            if skipped else "no Conv2d to prune")
+            reason="no conv HBGS can prune (only " + ", ".join(dict.fromkeys(
+                v.split(" (")[0] for v in skipped.values())) + " convs)" if skipped
+            else "no Conv2d to prune")
     net._hbgs_hw, full = hw, count(model, x[:1])
     base = {key: full[key] - cost(net, hw, {"params": 0, "flops": 0})[key] for key in full}
     limit = (1.0 - float(target)) * full[budget]

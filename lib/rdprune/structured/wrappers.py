@@ -48,6 +48,8 @@ def wrappable(model: nn.Module) -> tuple[list[str], dict[str, str]]:
     for i, (name, m) in enumerate(convs):
         parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
         why = ("the stem" if i == 0 else "1×1" if m.kernel_size == (1, 1)
+               else f"depthwise (groups={m.groups})" if m.groups == m.in_channels ==
+               m.out_channels > 1
                else f"grouped (groups={m.groups})" if m.groups != 1
                else f"padding mode {m.padding_mode!r}" if m.padding_mode != "zeros"
                else "already wrapped" if isinstance(parent, Wrapped) else None)

@@ -6,19 +6,25 @@ supernet walk and the standalone network, read off the module (the zoo's ``mobil
   1x1 projection). V1: a depthwise conv-BN-ReLU followed by a pointwise one (two ``features``
   entries).
 * **Stages [MP per stage; grouping NC].** A stage is a maximal run of blocks whose blocks after
-  the first preserve shape (stride 1, as many outputs as inputs in the dense network): V2's
-  ``(t, c, n, s)`` rows, V1's runs of equal width. One output-width entry per stage (V2's
-  residual additions need it; V1 follows the same rule) and one for the stem [MP: the stem has its
-  own entry].
+  the first preserve shape (stride 1, as many outputs as inputs in the dense network): at width
+  1.0, V2's ``(t, c, n, s)`` rows and V1's runs of equal width. (At other widths, rounding to
+  multiples of 8 can make a row's first block shape-preserving; it then joins the stage before,
+  as its residual addition needs.) One output-width entry per stage (V1, without residuals,
+  follows the same rule) and one for the stem [MP: the stem has its own entry], shared with
+  stage 1 when the first block adds the stem's output (V2 at 0.35x and below).
 * **Inner widths.** Every V2 block with an expansion conv has its own expansion-width entry (the
   issue's "the expansion width is the block's own entry"); the depthwise conv takes whatever
   width reaches it. V1 has no inner width.
 * **Depth.** One entry per stage of two or more blocks; blocks 1..d run, the first always (it
   changes width or stride), so only shape-preserving blocks are skipped.
-* **Kept fixed.** V2's 1x1 head conv keeps its width (1280: the zoo's width multipliers keep it
-  too, so every width-multiplier network is a point of the space) and the classifier its classes.
-* **Maximum width.** The dense network given is the maximum (MetaPruning's V2 supernet is 1.4x
-  wide [MP]; pass ``rdprune.models.build("mobilenet_v2", width=1.4)`` for that).
+* **Kept fixed.** V2's 1x1 head conv keeps the dense network's width and the classifier its
+  classes. In the 1.0x space the head is 1280 wide, as in the zoo's narrower multipliers, so
+  their conv shapes and FLOPs are points of the space (their architecture differs only where
+  rounding gives them a residual addition the 1.0x network has not: 0.75x, 0.25x).
+* **Maximum width.** The dense network given is the maximum. MetaPruning's V2 supernet is 1.4x
+  wide (stage widths 44, 22, 33, 44, 88, 132, 224, 448) [MP]; the zoo's ``width=1.4`` rounds to
+  multiples of 8 (stem 48, stages 24/32/48/88/136/224/448, head 1792), close to it but not the
+  same, and its space no longer contains the 1280-head multipliers.
 """
 from __future__ import annotations
 
@@ -61,6 +67,10 @@ def _conv(name, m: nn.Conv2d) -> _Conv:
     dw = m.groups > 1 and m.groups == m.in_channels == m.out_channels
     if m.groups > 1 and not dw:
         raise ValueError(f"{name}: grouped convs other than depthwise are not in the MobileNet space")
+    square = len(set(m.kernel_size)) == len(set(m.stride)) == len(set(m.padding)) == 1
+    if not square or set(m.dilation) != {1} or m.padding_mode != "zeros":
+        raise ValueError(f"{name}: the MobileNet space counts square, undilated, zero-padded "
+                         f"convs only")
     return _Conv(name, m.kernel_size[0], m.stride[0], m.padding[0], dw)
 
 
@@ -78,14 +88,16 @@ class MobileNetSpace(Space):
 
     def __init__(self, key):
         (self.model_name, self.num_classes, self.in_channels, image_size, self.stem_conv,
-         self.stem_max, self.stages, self.stage_max, self.inner_max, self.head, self.head_width,
-         self.classifier) = key
+         self.stem_max, self.stem_tied, self.stages, self.stage_max, self.inner_max, self.head,
+         self.head_width, self.classifier) = key
         self.key = key
         self.deep = tuple(s for s, st in enumerate(self.stages) if len(st) > 1)
-        self._setup([self.stem_max, *self.stage_max, *self.inner_max],
+        stem = [] if self.stem_tied else [self.stem_max]
+        self._setup([*stem, *self.stage_max, *self.inner_max],
                     [len(self.stages[s]) for s in self.deep], image_size)
 
     def _config(self, ch, depths, r) -> MobileConfig:
+        ch = ch[:1] * self.stem_tied + ch  # a tied stem reads stage 1's entry
         S, it = len(self.stages), iter(ch[1 + len(self.stages):])
         inner = tuple(tuple(next(it) if b.expand else 0 for b in st) for st in self.stages)
         full = [1] * S
@@ -96,7 +108,8 @@ class MobileNetSpace(Space):
     def _entries(self, c: MobileConfig):
         inner = [m for st, ms in zip(self.stages, c.inner_widths)
                  for b, m in zip(st, ms) if b.expand]
-        return [c.stem, *c.stage_widths, *inner], [c.depths[s] for s in self.deep]
+        stem = [] if self.stem_tied else [c.stem]
+        return [*stem, *c.stage_widths, *inner], [c.depths[s] for s in self.deep]
 
     def plan(self, c: MobileConfig):
         """(output channels of every non-depthwise conv, skipped ``features`` entries) of ``c``."""
@@ -177,19 +190,23 @@ def _mobilenet_space(model: nn.Module, image_size: int | None):
     def out_of(b):
         return mods[b.convs[-1].name].out_channels
 
-    stages, cin = [], stem[0].out_channels
+    stages, cin, residual = [], stem[0].out_channels, []
     for b in blocks:
         cout, stride = out_of(b), max(cv.stride for cv in b.convs)
         if stages and stride == 1 and cin == cout:
             stages[-1].append(b)
         else:
             stages.append([b])
+        residual.append(bool(getattr(mods[b.names[0]], "use_res", False)))  # V2's flag
         cin = cout
+    # a residual first block (width-multiplier rounding can make the stem as wide as stage 1,
+    # e.g. V2 at 0.25x) adds the stem's output: the two share one width entry, as in a ResNet
+    tied = residual[0]
     inner = [mods[b.convs[0].name].out_channels for st in stages for b in st if b.expand]
     hconv = None if head is None else _conv(f"features.{head[0]}.0", head[1][0])
     key = ("mobilenet_v2" if head is not None else "mobilenet_v1", int(fc.out_features),
            int(stem[0].in_channels), image_size_of(model, image_size), stem_conv,
-           int(stem[0].out_channels), tuple(tuple(st) for st in stages),
+           int(stem[0].out_channels), tied, tuple(tuple(st) for st in stages),
            tuple(out_of(st[0]) for st in stages), tuple(inner), hconv,
            None if head is None else int(head[1][0].out_channels), fc.in_features)
     return _cached(key)

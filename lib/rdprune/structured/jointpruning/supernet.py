@@ -14,7 +14,7 @@ from .space import Config, Space, conv_shortcut, space_of
 
 # ----------------------------------------------------------------------------- networks
 def _bn(x, bn, c, k, name, record):
-    w, b = bn.weight[:c], bn.bias[:c]
+    w, b = (None, None) if bn.weight is None else (bn.weight[:c], bn.bias[:c])
     if k is None:  # training: batch statistics, no running statistics kept
         return F.batch_norm(x, None, None, w, b, True, 0.0, bn.eps)
     var, mean = torch.var_mean(x[:k], (0, 2, 3), correction=0)
@@ -125,7 +125,7 @@ def inherit(supernet: Supernet, vector, calib: torch.Tensor | None = None) -> nn
     if calib is None:
         raise ValueError("inherit needs calib= (a batch of training inputs) to set BN statistics")
     for name, mod in model.named_modules():
-        if isinstance(mod, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)):
+        if isinstance(mod, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)) and mod.weight is not None:
             src = supernet.net.get_submodule(name)
             idx = tuple(slice(0, n) for n in mod.weight.shape)
             mod.weight.copy_(src.weight[idx])
