@@ -212,12 +212,21 @@ def test_jointpruning_table_orders_variants_and_judges_each_against_uniform(tmp_
                 width_multiplier=0.5, flops=23.1e6, top1=0.81),
            dict(base, model="resnet20", method="channel + depth", target=0.5,
                 width_multiplier=None, flops=15e6, top1=0.70),
+           dict(base, model="mobilenet_v2", method="channel + depth", target=0.3,
+                width_multiplier=None, flops=50e6, top1=0.90),
+           dict(base, model="mobilenet_v2", method="uniform width", target=0.3,
+                width_multiplier=0.75, flops=50e6, top1=0.90),
            dict(base, model="resnet20", method="uniform width", target=0.5,
                 width_multiplier=None, flops=15e6, top1=0.90)]
     pd.DataFrame(abl).to_csv(folder / "ablation.csv", index=False)
     pd.DataFrame(tgt).to_csv(folder / "targets.csv", index=False)
     lines = RM.tables(tmp_path, prefix="")["jointpruning"].splitlines()[2:]
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    assert [(c[0], c[1], c[2]) for c in cells[:2]] == [
+        ("mobilenet_v2", "30.0% (the 0.75× network's)", "channel + depth"),
+        ("mobilenet_v2", "30.0% (the 0.75× network's)", "uniform width")]
+    assert cells[0][-1] == "tie"
+    cells = cells[2:]
     assert [(c[0], c[2]) for c in cells] == [
         ("mobilenet_v2", "channel"), ("mobilenet_v2", "channel + depth"),
         ("mobilenet_v2", "uniform width"), ("resnet20", "channel + depth"),
@@ -226,7 +235,8 @@ def test_jointpruning_table_orders_variants_and_judges_each_against_uniform(tmp_
     # 4 points over uniform on 2,000 images is beyond two standard errors (about 1.7 points),
     # 1 point under it is not, 20 points under it is a loss
     assert [c[-1] for c in cells] == ["win", "tie", "", "loss", ""]
-    assert float(cells[0][5]) == pytest.approx(4.0) and cells[2][5] == "–"
+    assert cells[0][5] == "+4.0" and cells[3][5] == "-20.0" and cells[2][5] == "–"
+    assert cells[0][3] == "23.0" and cells[0][4] == "0.850"
 
 
 def test_comparison_verdict_names_methods_that_could_not_run():

@@ -13,7 +13,7 @@ What "quick" means, in each place:
   200 fine-tuning steps per round; ``paper``: the authors' 1024 images, 101 points, worst-case
   distortion and 80k/40k/60k fine-tuning steps;
 - the **notebooks'** ``quick``: half that calibration set (128 images, a 21-point grid) and
-  2,000 test images, one seed, so that all seven notebooks finish in about 75 minutes here
+  2,000 test images, one seed, so that all seven notebooks finish in about 90 minutes here
   (07, the transformers, another 20 minutes the first time, to train vit_tiny and lm_tiny);
 - the **notebooks'** ``full``: the RD comparison (01-03) on all 10,000 test images, notebook 03
   over 3 seeds with 60 fine-tuning steps per iterative round (2× quick), about an hour here;
@@ -116,7 +116,11 @@ _HBGS = ["HBGS", "HBGS-B", "HBGTS", "HBGTS-B"]
 _UNIFORM = ["omp", "backward", "random"]
 _COMPARED = ["rd", "rd_filter", "HBGS-B", "HBGTS-B", "jointpruning", "uniform_width", "l1_filter"]
 _COMPARED_ALL = _COMPARED[:2] + _HBGS + _COMPARED[4:]
-_RETRAIN_BATCH = {"*": 128, "mobilenet_v1": 64, "mobilenet_v2": 64}  # 04: per model
+# notebook 04, per model: a MobileNetV2 step costs about 5 ResNet-20 steps here, so its quick
+# search and retraining are shorter (its part of the quick run: within 15 minutes, README)
+_RETRAIN_BATCH = {"*": 128, "mobilenet_v1": 64, "mobilenet_v2": 64}
+_SUPERNET_STEPS = {"*": 120, "mobilenet_v2": 80}
+_RETRAIN_STEPS = {"*": 150, "mobilenet_v2": 100}
 _MOBILENETS = dict(model=["resnet20", "mobilenet_v1", "mobilenet_v2"], widths=[0.75, 0.5, 0.25])
 
 # notebook 07: vit_tiny (zero-shot top-1) and lm_tiny (perplexity, magnitude and Wanda)
@@ -141,8 +145,9 @@ NOTEBOOKS: dict[str, dict[str, dict]] = {
                                    per_round=0.5, finetune_steps=30, refine=0),
         # 04-06: FLOPs / parameter *reductions*; ResNet-20 quick checkpoint, short CPU budgets
         "04_jointpruning": dict(model=["resnet20", "mobilenet_v2"], seeds=[0], targets=[0.5, 0.7],
-                                widths=[0.5], dims=_DIMS, supernet_steps=120, search_steps=12,
-                                samples=4, retrain_steps=150, retrain_batch=_RETRAIN_BATCH),
+                                widths=[0.5], dims=_DIMS, supernet_steps=_SUPERNET_STEPS,
+                                search_steps=12, samples=4, retrain_steps=_RETRAIN_STEPS,
+                                retrain_batch=_RETRAIN_BATCH),
         "05_hbgs": dict(seeds=[0], targets=[0.4, 0.6], methods=_HBGS, uniform_selectors=_UNIFORM, k=16,
                         selection_n=128, round_finetune_steps=0, finetune_steps=30),
         "06_comparison": dict(seeds=[0], targets=[0.5, 0.7], methods=_COMPARED, k=0.25, selection_n=96,
@@ -164,7 +169,7 @@ NOTEBOOKS: dict[str, dict[str, dict]] = {
                                    per_round=0.5, finetune_steps=60, refine=0),
         "04_jointpruning": dict(_MOBILENETS, seeds=[0, 1, 2], targets=[0.5, 0.7], dims=_DIMS,
                                 supernet_steps=120, search_steps=12, samples=4,
-                                retrain_steps=150, retrain_batch=_RETRAIN_BATCH,
+                                retrain_steps=150, retrain_batch=_RETRAIN_BATCH,  # full budgets
                                 _skip="not in the full preset (3 seeds of ResNet-20 and both "
                                 "MobileNets take hours here); run it with: python -m rdprune "
                                 "reproduce --preset full --only 04"),

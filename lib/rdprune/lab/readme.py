@@ -139,6 +139,8 @@ def jointpruning_table(folder: Path) -> str:
     order = [m for m in dict.fromkeys(r.method) if m != "uniform width"] + ["uniform width"]
     n_test = int(r["n_test"].iloc[0]) if "n_test" in r else None
     rows, uniform = [], "uniform width"
+    r = r.assign(_model=pd.Categorical(r.model, list(dict.fromkeys(r.model)))).sort_values(
+        ["_model", "target"], kind="stable")
     for (model, t), part in r.groupby(["model", "target"], sort=False):
         wm = part.loc[part.method == uniform, "width_multiplier"]
         wm = wm.iloc[0] if len(wm) and wm.iloc[0] == wm.iloc[0] else None
@@ -148,9 +150,9 @@ def jointpruning_table(folder: Path) -> str:
             vs = goal(part, method, uniform, "top1", [t], n_test=n_test) \
                 if method != uniform else pd.DataFrame()
             rows.append({"model": model, "FLOPs removed": where, "method": method,
-                         "MFLOPs": p["flops"].mean() / 1e6, "top-1": p["top1"].mean(),
-                         "vs uniform (points)": 100 * vs["difference"].iloc[0] if len(vs)
-                         else float("nan"),
+                         "MFLOPs": f"{p['flops'].mean() / 1e6:.1f}", "top-1": p["top1"].mean(),
+                         "vs uniform (points)": f"{100 * vs['difference'].iloc[0]:+.1f}"
+                         if len(vs) else "–",
                          "verdict": vs["verdict"].iloc[0] if len(vs) else ""})
     n_seeds = int(r["seed"].nunique()) if "seed" in r else 1
     table = pd.DataFrame(rows).set_index("model")
