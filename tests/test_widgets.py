@@ -95,3 +95,17 @@ def test_ui_callback_resolves_on_change(resnet_explorer):
     assert fig.axes and "global" in html and sols["rd"].sparsity >= 0.9 - 1e-9
     with pytest.raises(ValueError, match="unknown comparison"):
         resnet_explorer.view(0.9, "params", "nonsense")
+
+
+def test_ui_offers_only_what_it_can_compute(lenet, calib):
+    """An allocator that needs calibration inputs (OWL) is offered only with calib=, and the
+    summary says when a solve was answered from memory rather than timing a lookup."""
+    curves = synthetic_curves(lenet)
+    bare, fed = Explorer(lenet, curves), Explorer(lenet, curves, calib=calib)
+    assert "owl" not in bare.choices() and "owl" in fed.choices() and "lamp" in bare.choices()
+    assert list(bare.ui(compare="lamp").controls["compare"].options) == list(bare.choices())
+    with pytest.raises(ValueError, match="needs calibration inputs"):
+        bare.ui(compare="owl")
+    _, first, _ = fed.view(0.5, "params", "lamp")
+    _, again, _ = fed.view(0.5, "params", "lamp")
+    assert "lamp solved in" in first and "lamp: remembered" in again

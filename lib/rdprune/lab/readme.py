@@ -87,8 +87,12 @@ def tables(root: str | Path, prefix: str | None = None) -> dict[str, str]:
         w.index.name = "FLOPs removed →" + ("" if "seed" not in r or r.seed.nunique() == 1 else
                                            f" (mean ± sd, {r.seed.nunique()} seeds)")
         out["comparison"] = markdown(w, 3)
-    if (root / "04_jointpruning" / "targets.csv").is_file():
-        out["jointpruning"] = jointpruning_table(root / "04_jointpruning")
+    # 04_jointpruning_widths: notebook 04 on MobileNetV2 at three width multipliers' FLOPs
+    # (README gives its command; not a preset's own run)
+    for key, folder in (("jointpruning", "04_jointpruning"),
+                        ("jointpruning_widths", "04_jointpruning_widths")):
+        if (root / folder / "targets.csv").is_file():
+            out[key] = jointpruning_table(root / folder)
     tf = root / "07_transformers"
     if (tf / "vit.csv").is_file():
         r = pd.read_csv(tf / "vit.csv")

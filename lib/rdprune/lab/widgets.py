@@ -66,12 +66,20 @@ class Explorer:
                       for k, g in grids.items()}
         self.last: dict[str, Solution] = {}
         self.seconds: dict[str, float] = {}  # each method's own solve time, last call
+        self.cached: dict[str, bool] = {}  # whether that call was answered from the memo
+
+    def choices(self) -> tuple[str, ...]:
+        """What this explorer can compare RD with: :func:`compare_choices`, less the allocators
+        that need calibration inputs when none were given (``calib=``)."""
+        return tuple(m for m in compare_choices()
+                     if m == "none" or self.calib is not None or not A.get(m).needs_calib)
 
     def solve(self, target: float, budget: str = "params", method: str = "rd") -> Solution:
         """Allocate with ``method`` at ``target`` sparsity of ``budget`` ("params" or "flops");
         results are memoised per (method, target, budget)."""
         key = (method, id(A.get(method).fn), round(float(target), 6), budget)  # re-registered: new
         tic = time.perf_counter()
+        self.cached[method] = key in self._cache
         if key not in self._cache:
             if method == "rd":
                 amounts = self._rd(float(target), budget)
@@ -105,9 +113,11 @@ class Explorer:
         """(figure, summary HTML, {method: Solution}) for one setting: RD's per-layer amounts
         as bars beside ``compare``'s (``"none"`` for RD alone)."""
         from . import plots
-        if compare not in compare_choices():
-            raise ValueError(f"unknown comparison {compare!r}; choose one of "
-                             f"{', '.join(compare_choices())}")
+        if compare not in self.choices():
+            needs = compare in compare_choices()  # known, but needs calibration inputs
+            raise ValueError(f"{compare!r} needs calibration inputs: build the Explorer with "
+                             f"calib=" if needs else f"unknown comparison {compare!r}; choose "
+                             f"one of {', '.join(self.choices())}")
         methods = ["rd"] + ([compare] if compare != "none" else [])
         sols = {m: self.solve(target, budget, m) for m in methods}
         kind = "parameters" if budget == "params" else "FLOPs"
@@ -119,7 +129,8 @@ class Explorer:
         html = (f"<b>{self.name}</b>, {target:.1%} fewer {kind}"
                 "<table><tr><th>method</th><th>predicted distortion</th><th>sparsity</th>"
                 f"<th>FLOPs left</th></tr>{rows}</table>"
-                "<small>" + ", ".join(f"{m} solved in {self.seconds[m] * 1000:.1f} ms"
+                "<small>" + ", ".join(f"{m}: remembered from an earlier solve" if self.cached[m]
+                                      else f"{m} solved in {self.seconds[m] * 1000:.1f} ms"
                                       for m in sols) + "</small>")
         self.last = sols
         return fig, html, sols
@@ -132,15 +143,19 @@ class Explorer:
         import ipywidgets as W
         import matplotlib.pyplot as plt
         label = {"description_width": "initial"}
+        # 640 px leaves the track about 400 px (seen in JupyterLab 4.6: label 166, readout 72),
+        # 0.0025 of target per pixel; the toggle's label is its own widget, because
+        # ToggleButtons put their buttons on a new line under a description
         slider = W.FloatSlider(value=target, min=0.0, max=0.995, step=0.005,
                                description="target (fraction removed)", continuous_update=False,
-                               readout_format=".3f", style=label, layout=W.Layout(width="460px"))
+                               readout_format=".3f", style=label, layout=W.Layout(width="640px"))
         toggle = W.ToggleButtons(options=[("parameters", "params"), ("FLOPs", "flops")],
-                                 value=budget, description="budget", style={
-                                     **label, "button_width": "90px"})
-        dropdown = W.Dropdown(options=list(compare_choices()), value=compare,
+                                 value=budget, style={"button_width": "110px"})
+        if compare not in self.choices():
+            self.view(target, budget, compare)  # the ValueError that says why
+        dropdown = W.Dropdown(options=list(self.choices()), value=compare,
                               description="compare with", style=label,
-                              layout=W.Layout(width="240px"))
+                              layout=W.Layout(width="260px"))
         info, out = W.HTML(), W.Output()
         drawn = {}
 
@@ -151,6 +166,7 @@ class Explorer:
             try:
                 fig, html, _ = self.view(*setting)
             except ValueError as e:  # e.g. a target the constraints cannot reach
+                out.clear_output()  # no bars of an earlier setting under the message
                 info.value = f"<b>cannot allocate:</b> {e}"
                 drawn["setting"] = None
                 return
@@ -164,7 +180,8 @@ class Explorer:
         redraw()
         box = W.VBox([W.HTML(f"<b>RD explorer — {self.name}</b>: move the target, switch the "
                              "budget, pick a method to compare with"),
-                      W.HBox([slider, toggle]), dropdown, info, out])
+                      W.HBox([slider, W.Label("budget"), toggle],
+                             layout=W.Layout(align_items="center")), dropdown, info, out])
         box.controls = dict(target=slider, budget=toggle, compare=dropdown, info=info, output=out)
         box.redraw = redraw
         return box
