@@ -143,8 +143,8 @@ class Explorer:
         import ipywidgets as W
         import matplotlib.pyplot as plt
         label = {"description_width": "initial"}
-        # 640 px leaves the track about 400 px (seen in JupyterLab 4.6: label 166, readout 72),
-        # 0.0025 of target per pixel; the toggle's label is its own widget, because
+        # 640 px leaves the track 379 px (measured in JupyterLab 4.6, headless Chromium; it was
+        # 199 px at 460), 0.0026 of target per pixel; the toggle's label is its own widget, because
         # ToggleButtons put their buttons on a new line under a description
         slider = W.FloatSlider(value=target, min=0.0, max=0.995, step=0.005,
                                description="target (fraction removed)", continuous_update=False,
