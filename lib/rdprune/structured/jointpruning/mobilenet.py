@@ -220,15 +220,21 @@ def resize(x, r):
     return F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False, antialias=True)
 
 
+def _conv_out(conv: nn.Conv2d, name: str, plan, cin: int):
+    """(depthwise?, output channels) of a dense conv under ``plan``: a depthwise conv keeps the
+    channels that reach it, any other the plan's width. The walk that runs the supernet's slice
+    and the one that builds the network both read this, so they cannot disagree."""
+    dw = conv.groups > 1
+    return dw, cin if dw else plan[0][name]
+
+
 def walk(mod: nn.Module, x, name: str, plan, cin: int, bn):
     """Run the dense ``mod`` as its slice under ``plan`` (leading channels; ``bn(x, module, c,
     name)`` normalises). Returns (output, its channels)."""
-    widths, skip = plan
-    if name in skip:
+    if name in plan[1]:
         return x, cin
     if isinstance(mod, nn.Conv2d):
-        dw = mod.groups > 1
-        out = cin if dw else widths[name]
+        dw, out = _conv_out(mod, name, plan, cin)
         w = mod.weight[:out] if dw else mod.weight[:out, :cin]
         b = None if mod.bias is None else mod.bias[:out]
         return F.conv2d(x, w, b, mod.stride, mod.padding, 1, cin if dw else 1), out
@@ -252,12 +258,10 @@ def supernet_forward(net: nn.Module, x, cfg: MobileConfig, sp: MobileNetSpace, b
 
 def _narrow(mod: nn.Module, name: str, plan, cin: int):
     """A fresh copy of ``mod`` with ``plan``'s widths (None when skipped), and its channels out."""
-    widths, skip = plan
-    if name in skip:
+    if name in plan[1]:
         return None, cin
     if isinstance(mod, nn.Conv2d):
-        dw = mod.groups > 1
-        out = cin if dw else widths[name]
+        dw, out = _conv_out(mod, name, plan, cin)
         return nn.Conv2d(cin, out, mod.kernel_size, mod.stride, mod.padding,
                          groups=cin if dw else 1, bias=mod.bias is not None), out
     if isinstance(mod, nn.BatchNorm2d):
