@@ -248,3 +248,9 @@ def test_comparison_verdict_names_methods_that_could_not_run():
     text = R.comparison_verdict(pd.DataFrame(rows), n_test=2000)
     assert "Not applicable to this network: HBGS-B (no dense K×K conv to prune)." in text
     assert "best after fine-tuning **uniform_width**" in text and "fastest **uniform_width**" in text
+
+
+def test_update_readme_refuses_a_block_given_twice():
+    text = "a\n<!-- table:x -->\n<!-- /table:x -->\nkeep me\n<!-- table:x -->\n<!-- /table:x -->\n"
+    with pytest.raises(ValueError, match="twice"):
+        RM.update_readme(text, {"x": "| t |"})

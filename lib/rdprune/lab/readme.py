@@ -168,6 +168,8 @@ def jointpruning_table(folder: Path) -> str:
 def update_readme(text: str, blocks: dict[str, str]) -> str:
     """``text`` with each ``<!-- table:NAME -->…<!-- /table:NAME -->`` block replaced."""
     for name, table in blocks.items():
+        if text.count(f"<!-- table:{name} -->") > 1:  # the pattern would eat what lies between
+            raise ValueError(f"README has the block {name!r} twice; keep one")
         pattern = re.compile(rf"(<!-- table:{name} -->\n)(?:.*?\n)?(<!-- /table:{name} -->)", re.S)
         text = pattern.sub(lambda m: m.group(1) + table + "\n" + m.group(2), text)
     return text
