@@ -32,8 +32,9 @@ TINY = {
     # 04 also searches the smoke MobileNetV2 at the 0.25x width multiplier's FLOPs (small: fast)
     "04_jointpruning": dict(model=["resnet20", "mobilenet_v2"], recipe="smoke", targets=[0.5],
                             widths=[0.25], eval_subset=300,
-                            dims=[["channel"], ["channel", "depth", "resolution"]],
-                            supernet_steps=6, search_steps=2, samples=2, retrain_steps=3),
+                            dims=[["channel", "depth", "resolution"]],  # the others: unit tests
+                            supernet_steps={"*": 6, "mobilenet_v2": 3}, search_steps=2, samples=2,
+                            retrain_steps=3),
     "05_hbgs": dict(model="resnet20", recipe="smoke", targets=[0.3], eval_subset=300,
                     methods=["HBGS-B"], uniform_selectors=["backward", "random"],  # HBGTS: test_front
                     selection_n=32, finetune_steps=3),
@@ -209,9 +210,8 @@ def test_jointpruning_outputs(executed):
     full = sum(rp.masks.layer_flops(rp.models.build("mobilenet_v2")).values())
     assert mb.flops_ratio.between(0.99 * quarter / full, quarter / full).all()
     abl = pd.read_csv(out / "ablation.csv")
-    assert list(abl.method) == ["channel", "channel + depth + resolution"] * 2
-    assert (abl.loc[(abl.method == "channel") & (abl.model == "resnet20"),
-                    ["depth", "resolution"]].values == [9, 28]).all()
+    assert list(abl.method) == ["channel + depth + resolution"] * 2
+    assert list(abl.model) == ["resnet20", "mobilenet_v2"] and (abl.resolution <= 28).all()
     table = pd.read_csv(out / "targets.csv")
     assert set(table.method) == {"channel + depth + resolution", "uniform width"}
     assert table.top1.between(0, 1).all()
@@ -255,18 +255,19 @@ def test_comparison_outputs(executed):
 def test_comparison_on_a_mobilenet_says_what_cannot_run(tmp_path):
     """Notebook 06 on MobileNetV2: HBGS cannot prune its depthwise and 1x1 convs, so its rows
     carry the reason (and the verdict names it) while the other methods run as usual."""
-    params = dict(TINY["06_comparison"], model="mobilenet_v2", methods=["HBGS-B", "uniform_width"],
-                  targets=[0.5], eval_subset=100, finetune_steps=2)
+    params = dict(TINY["06_comparison"], model="mobilenet_v2", methods=["HBGS-B", "jointpruning"],
+                  targets=[0.5], eval_subset=100, finetune_steps=2, supernet_steps=2,
+                  search_steps=1, samples=1, calib_n=8, selection_n=16, latency_batch=8)
     summary = reproduce.run("quick", only=["06"], overrides={"06_comparison": params},
                             results=tmp_path, progress=False, cell_timeout=600)
     assert list(summary.status) == ["ok"], summary.to_string()
     out = tmp_path / "quick" / "06_comparison"
     res = pd.read_csv(out / "results.csv")
-    assert list(res.method) == ["HBGS-B", "uniform_width"] and set(res.model) == {"mobilenet_v2"}
+    assert list(res.method) == ["HBGS-B", "jointpruning"] and set(res.model) == {"mobilenet_v2"}
     hb, uw = res.iloc[0], res.iloc[1]
     assert hb.note.startswith("not applicable") and "depthwise" in hb.note
     assert np.isnan(hb.top1_after) and pd.isna(uw.note)
-    assert 0.5 <= uw.flops_reduction < 0.6 and 0 <= uw.top1_after <= 1
+    assert 0.5 <= uw.flops_reduction <= 0.505 and 0 <= uw.top1_after <= 1
     nb = nbformat.read(out / "06_comparison.ipynb", as_version=4)
     text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/markdown", ""))
                    for c in nb.cells if c.cell_type == "code" for o in c.outputs)

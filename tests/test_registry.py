@@ -66,7 +66,7 @@ def test_toy_allocator_reaches_zero_shot_widget_and_cli(registered, lenet, calib
     sol = ex.solve(0.6, "params", "toy")
     assert sol.amounts == toy(lenet, 0.6, "params") and sol.sparsity >= 0.6
     _, html, sols = ex.view(0.6, "params", "toy")
-    assert "toy solved in" in html and set(sols) == {"rd", "toy"}
+    assert "toy: remembered from an earlier solve" in html and set(sols) == {"rd", "toy"}
     code = main(["baselines", "--model", "lenet5", "--methods", "toy", "--targets", "0.5",
                  "--calib-n", "32", "--quiet", "--no-cache"])
     assert code == 0 and "toy" in capsys.readouterr().out
