@@ -227,12 +227,12 @@ def _setup(model, data, target, budget, sides=("out", "in")):
     x = data[0] if isinstance(data, (tuple, list)) and len(data) else data
     if not torch.is_tensor(x) or x.dim() < 2 or len(x) == 0:
         raise ValueError("data must be a non-empty tensor of selection inputs (or an (x, y) pair)")
-    net, x = wrap(model).eval(), x.to(next(model.parameters()).device)
-    hw, plan = _probe(net, x)
+    ok, skipped = wrappable(model)
+    net, x = (wrap(model).eval() if ok else model), x.to(next(model.parameters()).device)
+    hw, plan = _probe(net, x) if ok else ({}, None)  # nothing to wrap: no copy, no probe pass
     for n in set(wrappers(net)) - set(hw):  # never executed: unwrap
         set_module(net, n, wrappers(net)[n].conv)
     if not wrappers(net):
-        _, skipped = wrappable(model)
         why = "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:8])
         raise NotApplicable(
             "HBGS prunes K×K convs (K > 1, groups 1, zero padding, not the stem) and this model "
