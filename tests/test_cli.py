@@ -51,7 +51,7 @@ def test_every_option_says_what_it_is_and_its_default():
 
 def test_bad_values_are_refused_before_any_model_is_loaded(tmp_path, monkeypatch, capsys):
     """Each call must fail at once with a clear message, and no checkpoint may be trained (the
-    data folder stays empty of checkpoints). In-process (``main``), so the ten cases cost one
+    data folder stays empty of checkpoints). In-process (``main``), so the eleven cases cost one
     import of torch, not ten; an uncaught exception would propagate and fail the test."""
     import torch
 
@@ -61,6 +61,7 @@ def test_bad_values_are_refused_before_any_model_is_loaded(tmp_path, monkeypatch
         (["prune", "--finetune-steps", "-3"], "--finetune-steps must be at least 0"),
         (["prune", "--calib-n", "0"], "--calib-n must be at least 1"),
         (["prune", "--grid", "1"], "--grid must be at least 2"),
+        (["prune", "--eval-subset", "0"], "--eval-subset must be at least 1"),
         (["prune", "--target", "1.0"], "[0, 1)"),
         (["baselines", "--targets", "0.5", "2"], "[0, 1)"),
         (["baselines", "--methods", "uniform+"], "uniform_plus"),

@@ -1,4 +1,5 @@
 import copy
+import math
 
 import pandas as pd
 import pytest
@@ -30,6 +31,30 @@ def test_unknown_settings_are_refused():
         pipeline.run("lenet5", method="rd_filter")
     with pytest.raises(ValueError, match="refine applies to method 'rd' only"):
         pipeline.run("lenet5", method="lamp", refine=2)
+    with pytest.raises(ValueError, match="finetune_schedule 'cosin'; choose one of constant"):
+        pipeline.run("lenet5", method="lamp", finetune_schedule="cosin")  # before any training
+
+
+def test_the_fine_tune_schedule_reaches_the_optimiser(lenet, tmp_path, monkeypatch):
+    """finetune_schedule='cosine' decays each round's learning rate to zero; 'constant' keeps
+    the RD authors' fixed rate."""
+    import torch
+    lrs = []
+    step = torch.optim.AdamW.step
+
+    def spy(self, *a, **kw):
+        lrs.append(self.param_groups[0]["lr"])
+        return step(self, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    for schedule in ("constant", "cosine"):
+        pipeline.run("lenet5", "fashion_mnist", "lamp", "oneshot", 0.5, out=tmp_path / schedule,
+                     progress=False, finetune_steps=4, finetune_schedule=schedule, calib_n=32,
+                     eval_subset=100, val_n=0)
+    constant, cosine = lrs[:4], lrs[4:]
+    assert constant == [3e-4] * 4
+    assert cosine[0] == 3e-4 and all(a > b for a, b in zip(cosine, cosine[1:]))
+    assert cosine[-1] == pytest.approx(3e-4 * (1 + math.cos(math.pi * 3 / 4)) / 2)
 
 
 @pytest.mark.parametrize("calibration", ["train", "synthetic"])

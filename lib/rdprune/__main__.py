@@ -63,8 +63,9 @@ def _check(args) -> None:
         raise ValueError(f"--weights {args.weights}: no such file")
     for t in getattr(args, "targets", None) or [getattr(args, "target", 0.0)]:
         check_target(t, "weights" if args.budget == "params" else "FLOPs")
-    for name in ("calib_n", "grid", "finetune_steps", "refine"):
-        value, low = getattr(args, name, None), {"calib_n": 1, "grid": 2}.get(name, 0)
+    for name in ("calib_n", "grid", "finetune_steps", "refine", "eval_subset"):
+        value = getattr(args, name, None)
+        low = {"calib_n": 1, "grid": 2, "eval_subset": 1}.get(name, 0)
         if value is not None and value < low:
             raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
     if args.dataset == "imagenet" and not args.imagenet_root:
@@ -127,8 +128,9 @@ def _prune(args, pipeline, quiet=False) -> int:
                          budget=args.budget, preset=args.preset, calibration=args.calibration,
                          seed=args.seed, out=args.out, progress=not args.quiet, dev=args.device,
                          imagenet_root=args.imagenet_root, weights=args.weights,
-                         finetune_steps=args.finetune_steps, calib_n=args.calib_n,
-                         grid=args.grid, refine=args.refine)
+                         finetune_steps=args.finetune_steps,
+                         finetune_schedule=args.finetune_schedule, calib_n=args.calib_n,
+                         grid=args.grid, refine=args.refine, eval_subset=args.eval_subset)
     if quiet:  # ranks other than 0 print nothing
         return 0
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
@@ -305,6 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-steps", type=int, default=None,
                    help=f"fine-tuning steps per round; 0 = zero-shot (default: the preset's, "
                         f"{quick.finetune_steps} for quick)")
+    p.add_argument("--finetune-schedule", default=None, choices=["constant", "cosine"],
+                   help="each round's learning rate: constant (the RD authors) or cosine to "
+                        "zero (default: the preset's, constant)")
+    p.add_argument("--eval-subset", type=int, default=None,
+                   help="test images for top-1 (default: the preset's, all of them)")
     p.add_argument("--calib-n", type=int, default=None,
                    help=f"number of calibration images (default: the preset's, {quick.calib_n} "
                         "for quick)")

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from . import masks as M
 from .distortion import output_tensor
 from .distributed import world
+from ..util import check_choice
 
 
 def device(spec: str | torch.device = "auto") -> torch.device:
@@ -68,6 +69,9 @@ def token_loss(out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> t
     return F.cross_entropy(out, y, reduction=reduction)
 
 
+LR_SCHEDULES = ("cosine", "constant")
+
+
 def fit(model: nn.Module, loader, steps: int, *, lr: float = 1e-3, weight_decay: float = 0.01,
         schedule: str = "cosine", teacher: nn.Module | None = None, temperature: float = 2.0,
         dev="auto", progress: bool = True, desc: str = "train") -> nn.Module:
@@ -83,6 +87,7 @@ def fit(model: nn.Module, loader, steps: int, *, lr: float = 1e-3, weight_decay:
     shows progress. Every rank ends with the same weights and buffers. BatchNorm normalises over
     each rank's share during training, so a BN network's steps are not exactly one process's."""
     check_steps(steps)
+    check_choice("learning-rate schedule", schedule, LR_SCHEDULES)
     dev = device(dev)
     model.to(dev).train()
     rank, ranks = world()
@@ -179,10 +184,12 @@ def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch: int = 256) -> nn.Mo
     return model
 
 
-def fine_tune(model, loader, steps: int, lr: float = 3e-4, **kw) -> nn.Module:
-    """Mask-preserving fine-tune (constant learning rate, as the RD authors)."""
+def fine_tune(model, loader, steps: int, lr: float = 3e-4, schedule: str = "constant",
+              **kw) -> nn.Module:
+    """Mask-preserving fine-tune: a constant learning rate by default, as the RD authors;
+    ``schedule="cosine"`` decays it to zero over the ``steps``."""
     kw.setdefault("desc", "fine-tune")
-    return fit(model, loader, steps, lr=lr, schedule="constant", **kw)
+    return fit(model, loader, steps, lr=lr, schedule=schedule, **kw)
 
 
 class TensorLoader:

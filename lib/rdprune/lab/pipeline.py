@@ -249,8 +249,8 @@ def _fine_tune(model, loader, s: Settings, val, dev, progress) -> dict:
     """The round's fine-tune in place; with ``val`` (held-out training images and labels) the
     tuned weights are kept only if their top-1 there is not below the start's."""
     if val is None:
-        train.fine_tune(model, loader, s.finetune_steps, lr=s.finetune_lr, dev=dev,
-                        progress=progress)
+        train.fine_tune(model, loader, s.finetune_steps, lr=s.finetune_lr,
+                        schedule=s.finetune_schedule, dev=dev, progress=progress)
         return {"finetune_kept": True}
     held = [val]
     start = copy.deepcopy(model.state_dict())
@@ -260,7 +260,8 @@ def _fine_tune(model, loader, s: Settings, val, dev, progress) -> dict:
         return -r["loss"] if "perplexity" in r else r["top1"]
 
     before = score()
-    train.fine_tune(model, loader, s.finetune_steps, lr=s.finetune_lr, dev=dev, progress=progress)
+    train.fine_tune(model, loader, s.finetune_steps, lr=s.finetune_lr,
+                    schedule=s.finetune_schedule, dev=dev, progress=progress)
     after = score()
     if after < before:
         model.load_state_dict(start)

@@ -74,6 +74,7 @@ class Settings:
     per_round: float = 0.2
     finetune_steps: int = 200
     finetune_lr: float = 3e-4
+    finetune_schedule: str = "constant"  # per round: "constant" (the RD authors) or "cosine" (to 0)
     batch_size: int = 128
     eval_subset: int | None = None  # test images used for top-1 (None: all)
     refine: int = 0  # rd only: rd.refine steps after the DP (0: the paper's method)
@@ -101,7 +102,9 @@ def settings(preset: str = "quick", model_name: str | None = None, **overrides) 
     unknown = set(overrides) - set(asdict(s))
     if unknown:
         raise ValueError(f"unknown settings {sorted(unknown)}; known: {sorted(asdict(s))}")
-    return replace(s, **{k: v for k, v in overrides.items() if v is not None})
+    s = replace(s, **{k: v for k, v in overrides.items() if v is not None})
+    check_choice("finetune_schedule", s.finetune_schedule, ("constant", "cosine"))
+    return s
 
 
 # ----------------------------------------------------------------------------- CLI comparison
