@@ -367,3 +367,56 @@ def test_parse_values():
     assert "CIFAR-10" in (reproduce.dataset_problem("cifar10") or "CIFAR-10")
     with pytest.raises(ValueError, match="preset"):
         reproduce.parameters("01_rd_curves", "nope")
+
+
+def test_a_missed_wake_up_costs_a_second_not_the_cell_timeout():
+    """The kernel channel polls in slices: a poll that sleeps through a reply (nbclient#312; an
+    explorer cell once took the whole 600-s limit) is followed by one that sees it; a socket that
+    stays silent still raises Empty at the timeout, not before."""
+    import asyncio
+    import time
+    from queue import Empty
+
+    from rdprune.lab import kernel
+
+    class Socket:
+        def __init__(self, wakes):
+            self.polls, self.wakes = [], wakes
+
+        async def poll(self, ms):
+            self.polls.append(ms)
+            if len(self.polls) < self.wakes:  # nothing seen during this slice
+                await asyncio.sleep(ms / 1000)
+                return 0
+            return 1
+
+    def channel(wakes):
+        ch = kernel.PatientChannel.__new__(kernel.PatientChannel)
+        ch.socket = Socket(wakes)
+
+        async def recv():
+            return {"reply": len(ch.socket.polls)}
+        ch._recv = recv
+        return ch
+
+    old, kernel.SLICE = kernel.SLICE, 0.05
+    try:
+        ch, tic = channel(wakes=2), time.perf_counter()
+        assert asyncio.run(ch.get_msg(timeout=600)) == {"reply": 2}
+        assert time.perf_counter() - tic < 5 and ch.socket.polls == [50, 50]
+        silent, tic = channel(wakes=10 ** 9), time.perf_counter()
+        with pytest.raises(Empty):
+            asyncio.run(silent.get_msg(timeout=0.3))
+        assert 0.3 <= time.perf_counter() - tic < 5 and len(silent.socket.polls) >= 6
+    finally:
+        kernel.SLICE = old
+
+
+def test_a_cell_past_its_time_limit_still_fails(tmp_path):
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    _tiny_notebook(folder / "01_slow.ipynb", "import time\ntime.sleep(30)")
+    summary = reproduce.run("quick", results=tmp_path / "res", folder=folder, progress=False,
+                            cell_timeout=3)
+    assert summary.status.tolist() == ["failed"] and "timed out" in summary.reason.iloc[0]
+    assert summary.seconds.iloc[0] < 25

@@ -228,6 +228,8 @@ def _execute(path: str, out: str, params: dict, cell_progress: bool, cell_timeou
     """One notebook through papermill (in this process, or a worker of ``run(jobs=...)``):
     {status, reason, seconds}; a failure is reported, never raised."""
     import papermill as pm
+
+    from .kernel import PatientKernelManager
     if threads is not None:  # the kernel inherits it: jobs × threads ≤ cores
         os.environ["OMP_NUM_THREADS"] = str(threads)
     Path(out).mkdir(parents=True, exist_ok=True)
@@ -236,7 +238,8 @@ def _execute(path: str, out: str, params: dict, cell_progress: bool, cell_timeou
         pm.execute_notebook(path, str(Path(out) / Path(path).name), parameters=params,
                             kernel_name="python3", progress_bar=cell_progress, cwd=str(REPO),
                             log_output=False, execution_timeout=cell_timeout,
-                            extra_arguments=QUIET_KERNEL)
+                            extra_arguments=QUIET_KERNEL,
+                            kernel_manager_class=PatientKernelManager)
     except Exception as e:  # noqa: BLE001 - any failure is reported, the rest go on
         msg = f"{getattr(e, 'ename', type(e).__name__)}: {getattr(e, 'evalue', e)}"
         result.update(status="failed", reason=msg.strip().splitlines()[0][:300])
