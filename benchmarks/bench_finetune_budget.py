@@ -32,10 +32,14 @@ def main():
     p.add_argument("--schedule", default="cosine", choices=["constant", "cosine"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--methods", nargs="+", default=None)
+    p.add_argument("--recipe", default=None, help="the dense models' recipe (default: the "
+                   "full preset's)")
     args = p.parse_args()
     nb = {**NOTEBOOKS["full"]["*"], **NOTEBOOKS["full"]["03_rd_vs_baselines"]}
     methods = args.methods or nb["iterative_methods"]
-    out = OUT / f"finetune_budget_{args.schedule}.csv"
+    recipe = args.recipe or nb["recipe"]
+    out = OUT / f"finetune_budget_{args.schedule}" \
+        f"{'' if recipe == nb['recipe'] else '_' + recipe}.csv"
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
@@ -44,7 +48,7 @@ def main():
                     tic = time.perf_counter()
                     t = pipeline.run(nb["model"], nb["dataset"], method, "iterative",
                                      nb["iterative_target"], budget="params", preset="quick",
-                                     recipe=nb["recipe"], seed=seed,
+                                     recipe=recipe, seed=seed,
                                      out=Path(tmp) / f"{method}-{seed}-{steps}", progress=False,
                                      calib_n=nb["calib_n"], grid=nb["grid"],
                                      distortion=nb["distortion"], per_round=nb["per_round"],
@@ -53,7 +57,8 @@ def main():
                     for _, r in t[t["round"] > 0].iterrows():
                         rows.append(dict(method=method, seed=seed, round=int(r["round"]),
                                          target=r["target"], steps=steps,
-                                         schedule=args.schedule, top1=r["top1"],
+                                         schedule=args.schedule, recipe=recipe,
+                                         dense_top1=t["top1"].iloc[0], top1=r["top1"],
                                          n_test=10_000 if nb["eval_subset"] is None
                                          else nb["eval_subset"],
                                          finetune_kept=r.get("finetune_kept"),

@@ -7,23 +7,30 @@ def run(*args):
                           text=True, timeout=600)
 
 
-def test_baselines_table_then_cached(lenet):
+def test_baselines_table_then_cached(lenet, capsys):
+    """In-process (``main``): three runs cost one import of torch, not three."""
+    from rdprune.__main__ import main
     from rdprune.util import data_dir
     for old in (data_dir() / "results").glob("baselines-lenet5-*.csv"):  # earlier runs' tables
         old.unlink()
     args = ["baselines", "--model", "lenet5", "--targets", "0.5", "0.9", "--calib-n", "64",
             "--grid", "11", "--quiet"]
-    first = run(*args, "--no-cache")
-    assert first.returncode == 0, first.stderr
+
+    def run_main(*extra):
+        capsys.readouterr()
+        code = main([*args, *extra])
+        return code, capsys.readouterr().out
+    code, first = run_main("--no-cache")
+    assert code == 0
     for method in ["rd", "global", "uniform", "uniform_plus", "erk", "lamp"]:
-        assert method in first.stdout
-    assert "top-1" in first.stdout and "distortion" in first.stdout
-    second = run(*args)
-    assert second.returncode == 0 and "using cached checkpoint" in second.stdout
-    assert "using cached results" in second.stdout
-    refined = run(*args, "--refine", "2")  # a different table: not the cached one
-    assert refined.returncode == 0 and "using cached results" not in refined.stdout
-    assert "rd+refine" in refined.stdout
+        assert method in first
+    assert "top-1" in first and "distortion" in first
+    code, second = run_main()
+    assert code == 0 and "using cached checkpoint" in second
+    assert "using cached results" in second
+    code, refined = run_main("--refine", "2")  # a different table: not the cached one
+    assert code == 0 and "using cached results" not in refined
+    assert "rd+refine" in refined
 
 
 def test_bad_input_gives_a_clear_error():

@@ -40,6 +40,9 @@ class Recipe:
 RECIPES = {
     "quick": Recipe(),
     "smoke": Recipe(epochs=0.1),  # seconds: for tests and a first look, not for results
+    # a dense model trained until more training barely helps: fine-tuning a 2-epoch "quick"
+    # model keeps gaining for as long as it runs (docs/results/full/finetune_budget_cosine.csv)
+    "long": Recipe(epochs=10.0),
     "paper": Recipe(lr=3e-4, batch_size=100, steps=50_000),
 }
 # (recipe, model) -> changes: the paper recipe's dense training per architecture; the byte-level
