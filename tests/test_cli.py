@@ -19,9 +19,10 @@ def test_baselines_table_then_cached(lenet, capsys):
     def run_main(*extra):
         capsys.readouterr()
         code = main([*args, *extra])
-        return code, capsys.readouterr().out
+        out = capsys.readouterr()
+        assert code == 0, out.err
+        return code, out.out
     code, first = run_main("--no-cache")
-    assert code == 0
     for method in ["rd", "global", "uniform", "uniform_plus", "erk", "lamp"]:
         assert method in first
     assert "top-1" in first and "distortion" in first

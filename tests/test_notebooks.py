@@ -399,6 +399,9 @@ def test_a_missed_wake_up_costs_a_second_not_the_cell_timeout():
         ch._recv = recv
         return ch
 
+    kc = kernel.PatientKernelManager().client()  # the client papermill's kernels get
+    assert isinstance(kc, kernel.PatientClient)
+    assert kc.shell_channel_class is kc.iopub_channel_class is kernel.PatientChannel
     old, kernel.SLICE = kernel.SLICE, 0.05
     try:
         ch, tic = channel(wakes=2), time.perf_counter()
@@ -410,6 +413,19 @@ def test_a_missed_wake_up_costs_a_second_not_the_cell_timeout():
         assert 0.3 <= time.perf_counter() - tic < 5 and len(silent.socket.polls) >= 6
     finally:
         kernel.SLICE = old
+
+
+def test_reproduce_runs_notebooks_with_the_patient_kernel(tmp_path, monkeypatch):
+    import papermill
+
+    from rdprune.lab import kernel
+    seen = {}
+    monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **kw: seen.update(kw))
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    _tiny_notebook(folder / "01_x.ipynb", "1")
+    reproduce.run("quick", results=tmp_path / "res", folder=folder, progress=False)
+    assert seen["kernel_manager_class"] is kernel.PatientKernelManager
 
 
 def test_a_cell_past_its_time_limit_still_fails(tmp_path):

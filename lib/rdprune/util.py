@@ -60,6 +60,9 @@ class NotApplicable(ValueError):
         self.reason = reason or message
 
 
+LR_SCHEDULES = ("constant", "cosine")  # fit / fine_tune: a fixed rate, or cosine decay to zero
+
+
 def check_choice(kind: str, value, valid: Iterable) -> None:
     """ValueError naming the valid choices unless ``value`` is one of them."""
     valid = list(valid)

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from . import masks as M
 from .distortion import output_tensor
 from .distributed import world
-from ..util import check_choice
+from ..util import LR_SCHEDULES, check_choice
 
 
 def device(spec: str | torch.device = "auto") -> torch.device:
@@ -67,9 +67,6 @@ def token_loss(out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> t
     if per_token(out, y):
         return F.cross_entropy(out.flatten(0, -2), y.flatten(), reduction=reduction)
     return F.cross_entropy(out, y, reduction=reduction)
-
-
-LR_SCHEDULES = ("cosine", "constant")
 
 
 def fit(model: nn.Module, loader, steps: int, *, lr: float = 1e-3, weight_decay: float = 0.01,

@@ -31,7 +31,7 @@ class PatientChannel(AsyncZMQSocketChannel):
             try:
                 return await super().get_msg(timeout=step)
             except Empty:
-                if left is not None and left <= SLICE:
+                if deadline is not None and monotonic() >= deadline:
                     raise
 
 
@@ -43,4 +43,6 @@ class PatientClient(AsyncKernelClient):
 class PatientKernelManager(AsyncKernelManager):
     """Pass as ``kernel_manager_class`` to ``papermill.execute_notebook``."""
 
+    # AsyncKernelManager fixes its client_factory, so the client class is named in both
+    client_factory = Type(PatientClient, config=True)
     client_class = DottedObjectName("rdprune.lab.kernel.PatientClient")

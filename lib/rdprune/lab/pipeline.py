@@ -178,7 +178,7 @@ def run(model_name: str = "resnet20", dataset: str = "fashion_mnist", method: st
     recipe = recipe or SCHEDULE_RECIPE[preset]
     config = dict(model=model_name, dataset=dataset, recipe=recipe, method=method, schedule=schedule,
                   target=target, budget=budget, preset=preset, calibration=calibration,
-                  seed=seed, settings=asdict(s),
+                  seed=seed, settings=_keyed(s),
                   distortion_fn=rd.distortion_identity(s.distortion))  # a re-registered name
     if weights is not None:  # the run folder follows the file's contents, not only its name
         config["weights"] = hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16] \
@@ -266,6 +266,15 @@ def _fine_tune(model, loader, s: Settings, val, dev, progress) -> dict:
     if after < before:
         model.load_state_dict(start)
     return {"val_before": before, "val_after": after, "finetune_kept": after >= before}
+
+
+def _keyed(s: Settings) -> dict:
+    """The settings that name a run: a setting added later is left out at its old behaviour's
+    value, so the folders (and resumable runs) made before it keep their names."""
+    d = asdict(s)
+    if d["finetune_schedule"] == "constant":
+        del d["finetune_schedule"]
+    return d
 
 
 def run_name(config: dict) -> str:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-from ..util import check_choice
+from ..util import LR_SCHEDULES, check_choice
 
 
 # ----------------------------------------------------------------------------- training recipes
@@ -40,8 +40,8 @@ class Recipe:
 RECIPES = {
     "quick": Recipe(),
     "smoke": Recipe(epochs=0.1),  # seconds: for tests and a first look, not for results
-    # a dense model trained until more training barely helps: fine-tuning a 2-epoch "quick"
-    # model keeps gaining for as long as it runs (docs/results/full/finetune_budget_cosine.csv)
+    # 5x quick, to test whether fine-tuning budgets settle from a longer-trained start: a 2-epoch
+    # "quick" model kept gaining up to 480 steps per round (docs/results/full/finetune_budget_cosine.csv)
     "long": Recipe(epochs=10.0),
     "paper": Recipe(lr=3e-4, batch_size=100, steps=50_000),
 }
@@ -106,7 +106,7 @@ def settings(preset: str = "quick", model_name: str | None = None, **overrides) 
     if unknown:
         raise ValueError(f"unknown settings {sorted(unknown)}; known: {sorted(asdict(s))}")
     s = replace(s, **{k: v for k, v in overrides.items() if v is not None})
-    check_choice("finetune_schedule", s.finetune_schedule, ("constant", "cosine"))
+    check_choice("finetune_schedule", s.finetune_schedule, LR_SCHEDULES)
     return s
 
 
