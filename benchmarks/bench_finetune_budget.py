@@ -5,7 +5,9 @@ each of ``--steps`` fine-tuning steps per round with learning-rate schedule ``--
 the same dense models. A budget has converged when doubling it moves no round's top-1 by more
 than two standard errors of one top-1 on the test images (0.6 points near 0.9 on 10,000), and
 leaves RD-minus-LAMP where it was. Writes ``docs/results/full/finetune_budget_<schedule>.csv``
-(one row per method, seed, round and budget, with the round's seconds) and prints the changes.
+(``_<recipe>`` added for another dense recipe; one row per method, seed, round and budget, with
+the round's seconds; rows of other budgets, seeds or methods already there are kept) and prints
+the changes.
 
     python benchmarks/bench_finetune_budget.py --steps 60 120 --schedule constant
     python benchmarks/bench_finetune_budget.py --steps 120 240 --schedule cosine
@@ -40,6 +42,11 @@ def main():
     recipe = args.recipe or nb["recipe"]
     out = OUT / f"finetune_budget_{args.schedule}" \
         f"{'' if recipe == nb['recipe'] else '_' + recipe}.csv"
+    kept = pd.DataFrame()
+    if out.exists():  # earlier budgets, seeds or methods stay; the ones rerun here are replaced
+        kept = pd.read_csv(out)
+        kept = kept[~(kept.seed.isin(args.seeds) & kept.steps.isin(args.steps)
+                      & kept.method.isin(methods))]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
@@ -65,8 +72,8 @@ def main():
                                          seconds=r["seconds"]))
                     print(f"seed {seed}, {steps} steps, {method}: "
                           f"{time.perf_counter() - tic:.0f} s", flush=True)
-                    pd.DataFrame(rows).to_csv(out, index=False)  # partial results survive
-    df = pd.DataFrame(rows)
+                    pd.concat([kept, pd.DataFrame(rows)]).to_csv(out, index=False)  # partial results survive
+    df = pd.concat([kept, pd.DataFrame(rows)], ignore_index=True)
     print(df.to_string(index=False))
     print(changes(df).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
 
