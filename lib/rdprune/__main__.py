@@ -263,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The CLI, its choices read from the registries and its defaults from the presets."""
     import rdprune as rp
     from rdprune.lab import presets
+    from rdprune.util import LR_SCHEDULES
     quick, base = presets.SCHEDULES["quick"], presets.BASELINES
     masked = rp.allocation.names(structured=False)
     parser = argparse.ArgumentParser(prog="python -m rdprune", description=__doc__,
@@ -307,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-steps", type=int, default=None,
                    help=f"fine-tuning steps per round; 0 = zero-shot (default: the preset's, "
                         f"{quick.finetune_steps} for quick)")
-    p.add_argument("--finetune-schedule", default=None, choices=["constant", "cosine"],
+    p.add_argument("--finetune-schedule", default=None, choices=list(LR_SCHEDULES),
                    help="each round's learning rate: constant (the RD authors) or cosine to "
                         "zero (default: the preset's, constant)")
     p.add_argument("--eval-subset", type=int, default=None,

@@ -248,9 +248,12 @@ def rank0_first(make):
 def _fine_tune(model, loader, s: Settings, val, dev, progress) -> dict:
     """The round's fine-tune in place; with ``val`` (held-out training images and labels) the
     tuned weights are kept only if their top-1 there is not below the start's."""
-    if val is None:
+    def tune():
         train.fine_tune(model, loader, s.finetune_steps, lr=s.finetune_lr,
                         schedule=s.finetune_schedule, dev=dev, progress=progress)
+
+    if val is None:
+        tune()
         return {"finetune_kept": True}
     held = [val]
     start = copy.deepcopy(model.state_dict())
@@ -260,8 +263,7 @@ def _fine_tune(model, loader, s: Settings, val, dev, progress) -> dict:
         return -r["loss"] if "perplexity" in r else r["top1"]
 
     before = score()
-    train.fine_tune(model, loader, s.finetune_steps, lr=s.finetune_lr,
-                    schedule=s.finetune_schedule, dev=dev, progress=progress)
+    tune()
     after = score()
     if after < before:
         model.load_state_dict(start)
