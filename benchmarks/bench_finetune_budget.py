@@ -5,7 +5,7 @@ each of ``--steps`` fine-tuning steps per round with learning-rate schedule ``--
 the same dense models. A budget has converged when doubling it moves no round's top-1 by more
 than two standard errors of one top-1 on the test images (0.6 points near 0.9 on 10,000), and
 leaves RD-minus-LAMP where it was. Writes ``docs/results/full/finetune_budget_<schedule>.csv``
-(``_<recipe>`` added for another dense recipe; one row per method, seed, round and budget, with
+(``_<recipe>`` added for a dense recipe other than ``quick``; one row per method, seed, round and budget, with
 the round's seconds; rows of other budgets, seeds or methods already there are kept) and prints
 the changes.
 
@@ -35,13 +35,14 @@ def main():
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--methods", nargs="+", default=None)
     p.add_argument("--recipe", default=None, help="the dense models' recipe (default: the "
-                   "full preset's)")
+                   "full preset's, now 'long')")
     args = p.parse_args()
     nb = {**NOTEBOOKS["full"]["*"], **NOTEBOOKS["full"]["03_rd_vs_baselines"]}
     methods = args.methods or nb["iterative_methods"]
     recipe = args.recipe or nb["recipe"]
-    out = OUT / f"finetune_budget_{args.schedule}" \
-        f"{'' if recipe == nb['recipe'] else '_' + recipe}.csv"
+    # one file per dense recipe: the quick models' rows keep the name they were first written
+    # under, and a preset that changes its recipe cannot send rows into another model's file
+    out = OUT / f"finetune_budget_{args.schedule}{'' if recipe == 'quick' else '_' + recipe}.csv"
     kept = pd.DataFrame()
     if out.exists():  # earlier budgets, seeds or methods stay; the ones rerun here are replaced
         kept = pd.read_csv(out)

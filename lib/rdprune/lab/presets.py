@@ -17,7 +17,7 @@ What "quick" means, in each place:
   (07, the transformers, another 20 minutes the first time, to train vit_tiny and lm_tiny);
 - the **notebooks'** ``full``: the RD comparison (01-03) on all 10,000 test images; notebook 03
   over 3 seeds, each from a 10-epoch dense model (recipe ``long``) with 480 fine-tuning steps
-  per iterative round, the rate decayed to zero in each (``cosine``), about 90 minutes here
+  per iterative round, the rate decayed to zero in each (``cosine``), about 75 minutes here
   (README gives the measured time); 04-07 are skipped with the reason (their seeds lists work,
   3 seeds cost hours more).
 """
@@ -42,8 +42,8 @@ class Recipe:
 RECIPES = {
     "quick": Recipe(),
     "smoke": Recipe(epochs=0.1),  # seconds: for tests and a first look, not for results
-    # 5x quick, to test whether fine-tuning budgets settle from a longer-trained start: a 2-epoch
-    # "quick" model kept gaining up to 480 steps per round (docs/results/full/finetune_budget_cosine.csv)
+    # 5x quick: notebook 03's dense models in the full preset. From a 2-epoch "quick" model the
+    # fine-tune kept gaining up to 480 steps per round (docs/results/full/finetune_budget_cosine.csv)
     "long": Recipe(epochs=10.0),
     "paper": Recipe(lr=3e-4, batch_size=100, steps=50_000),
 }
@@ -95,7 +95,9 @@ SCHEDULES = {
 _PAPER_FINETUNE = {"vgg16": 40_000, "densenet121": 60_000}
 # the quick schedule (notebook 03's full preset sets its own recipe, steps and schedule)
 SCHEDULES["full"] = SCHEDULES["quick"]
-SCHEDULE_RECIPE = {"quick": "quick", "full": "quick", "paper": "paper"}  # the dense model each preset starts from
+# the dense model each schedule preset starts from when no recipe is given (notebook 03's full
+# preset gives its own, "long")
+SCHEDULE_RECIPE = {"quick": "quick", "full": "quick", "paper": "paper"}
 
 
 def settings(preset: str = "quick", model_name: str | None = None, **overrides) -> Settings:
@@ -164,7 +166,7 @@ NOTEBOOKS: dict[str, dict[str, dict]] = {
         "07_transformers": _TRANSFORMERS,
     },
     # 3 seeds and all 10,000 test images for the RD paper's comparison (notebooks 01-03), about
-    # 90 minutes on a 2-core CPU. 04-07 are skipped with the reason: 04 (3 seeds, ResNet-20 and
+    # 75 minutes on a 2-core CPU. 04-07 are skipped with the reason: 04 (3 seeds, ResNet-20 and
     # both MobileNets) with --only 04, 05-06 with -p seeds "[0, 1, 2]" (about 2 hours more).
     "full": {
         "*": dict(dataset="fashion_mnist", model="resnet20", recipe="quick", calib_n=128, grid=21,
@@ -174,8 +176,9 @@ NOTEBOOKS: dict[str, dict[str, dict]] = {
                               max_amount=0.5),
         # 10-epoch dense models and 480 cosine fine-tuning steps per round: from the 2-epoch
         # quick models every budget up to 480 kept gaining (the fine-tune was still training the
-        # dense model); from 10 epochs the 50/75 % rounds settled by 240 steps
-        # (docs/results/full/finetune_budget_cosine*.csv, README "RD against LAMP")
+        # dense model); from 10 epochs, doubling 240 to 480 (and 480 to 960) moved no round by
+        # more than the test-set noise (docs/results/full/finetune_budget_cosine*.csv, README
+        # "RD against LAMP"); 480 is the doubling past the first budget that met it
         "03_rd_vs_baselines": dict(seeds=[0, 1, 2], targets=[0.5, 0.6, 0.7, 0.8, 0.9],
                                    recipe="long", iterative_methods=["rd", "lamp"],
                                    iterative_target=0.9, per_round=0.5, finetune_steps=480,
