@@ -5,12 +5,15 @@ each of ``--steps`` fine-tuning steps per round with learning-rate schedule ``--
 the same dense models. A budget has converged when doubling it moves no round's top-1 by more
 than two standard errors of one top-1 on the test images (0.6 points near 0.9 on 10,000), and
 leaves RD-minus-LAMP where it was. Writes ``docs/results/full/finetune_budget_<schedule>.csv``
-(``_<recipe>`` added for a dense recipe other than ``quick``; one row per method, seed, round and budget, with
-the round's seconds; rows of other budgets, seeds or methods already there are kept) and prints
-the changes.
+(``_<recipe>`` added for a dense recipe other than ``quick``; one row per method, seed, round
+and budget, with the round's seconds; rows of other budgets, seeds or methods already there
+are kept) and prints the changes.
 
-    python benchmarks/bench_finetune_budget.py --steps 60 120 --schedule constant
-    python benchmarks/bench_finetune_budget.py --steps 120 240 --schedule cosine
+    python benchmarks/bench_finetune_budget.py --steps 120 240 480 960 --schedule cosine
+    python benchmarks/bench_finetune_budget.py --steps 120 240 480 --recipe quick
+
+A file is kept per schedule and dense recipe only: after changing another of the preset's
+settings (calibration, grid, per_round), write to a fresh file rather than merge into these.
 """
 import argparse
 import math

@@ -171,7 +171,8 @@ def _seeds_text(n_seeds: int, n_test: int) -> str:
     return (f"Top-1 on {n_test} test images, mean over {n_seeds} seeds (each seed: its own dense "
             "model, calibration images and fine-tuning order; all seeds share the test images); "
             "a difference counts only when the 95 % interval of the per-seed differences "
-            "excludes zero and it exceeds two standard errors of one top-1 on those images.")
+            "excludes zero and it exceeds two standard errors of one top-1 on those images; "
+            "the margin quoted is the wider of the two.")
 
 
 def rd_verdict(results: pd.DataFrame, n_test: int, chance: float | None = None) -> str:
@@ -196,19 +197,20 @@ def rd_verdict(results: pd.DataFrame, n_test: int, chance: float | None = None) 
             if g is None:  # no seed has both
                 continue
             word, noise = _judge(g, n_test)
+            bar = "noise" if g["n"] == 1 else "margin"  # several seeds: the interval, if wider
             spread_ = "" if g["n"] == 1 else f" ± {g['sd']:.1f} sd"
             floor = None if chance is None else 100 * chance + noise_pts(chance, n_test)
             if floor is not None and 100 * max(g["a"], g["b"]) <= floor:
                 text = f"and every other allocator are at chance ({chance:.2g})"
             elif word == "tie":
                 text = (f"ties with {best} (RD {g['mean']:+.1f}{spread_} points, inside the "
-                        f"±{noise:.1f}-point noise)")
+                        f"±{noise:.1f}-point {bar})")
             elif word == "win":
                 text = (f"**wins**: {g['mean']:+.1f}{spread_} points over the best other, {best} "
-                        f"(noise ±{noise:.1f})")
+                        f"({bar} ±{noise:.1f})")
             else:
                 text = (f"**loses**: {g['mean']:+.1f}{spread_} points behind {best} "
-                        f"(noise ±{noise:.1f})")
+                        f"({bar} ±{noise:.1f})")
             lines.append(f"- {schedule}, {_pct(t)} sparsity: RD {g['a']:.3f} {text}.")
     if not lines:
         return "RD and at least one other allocator are needed for a verdict."
