@@ -3,7 +3,8 @@
 - **one-shot**: one round to the target, then an optional fine-tune (``finetune_steps``);
 - **zero-shot**: one-shot without fine-tuning (``finetune_steps=0``);
 - **iterative**: each round removes ``per_round`` (20 %) of the remaining weights, so the target
-  after ``t`` rounds is ``1 − 0.8^t``; RD curves are recomputed every round on the current model
+  after ``t`` rounds is ``1 − 0.8^t`` (``visit``: sparsities a round lands on instead of stepping
+  over them); RD curves are recomputed every round on the current model
   and a layer never becomes less sparse than before; fine-tune between rounds;
 - **zero-data**: ``calibration="synthetic"`` replaces the calibration images by N(0, 1) inputs.
 
@@ -54,20 +55,27 @@ from .presets import SCHEDULE_RECIPE, SCHEDULES as PRESETS, Settings, settings  
 SCHEDULES = ("oneshot", "iterative")
 
 
-def schedule_targets(schedule: str, target: float, per_round: float = 0.2) -> list[float]:
+def schedule_targets(schedule: str, target: float, per_round: float = 0.2,
+                     visit=()) -> list[float]:
     """Cumulative sparsity targets of each round: one-shot ``[target]``; iterative
-    ``1 − (1 − per_round)^t`` for t = 1, 2, … up to and including ``target``."""
+    ``1 − (1 − per_round)^t`` for t = 1, 2, … up to and including ``target``, with a round
+    shortened to land on each sparsity in ``visit`` that it would step over (the schedule then
+    goes on from there), so a coarse schedule still reports the sparsities a paper reports."""
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     if not 0.0 <= target < 1.0:
         raise ValueError(f"target must be a sparsity in [0, 1), got {target}")
+    bad = [v for v in visit if not 0.0 < v < 1.0]
+    if bad:
+        raise ValueError(f"visit must hold sparsities in (0, 1), got {bad}")
     if schedule == "oneshot":
         return [target]
     if not 0.0 < per_round < 1.0:
         raise ValueError(f"per_round must be in (0, 1), got {per_round}")
     out, t = [], 0.0
     while t < target - 1e-9:
-        t = 1 - (1 - t) * (1 - per_round)
+        step = 1 - (1 - t) * (1 - per_round)
+        t = min([v for v in visit if t + 1e-9 < v < step - 1e-9 and v < target], default=step)
         t = target if t >= target - 1e-4 else t  # 0.9885 ends on round 20, not a tiny 21st
         out.append(t)
     return out
@@ -172,13 +180,13 @@ def run(model_name: str = "resnet20", dataset: str = "fashion_mnist", method: st
                          f"physically: use rp.prune(model, {method!r}, target, calib=...) "
                          "(notebook 06_comparison)")
     _check_refine(method, s.refine)
-    targets = schedule_targets(schedule, target, s.per_round)
+    targets = schedule_targets(schedule, target, s.per_round, s.visit)
     if calibration not in ("train", "synthetic"):
         raise ValueError("calibration must be 'train' (training images) or 'synthetic' (zero-data)")
     recipe = recipe or SCHEDULE_RECIPE[preset]
     config = dict(model=model_name, dataset=dataset, recipe=recipe, method=method, schedule=schedule,
                   target=target, budget=budget, preset=preset, calibration=calibration,
-                  seed=seed, settings=_keyed(s),
+                  seed=seed, settings=asdict(s),
                   distortion_fn=rd.distortion_identity(s.distortion))  # a re-registered name
     if weights is not None:  # the run folder follows the file's contents, not only its name
         config["weights"] = hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16] \
@@ -268,15 +276,6 @@ def _fine_tune(model, loader, s: Settings, val, dev, progress) -> dict:
     if after < before:
         model.load_state_dict(start)
     return {"val_before": before, "val_after": after, "finetune_kept": after >= before}
-
-
-def _keyed(s: Settings) -> dict:
-    """The settings that name a run: a setting added later is left out at its old behaviour's
-    value, so the folders (and resumable runs) made before it keep their names."""
-    d = asdict(s)
-    if d["finetune_schedule"] == "constant":
-        del d["finetune_schedule"]
-    return d
 
 
 def run_name(config: dict) -> str:
