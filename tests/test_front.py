@@ -126,3 +126,36 @@ def test_fine_tuning_never_returns_a_network_worse_on_held_out_images(setting, l
         assert row["finetune_kept"] == (row["val_after"] >= start)
         if wrecked:
             assert not row["finetune_kept"] and row["top1_after"] == row["top1_recal"]
+
+
+def test_equal_training_budget_counts_the_steps_inside_each_method(setting):
+    """HBGS-B fine-tunes between rounds: its record counts those steps, and the comparison
+    harness gives the others the difference as a final fine-tune, so every row trains the same
+    total (notebooks 05 and 06)."""
+    from rdprune.lab import experiments
+
+    model, calib, loader, test_loader = setting
+    options = {"HBGS-B": dict(k=0.5, selection=calib[:8], finetune_steps=2, train_loader=loader)}
+    pruned, notes = experiments.prune_each(model, ["HBGS-B", "l1_filter"], TARGET, "flops",
+                                           calib=calib, options=options)
+    assert not notes
+    rec = pruned["HBGS-B"][1]
+    assert rec["train_steps"] == 2 * len(rec["trace"]) > 0
+    assert pruned["l1_filter"][1]["train_steps"] == 0
+    rows, tuned = experiments.evaluate_each(pruned, model, test_loader, finetune_steps=3,
+                                            finetune_loader=loader, calib=calib)
+    by = {r["method"]: r for r in rows}
+    assert {r["train_steps"] for r in rows} == {rec["train_steps"] + 3}
+    assert by["HBGS-B"]["final_steps"] == 3
+    assert by["l1_filter"]["final_steps"] == rec["train_steps"] + 3
+    assert set(tuned) == {"HBGS-B", "l1_filter"}
+
+
+def test_final_steps_fill_every_method_up_to_the_same_total():
+    from rdprune.lab.experiments import final_steps
+
+    assert final_steps({"a": {"train_steps": 0}, "b": {"train_steps": 15}, "c": {}}, 10) == \
+        {"a": 25, "b": 10, "c": 25}
+    assert final_steps({}, 7) == {}
+    with pytest.raises(ValueError, match="finetune_steps"):
+        final_steps({"a": {}}, -1)

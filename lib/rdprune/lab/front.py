@@ -19,8 +19,9 @@ scaled by density, the RD authors' accounting; channel removal as real).
 from __future__ import annotations
 
 import copy
+import inspect
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -28,9 +29,9 @@ from torch import nn
 from ..core import allocators as A
 from ..core import batch as B
 from ..core import criteria as C
-from ..core.criteria import CRITERIA
 from ..core import masks as M
 from ..core import rd
+from ..core.criteria import CRITERIA
 from ..core.loops import evaluate, fine_tune, recalibrate_bn
 from ..structured import hbgs as H
 from ..structured import jointpruning as J
@@ -61,7 +62,10 @@ def prune(model: nn.Module, method: str, target: float, budget: str = "params", 
     removed). ``calib``: the calibration (or, for HBGS, selection) inputs the method reads.
     Returns ``(pruned network, record)``; the record holds ``method, target, budget,
     params_reduction, flops_reduction, seconds`` and ``amounts`` (allocators) or
-    ``kept_channels`` (physically pruned networks), plus what the method reports (a trace)."""
+    ``kept_channels`` (physically pruned networks), plus what the method reports (a trace).
+    ``train_steps``: training steps the method itself spent on the network's weights (HBGS's
+    fine-tunes between rounds, JointPruning's supernet; 0 for the allocators), so that a
+    comparison can give every method the same total (:func:`rdprune.lab.experiments.final_steps`)."""
     check_choice("method", method, methods())
     if method in _METHODS and method in A.names():  # an allocator registered after the method
         raise ValueError(f"{method!r} is both a method of rp.prune and an allocator "
@@ -87,7 +91,8 @@ def prune(model: nn.Module, method: str, target: float, budget: str = "params", 
     record = dict(method=method, target=float(target), budget=budget,
                   params_reduction=1 - after["params"] / before["params"],
                   flops_reduction=1 - after["flops"] / before["flops"],
-                  params=after["params"], flops=after["flops"], seconds=seconds, **details)
+                  params=after["params"], flops=after["flops"], seconds=seconds,
+                  **{"train_steps": 0, **details})
     if "amounts" not in record:
         record["kept_channels"] = S.widths(net)
     return net, record
@@ -146,7 +151,7 @@ def _hbgs(variant):
         net, trace = H.prune(model, data, target, budget, k=k, finetune_steps=finetune_steps,
                              train_loader=train_loader, progress=progress,
                              **H.METHODS[variant], **options)
-        return net, {"trace": trace}
+        return net, {"trace": trace, "train_steps": trace.attrs["train_steps"]}
     return run
 
 
@@ -160,7 +165,11 @@ def _jointpruning(model, target, budget, calib, *, train_loader=None, finish="in
     vector, trace, supernet = J.search(model, train_loader, 1 - target, progress=progress,
                                        return_supernet=True, **options)
     net = J.inherit(supernet, vector, calib) if finish == "inherit" else J.build(model, vector)
-    return net, {"trace": trace, "vector": vector}
+    return net, {"trace": trace, "vector": vector,
+                 "train_steps": options.get("supernet_steps", _SUPERNET_STEPS)}
+
+
+_SUPERNET_STEPS = inspect.signature(J.search).parameters["supernet_steps"].default
 
 
 def _uniform_width(model, target, budget, calib, *, progress=False, **options):

@@ -53,9 +53,9 @@ from ..core import masks as M
 from ..core import replay as R
 from ..core.loops import fine_tune
 from ..util import NotApplicable
-from .wrappers import Wrapped, run, set_module, wrap, wrappable, wrappers  # noqa: F401 - API
 from . import filters as FL
 from .surgery import BUDGETS, count, removed
+from .wrappers import Wrapped, run, set_module, wrap, wrappable, wrappers
 
 __all__ = ["METHODS", "SELECTORS", "CRITERIA", "Wrapped", "wrap", "wrappable", "wrappers", "fold",
            "cost", "remove", "prune", "uniform"]
@@ -303,7 +303,7 @@ def prune(model: nn.Module, data, target: float, budget: str = "flops", selector
     trace = pd.DataFrame(rows, columns=_COLUMNS)
     trace.attrs.update(original=full, target=float(target), budget=budget, selector=selector,
                        criterion=criterion, k=k, selection_size=len(x),
-                       reached=bool(now[budget] <= limit))
+                       reached=bool(now[budget] <= limit), train_steps=rnd * finetune_steps)
     return (fold(net, budget) if fold_result else net), trace
 
 
