@@ -33,10 +33,13 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_filters import best_time  # noqa: E402
-
-import rdprune as rp  # noqa: E402
-from rdprune import filters as FL, hbgs as H, reproduce, structured as S, train as T  # noqa: E402
+import rdprune as rp
+from bench_filters import best_time
+from rdprune import filters as FL
+from rdprune import hbgs as H
+from rdprune import reproduce
+from rdprune import structured as S
+from rdprune import train as T
 
 _HOURS = reproduce.paper_numbers().query("metric == 'pruning_hours_at_63pct_params' "
                                          "and model == 'ResNet-32'")

@@ -8,7 +8,6 @@ benchmarks/quality.csv.
 import argparse
 from pathlib import Path
 
-
 import rdprune as rp
 
 METHODS = ["rd", "lamp", "global", "uniform", "uniform_plus", "erk"]

@@ -134,7 +134,7 @@ def test_unknown_method_and_budget(resnet):
 
 
 def test_rd_solver_resolves_any_target_within_budget(resnet):
-    from rdprune.allocation import RDSolver
+    from rdprune.core.allocators import RDSolver
     x = torch.randn(8, 1, 28, 28)
     curves = rp.rd.curves(resnet.eval(), x, grid=11, cache=False, progress=False)
     solver = RDSolver(resnet, curves)

@@ -1,6 +1,5 @@
 """The public calls notebooks, tests and users rely on (the API contract), by their public names,
 after the package was split into core / structured / lab."""
-import importlib
 
 import numpy as np
 import pandas as pd
@@ -35,18 +34,6 @@ def test_contract_calls(lenet, calib):
                               grid=5)
     assert {"method", "target", "budget", "params_reduction", "flops_reduction",
             "seconds"} <= set(record)
-    assert callable(rp.allocation.register_allocator) and callable(rp.rd.register_distortion)
-
-
-@pytest.mark.parametrize("old, new", [
-    ("rdprune.masks", "rdprune.core.masks"), ("rdprune.allocation", "rdprune.core.allocators"),
-    ("rdprune.knapsack", "rdprune.core.knapsack"), ("rdprune.rd", "rdprune.core.rd"),
-    ("rdprune.downstream", "rdprune.core.downstream"), ("rdprune.data", "rdprune.lab.data"),
-    ("rdprune.train", "rdprune.lab.train"), ("rdprune.widgets", "rdprune.lab.widgets"),
-    ("rdprune.hbgs", "rdprune.structured.hbgs"), ("rdprune.rd_filter", "rdprune.structured.rd_filter"),
-    ("rdprune.jointpruning", "rdprune.structured.jointpruning")])
-def test_old_module_paths_still_import(old, new):
-    assert importlib.import_module(old) is importlib.import_module(new)
 
 
 def test_errors_name_the_choices():

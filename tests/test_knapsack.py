@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from rdprune.knapsack import solve
+from rdprune.core.knapsack import solve
 
 
 def brute(costs, dist, budget):

@@ -3,8 +3,6 @@ floor or lower ones, never another module's underscore name, and no import cycle
 import ast
 from pathlib import Path
 
-import pytest
-
 import rdprune
 
 PKG = Path(rdprune.__file__).parent
@@ -95,8 +93,3 @@ def test_checker_catches_a_core_module_that_imports_the_lab(tmp_path):
                for p in found)
     assert any("private rdprune.core.masks._EPS" in p for p in found)
     assert any(p.startswith("import cycle") and "knapsack" in p for p in found)
-
-
-@pytest.mark.parametrize("name", ["core", "structured", "lab"])
-def test_floors_are_folders(name):
-    assert (PKG / name / "__init__.py").is_file()

@@ -116,6 +116,7 @@ def test_apply_selects_exactly_the_stable_sorts_first_k_without_sorting():
     sort of prune_order does; checked against it for every k."""
     import torch
     from torch import nn
+
     from rdprune import masks as M
     layer = nn.Linear(6, 4, bias=False)
     with torch.no_grad():

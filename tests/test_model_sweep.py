@@ -1,5 +1,6 @@
 """The "any model" sweep: torchvision CNNs, a small vision transformer and Hugging Face GPT-2 and
-BERT from tiny configs (and a timm ViT when timm is installed), all random weights and nothing downloaded, through every step: prunable
+BERT from tiny configs (and a timm ViT when timm is installed), all random weights and nothing
+downloaded, through every step: prunable
 weights found (attention's in_proj, GPT-2's Conv1D), FLOPs per weight against an independent
 count from the layers' shapes, fast curves = reference, every mask allocator and RD meeting a
 FLOPs target, and filter surgery keeping the output width or refusing clearly. No model here has

@@ -1,8 +1,9 @@
 """The set-up a newcomer follows is consistent: conda and pip name the same packages, and CI runs
 exactly the test command the README gives."""
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 CONDA_NAMES = {"pytorch": "torch"}  # conda-forge spells some packages differently

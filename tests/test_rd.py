@@ -51,7 +51,7 @@ def test_curves_are_cached_and_resume_after_interruption(tmp_path, monkeypatch):
     real = C.fast_curves
 
     def interrupted(model, x_all, names, *a, **kw):
-        for i, item in enumerate(real(model, x_all, names, *a, **kw)):
+        for item in real(model, x_all, names, *a, **kw):
             calls.append(item[0])
             if len(calls) == 2:
                 raise KeyboardInterrupt

@@ -12,7 +12,7 @@ import torch
 import rdprune as rp
 from rdprune import masks as M
 from rdprune.__main__ import main
-from rdprune.widgets import Explorer, compare_choices
+from rdprune.lab.widgets import Explorer, compare_choices
 
 
 def toy(model, target, budget, *, exclude=()):

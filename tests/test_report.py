@@ -112,7 +112,8 @@ def test_gap_pairs_seeds_and_its_interval_is_students_t():
     assert R.gap(df, "rd", "erk") is None
     partial = R.gap(df[~((df.method == "lamp") & (df.seed == 2))], "rd", "lamp")
     assert partial["n"] == 2 and partial["a"] == pytest.approx(0.91)  # shared seeds only
-    assert R.t95(1) == pytest.approx(12.706) and R.t95(1000) == pytest.approx(1.962, abs=1e-3) and R.t95(40) == pytest.approx(2.021, abs=5e-3)
+    assert R.t95(1) == pytest.approx(12.706) and R.t95(1000) == pytest.approx(1.962, abs=1e-3)
+    assert R.t95(40) == pytest.approx(2.021, abs=5e-3)
     with pytest.raises(ValueError, match="two seeds"):
         R.t95(0)
 

@@ -8,7 +8,7 @@ import pytest
 
 import rdprune as rp
 from rdprune import masks as M
-from rdprune.widgets import Explorer
+from rdprune.lab.widgets import Explorer
 
 
 def synthetic_curves(model, grid=101, seed=0):

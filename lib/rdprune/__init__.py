@@ -12,8 +12,6 @@ loops), :mod:`rdprune.structured` (surgery, RD-filter, filter selection, HBGS, J
 :mod:`rdprune.lab` (data, zoo, checkpoints, presets, the front door, schedules, reproduction,
 plots, widgets; the CLI in ``__main__``). :mod:`rdprune.util` sits under all three.
 """
-import sys as _sys
-
 from . import core, lab, structured, util
 from .core import allocators as allocation
 from .core import distortion, masks, rd
@@ -22,15 +20,6 @@ from .lab import data, models, pipeline, plots, presets, reproduce, train, widge
 from .lab.front import evaluate_pruned, methods, prune, register_method
 from .structured import filters, hbgs, jointpruning, rd_filter
 from .util import NotApplicable
-
-# the module paths of the flat layout keep working (import rdprune.masks, rdprune.allocation, ...)
-for _name, _module in dict(allocation=allocation, masks=masks, knapsack=core.knapsack,
-                           downstream=core.downstream, refine=core.refine, data=data,
-                           models=models, pipeline=pipeline, plots=plots, reproduce=reproduce,
-                           train=train, widgets=widgets, filters=filters, hbgs=hbgs,
-                           jointpruning=jointpruning, rd_filter=rd_filter).items():
-    _sys.modules.setdefault(f"{__name__}.{_name}", _module)
-_sys.modules.setdefault(f"{__name__}.rd", rd)
 
 __all__ = ["NotApplicable", "allocate", "allocation", "core", "data", "distortion", "evaluate_pruned", "filters",
            "hbgs", "jointpruning", "lab", "masks", "methods", "models", "pipeline", "plots",

@@ -28,7 +28,8 @@ class _Help(argparse.HelpFormatter):
         text = action.help or ""
         if "default" not in text and action.default not in (None, False, argparse.SUPPRESS) \
                 and action.option_strings:
-            text += f" (default: {' '.join(map(str, action.default)) if isinstance(action.default, list) else action.default})"
+            default = action.default
+            text += f" (default: {' '.join(map(str, default)) if isinstance(default, list) else default})"
         return text
 
 

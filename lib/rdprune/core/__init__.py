@@ -5,8 +5,23 @@ knapsack (:mod:`.knapsack`), allocators (:mod:`.allocators`, OWL in :mod:`.owl`)
 criteria (:mod:`.criteria`), calibration batches (:mod:`.batch`), ranks (:mod:`.distributed`),
 refinement (:mod:`.refine`) and generic training loops (:mod:`.loops`).
 Nothing here imports :mod:`rdprune.structured` or :mod:`rdprune.lab`."""
-from . import (additivity, allocators, batch, criteria, curves, distortion, distributed,
-               downstream, knapsack, loops, masks, owl, rd, refine, weights)
+from . import (
+               additivity,
+               allocators,
+               batch,
+               criteria,
+               curves,
+               distortion,
+               distributed,
+               downstream,
+               knapsack,
+               loops,
+               masks,
+               owl,
+               rd,
+               refine,
+               weights,
+)
 
 __all__ = ["additivity", "allocators", "batch", "criteria", "curves", "distortion", "distributed",
            "downstream", "knapsack", "loops", "masks", "owl", "rd", "refine", "weights"]

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Callable, Iterable, NamedTuple
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -36,10 +37,9 @@ from torch import nn
 
 from ..util import check_choice, check_target
 from . import masks as M
-from .ranking import (global_ranking, global_ranking_reference, lamp_scores,  # noqa: F401
-                      magnitude_scores, ranking_scores)
 from .curves import check_curves
 from .knapsack import DEFAULT_MAX_STATES, Table, solve
+from .ranking import global_ranking, global_ranking_reference, lamp_scores, magnitude_scores, ranking_scores  # noqa: F401
 
 BUDGETS = ("params", "flops")
 

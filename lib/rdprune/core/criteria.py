@@ -15,7 +15,7 @@ The ``owl`` allocator built on these scores lives in :mod:`rdprune.core.owl`.
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn

@@ -38,9 +38,10 @@ from ..util import atomic_write_bytes, check_choice, data_dir, state_hash
 from . import batch as B
 from . import distortion as D
 from . import distributed as DI
-from .criteria import CRITERIA, orders as criterion_orders
 from . import masks as M
 from . import replay as R
+from .criteria import CRITERIA
+from .criteria import orders as criterion_orders
 from .downstream import Downstream, Untraceable
 
 PATHS = ("fast", "reference")  # how curves are computed (same numbers, different cost)
@@ -70,7 +71,7 @@ def _read_layer(path: Path, name: str, n_amounts: int) -> pd.DataFrame | None:
         if ok:
             return df
         problem = "unexpected contents"
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         problem = f"{type(e).__name__}: {e}"
     warnings.warn(f"curve cache {path} is corrupt ({problem}); recomputing that layer")
     return None
@@ -232,7 +233,7 @@ def sweep(model, x_all, jobs, total, distortion, batch, max_batch, progress, des
                 try:
                     values = _cone_distortions(ds, kept, chunks, module, name, weight, order,
                                                counts, distortion, y_refs, 1)
-                except Exception as e:  # noqa: BLE001 - this layer only: full passes
+                except Exception as e:
                     why[name] = f"its downstream part fails when re-run ({type(e).__name__})"
         elif name not in why:
             values = np.zeros(0)

@@ -24,7 +24,8 @@ import contextlib
 import contextvars
 import copy
 import hashlib
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch

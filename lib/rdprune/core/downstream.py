@@ -107,7 +107,7 @@ class Downstream:
             tracer = _Tracer(self.leaves)
             try:
                 graph = tracer.trace(model)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 grow(tracer.failed or "", e)
                 continue
             self.gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
@@ -227,7 +227,7 @@ class Downstream:
         """:class:`Untraceable` unless the traced graph gives ``model``'s own output on ``x``."""
         try:
             got = self.output(self.run(x))
-        except Exception as e:  # noqa: BLE001 - a trace that fails when run
+        except Exception as e:
             raise Untraceable(f"the torch.fx trace of {type(model).__name__} fails when run "
                               f"({type(e).__name__}: {e})") from e
         want = output_tensor(B.call(model, x))
@@ -265,7 +265,7 @@ class Downstream:
                 scale = float(alone.abs().max().clamp_min(1e-30)) if alone.numel() else 1.0
                 self._stacks[key] = (both.shape == alone.shape and torch.allclose(
                     both, alone, rtol=1e-4, atol=1e-5 * scale))
-            except Exception:  # noqa: BLE001 - whatever fails stacked runs one at a time
+            except Exception:
                 self._stacks[key] = False
         return self._stacks[key]
 

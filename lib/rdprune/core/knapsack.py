@@ -4,7 +4,8 @@ summed distortion with the summed cost within a budget.
 Dynamic programming over a *binned* cost axis, layer by layer (linear in the number of layers).
 Each layer's cheapest option is paid exactly; the excess over it is rounded **up** to whole bins
 and the spare budget **down**, so a solution that fits the bins always fits the real budget, and
-the binned problem is feasible whenever the real one is. When every cost is an integer and ``budget / gcd(costs)`` is at most
+the binned problem is feasible whenever the real one is. When every cost is an integer and
+``budget / gcd(costs)`` is at most
 ``max_states``, the bin width is that gcd and the answer is the exact optimum. Memory is one
 float row and an ``L × bins`` table of option indices (uint16): ~3 MB for 54 layers at 32k bins,
 against the authors' per-kept-weight states (~13 GB for ResNet-50).

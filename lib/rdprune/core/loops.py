@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..util import LR_SCHEDULES, check_choice
 from . import masks as M
 from .distortion import output_tensor
 from .distributed import world
-from ..util import LR_SCHEDULES, check_choice
 
 
 def device(spec: str | torch.device = "auto") -> torch.device:

@@ -1,7 +1,8 @@
 """Prunable layers, unstructured magnitude masks, and sparsity / FLOPs accounting.
 
 Prunable weights (found by :mod:`rdprune.core.weights`): every Conv1d/2d/3d and Linear
-``weight``, Hugging Face's transposed ``Conv1D`` (GPT-2's blocks) and ``nn.MultiheadAttention``'s packed ``in_proj_weight`` (whole: it is one
+``weight``, Hugging Face's transposed ``Conv1D`` (GPT-2's blocks) and ``nn.MultiheadAttention``'s
+packed ``in_proj_weight`` (whole: it is one
 parameter multiplied in one matmul, so one mask and one RD curve; its ``out_proj`` is a Linear).
 A weight that is not a module's ``weight`` is held by a :class:`Weight`, which every allocator
 reads like a layer (``.weight``); its dotted name is the parameter's (``…self_attn.in_proj_weight``).
@@ -20,15 +21,14 @@ never revives a weight.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import pandas as pd
 import torch
 from torch import nn
 
 from . import batch as B
-from .weights import (CONV_TYPES, PRUNABLE_TYPES, Weight, holder, is_hf_conv1d,  # noqa: F401
-                      kind, prunable, slot)
+from .weights import CONV_TYPES, PRUNABLE_TYPES, Weight, holder, is_hf_conv1d, kind, prunable, slot  # noqa: F401
 
 _EPS = 1e-9  # floor(a*n) guard against 0.29*100 == 28.999999999999996
 
@@ -254,7 +254,7 @@ def forward_order(model: nn.Module) -> list[str]:
     layers = list(prunable(model))
     try:
         layer_flops(model)
-    except Exception:  # noqa: BLE001 - no example, or a forward that fails on it: registration order
+    except Exception:
         return layers
     seen = list(getattr(model, "_rdprune_order", ()))
     return [n for n in seen if n in layers] + [n for n in layers if n not in seen]

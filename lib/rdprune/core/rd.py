@@ -11,10 +11,21 @@ What lives where: curves and additivity in :mod:`rdprune.core.curves`, measures 
 :mod:`rdprune.core.refine`.
 """
 from .additivity import additivity, additivity_stats, predicted
-from .curves import (COLUMNS, PATHS, check_curves, curves, default_max_batch, fast_curves,
-                     grid_amounts, pruned_counts, reference_curves, sweep)
-from .distortion import (distortion, identity as distortion_identity, names as distortions,
-                         register_distortion, unregister_distortion)
+from .curves import (
+                     COLUMNS,
+                     PATHS,
+                     check_curves,
+                     curves,
+                     default_max_batch,
+                     fast_curves,
+                     grid_amounts,
+                     pruned_counts,
+                     reference_curves,
+                     sweep,
+)
+from .distortion import distortion, register_distortion, unregister_distortion
+from .distortion import identity as distortion_identity
+from .distortion import names as distortions
 from .knapsack import solve
 from .refine import refine
 

@@ -70,7 +70,7 @@ def refine(model: nn.Module, calib: torch.Tensor, amounts: dict[str, float], tar
         if r < step - 1e-12:
             break
         options = []
-        for i, k in enumerate(layers.names):
+        for i in range(len(layers.names)):
             n, a = int(layers.n[i]), counts[i] / layers.n[i]
             near = {M.n_pruned(g, n) for g in grid_a if abs(g - a) <= r + 1e-12}
             options.append(sorted({int(counts[i])} | {c for c in near if c >= layers.pruned[i]}))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import warnings
-from typing import Iterable
+from collections.abc import Iterable
 
 from torch import nn
 
@@ -68,7 +68,8 @@ def _layers(model):
 def prunable(model: nn.Module, exclude: Iterable[str] = ()) -> dict[str, nn.Module]:
     """Every prunable weight of ``model`` (module doc) by name, in registration order (forward
     order for every model in :mod:`rdprune.models`, a test checks it; :func:`forward_order`
-    gives the order of any model's forward pass, and what depends on order uses it). ``exclude`` takes names or glob patterns, e.g.
+    gives the order of any model's forward pass, and what depends on order uses it). ``exclude``
+    takes names or glob patterns, e.g.
     ``("conv1", "*.shortcut.*")``.
 
     Tied weights appear once: a weight shared by several layers belongs to the first; a layer

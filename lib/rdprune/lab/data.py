@@ -152,7 +152,7 @@ def _fashion_mnist_folder() -> Path:
         FashionMNIST(str(root), train=True, download=True)
         FashionMNIST(str(root), train=False, download=True)
         return root / "FashionMNIST" / "raw"
-    except Exception as e:  # noqa: BLE001 - any failure means "not available offline"
+    except Exception as e:
         raise FileNotFoundError(
             "Fashion-MNIST is not available and could not be downloaded "
             f"({type(e).__name__}: {e}). Fix it one of three ways:\n"
@@ -186,7 +186,7 @@ def tensors(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
             from torchvision.datasets import CIFAR10
             try:
                 ds = CIFAR10(str(data_dir()), train=split == "train", download=True)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 raise FileNotFoundError(
                     f"CIFAR-10 is not in {data_dir()} and could not be downloaded ({e}); put "
                     "torchvision's cifar-10-batches-py folder there or connect once.") from e
@@ -228,7 +228,8 @@ def _imagenet_loaders(root, batch_size):
         raise FileNotFoundError("ImageNet needs imagenet_root=<folder with train/ and val/ "
                                 "ImageFolders>; torchvision cannot download it.")
     from torch.utils.data import DataLoader
-    from torchvision import datasets, transforms as T
+    from torchvision import datasets
+    from torchvision import transforms as T
     norm = T.Normalize(*_STATS["imagenet"])
     tr = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(), norm])
     te = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), norm])
@@ -271,7 +272,8 @@ def calibration(name: str = "fashion_mnist", n: int = 1024, seed: int = 0, *,
 def _imagenet_calibration(root, n, gen):
     if not root:
         raise FileNotFoundError("ImageNet calibration needs imagenet_root=<folder with train/>")
-    from torchvision import datasets, transforms as T
+    from torchvision import datasets
+    from torchvision import transforms as T
     te = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(*_STATS["imagenet"])])
     ds = datasets.ImageFolder(str(Path(root) / "train"), te)
     if n > len(ds):

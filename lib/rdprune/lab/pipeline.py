@@ -23,7 +23,8 @@ round), ``seconds`` (the round's wall time, fine-tune included).
 
 **The fine-tune guard.** ``val_n`` (512) training images are held out of fine-tuning; a round's
 fine-tuned weights are kept only if their top-1 there (a language model: their loss) is at least
-as good as that of the network straight after pruning, otherwise the round continues from the pruned, un-tuned weights (columns
+as good as that of the network straight after pruning, otherwise the round continues from the
+pruned, un-tuned weights (columns
 ``val_before``, ``val_after``, ``finetune_kept``). Fine-tuning thus never returns a network worse
 on images it was not trained on; ``val_n=0`` turns the guard off (ImageNet runs have no guard
 yet: its ImageFolder has no in-memory tensors to hold images out of).
@@ -50,7 +51,7 @@ from ..core.distributed import from_rank0, world
 from ..util import atomic_write_bytes, check_choice
 from . import data as D
 from . import models, train
-from .presets import SCHEDULE_RECIPE, SCHEDULES as PRESETS, Settings, settings  # noqa: F401
+from .presets import SCHEDULE_RECIPE, Settings, settings
 
 SCHEDULES = ("oneshot", "iterative")
 
@@ -321,7 +322,7 @@ def _resume(out: Path, config, model, rank: int = 0, ranks: int = 1):
         rows, start = blob["rows"], int(blob["rows"][-1]["round"])
         M.load_state(copy.deepcopy(model), blob["state"])  # a state that fails leaves no trace
         M.load_state(model, blob["state"])
-    except Exception as e:  # noqa: BLE001 - on rank 0 too: never before the broadcast
+    except Exception as e:
         print(f"{path} is unreadable ({type(e).__name__}); starting over")
         return [], 0
     print(f"resuming {out} after round {start}")

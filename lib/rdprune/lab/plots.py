@@ -1,13 +1,14 @@
 """Figures for the notebooks: RD curves (also by transformer weight type), heat-map, allocation
-bars, additivity scatter, accuracy (or a language model's perplexity) against sparsity, the JointPruning search trace, HBGS selection order and per-method
+bars, additivity scatter, accuracy (or a language model's perplexity) against sparsity, the
+JointPruning search trace, HBGS selection order and per-method
 comparison scatters. Every function returns a matplotlib ``Figure``; :func:`save` writes it
 as PNG and SVG. Distortion spans decades, so it is always drawn on a log scale (zero distortion,
 e.g. at amount 0, cannot be shown there and is left out).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import pandas as pd

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from torch import nn
 
-
 SPECS = ("torchvision:NAME", "timm:NAME", "hf:CONFIG_DIR_OR_JSON", "path/to/file.py:factory")
 
 
@@ -111,7 +110,7 @@ def build_spec(spec, num_classes, in_channels, image_size):
     module = importlib.util.module_from_spec(mod_spec)
     try:
         mod_spec.loader.exec_module(module)
-    except Exception as e:  # noqa: BLE001 - the user's file, said with its name
+    except Exception as e:
         raise ValueError(f"could not import {path} ({type(e).__name__}: {e})") from e
     fn = getattr(module, factory, None)
     if not callable(fn):

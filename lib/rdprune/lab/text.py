@@ -39,7 +39,7 @@ def root() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def slug() -> str:
     """``pystdlib-py<major>.<minor>-<hash of every corpus file's relative path and size>``."""
     base = root()
@@ -56,7 +56,7 @@ def files(split: str) -> list[Path]:
     return list(_split()[split == "test"])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _split() -> tuple[tuple[Path, ...], tuple[Path, ...]]:
     base = root()
     if not base.is_dir():

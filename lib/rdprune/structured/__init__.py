@@ -5,9 +5,23 @@
 
 ``rp.structured.count`` and the other surgery names are re-exported here."""
 from . import filters, hbgs, jointpruning, rd_filter, surgery
-from .surgery import (BUDGETS, check_convs, count, coupled_groups, dependency_graph,
-                      filter_scores, groups, kept_weights, l1_filters, latency_ms, output_convs,
-                      remove_filters, removed, uniform_width, widths)
+from .surgery import (
+                      BUDGETS,
+                      check_convs,
+                      count,
+                      coupled_groups,
+                      dependency_graph,
+                      filter_scores,
+                      groups,
+                      kept_weights,
+                      l1_filters,
+                      latency_ms,
+                      output_convs,
+                      remove_filters,
+                      removed,
+                      uniform_width,
+                      widths,
+)
 
 __all__ = ["BUDGETS", "check_convs", "count", "coupled_groups", "dependency_graph", "filter_scores", "filters",
            "groups", "hbgs", "jointpruning", "kept_weights", "l1_filters", "latency_ms",

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from functools import lru_cache
+from functools import cache
 from typing import NamedTuple
 
 import torch
@@ -145,7 +145,7 @@ class MobileNetSpace(Space):
         return total + cin * self.num_classes
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cached(key) -> MobileNetSpace:
     return MobileNetSpace(key)
 

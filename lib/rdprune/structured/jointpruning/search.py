@@ -10,8 +10,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ...core.loops import TensorLoader, device
-from .space import DIMS, project_vector, dims_of, space_of, target_macs
+from .space import DIMS, dims_of, project_vector, space_of, target_macs
 from .supernet import Supernet
+
 
 def estimate_gradient(loss_fn, u, sigma, samples: int = 8, generator=None, groups=None):
     """Antithetic Gaussian-smoothing gradient of ``loss_fn`` at ``u``:

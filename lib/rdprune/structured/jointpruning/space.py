@@ -3,7 +3,7 @@ the choices): the pruning-vector layout and rounding (:class:`Space`), analytic 
 projection every vector goes through."""
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from typing import NamedTuple
 
 import numpy as np
@@ -132,7 +132,7 @@ def _config_macs(sp: Space, c: Config) -> int:
     return total + cin * sp.num_classes
 
 
-@lru_cache(maxsize=None)
+@cache
 def _space_cached(model_name, num_classes, in_channels, image_size) -> Space:
     return ResNetSpace(model_name, num_classes, in_channels, image_size)
 

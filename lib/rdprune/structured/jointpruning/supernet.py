@@ -9,8 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .mobilenet import PrunedMobileNet, resize as _resize, supernet_forward
+from .mobilenet import PrunedMobileNet, supernet_forward
+from .mobilenet import resize as _resize
 from .space import Config, Space, conv_shortcut, space_of
+
 
 # ----------------------------------------------------------------------------- networks
 def _bn(x, bn, c, k, name, record):
