@@ -1,16 +1,18 @@
-"""How many fine-tuning steps per round does the `full` preset need before the iterative curves
-stop moving? Notebook 03's iterative part (RD and LAMP, rounds of 50 % of the remaining weights
-up to 90 %, all 10,000 test images, every setting from ``presets.NOTEBOOKS["full"]``) rerun at
-each of ``--steps`` fine-tuning steps per round with learning-rate schedule ``--schedule``, on
-the same dense models. A budget has converged when doubling it moves no round's top-1 by more
-than two standard errors of one top-1 on the test images (0.6 points near 0.9 on 10,000), and
-leaves RD-minus-LAMP where it was. Writes ``docs/results/full/finetune_budget_<schedule>.csv``
+"""How many fine-tuning steps per round does a preset need before the iterative curves stop
+moving? Notebook 03's iterative part (RD and LAMP; ``--preset full``: rounds of 50 % of the
+remaining weights up to 90 %; ``--preset paper_regime``: on to 95.5 and 98.85 %; all 10,000
+test images, every setting from ``presets.NOTEBOOKS[preset]``) rerun at each of ``--steps``
+fine-tuning steps per round with learning-rate schedule ``--schedule``, on the same dense
+models. A budget has converged when doubling it moves no round's top-1 by more than two standard
+errors of one top-1 on the test images (0.6 points near 0.9 on 10,000), and leaves RD-minus-LAMP
+where it was. Writes ``docs/results/<preset>/finetune_budget_<schedule>.csv``
 (``_<recipe>`` added for a dense recipe other than ``quick``; one row per method, seed, round
 and budget, with the round's seconds; rows of other budgets, seeds or methods already there
 are kept) and prints the changes.
 
     python benchmarks/bench_finetune_budget.py --steps 120 240 480 960 --schedule cosine
     python benchmarks/bench_finetune_budget.py --steps 120 240 480 --recipe quick
+    python benchmarks/bench_finetune_budget.py --preset paper_regime --steps 480
 
 A file is kept per schedule and dense recipe only: after changing another of the preset's
 settings (calibration, grid, per_round), write to a fresh file rather than merge into these.
@@ -27,12 +29,13 @@ from rdprune.lab import pipeline
 from rdprune.lab.presets import NOTEBOOKS
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "docs" / "results" / "full"
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="full", choices=[k for k, v in NOTEBOOKS.items()
+                                                         if "_skip" not in v["03_rd_vs_baselines"]])
     p.add_argument("--steps", type=int, nargs="+", default=[120, 240])
     p.add_argument("--schedule", default="cosine", choices=["constant", "cosine"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -40,12 +43,14 @@ def main():
     p.add_argument("--recipe", default=None, help="the dense models' recipe (default: the "
                    "full preset's, now 'long')")
     args = p.parse_args()
-    nb = {**NOTEBOOKS["full"]["*"], **NOTEBOOKS["full"]["03_rd_vs_baselines"]}
+    nb = {**NOTEBOOKS[args.preset]["*"], **NOTEBOOKS[args.preset]["03_rd_vs_baselines"]}
     methods = args.methods or nb["iterative_methods"]
     recipe = args.recipe or nb["recipe"]
     # one file per dense recipe: the quick models' rows keep the name they were first written
     # under, and a preset that changes its recipe cannot send rows into another model's file
-    out = OUT / f"finetune_budget_{args.schedule}{'' if recipe == 'quick' else '_' + recipe}.csv"
+    suffix = "" if recipe == "quick" else "_" + recipe
+    out = ROOT / "docs" / "results" / args.preset / f"finetune_budget_{args.schedule}{suffix}.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
     kept = pd.DataFrame()
     if out.exists():  # earlier budgets, seeds or methods stay; the ones rerun here are replaced
         kept = pd.read_csv(out)
@@ -63,6 +68,7 @@ def main():
                                      out=Path(tmp) / f"{method}-{seed}-{steps}", progress=False,
                                      calib_n=nb["calib_n"], grid=nb["grid"],
                                      distortion=nb["distortion"], per_round=nb["per_round"],
+                                     visit=tuple(nb.get("visit", ())),
                                      finetune_steps=steps, finetune_schedule=args.schedule,
                                      eval_subset=nb["eval_subset"], refine=0)
                     for _, r in t[t["round"] > 0].iterrows():
