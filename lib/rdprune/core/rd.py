@@ -12,16 +12,16 @@ What lives where: curves and additivity in :mod:`rdprune.core.curves`, measures 
 """
 from .additivity import additivity, additivity_stats, predicted
 from .curves import (
-                     COLUMNS,
-                     PATHS,
-                     check_curves,
-                     curves,
-                     default_max_batch,
-                     fast_curves,
-                     grid_amounts,
-                     pruned_counts,
-                     reference_curves,
-                     sweep,
+    COLUMNS,
+    PATHS,
+    check_curves,
+    curves,
+    default_max_batch,
+    fast_curves,
+    grid_amounts,
+    pruned_counts,
+    reference_curves,
+    sweep,
 )
 from .distortion import distortion, register_distortion, unregister_distortion
 from .distortion import identity as distortion_identity

@@ -7,19 +7,19 @@ README's tables (:mod:`.readme`), the byte corpus (:mod:`.text`) and the explore
 (:mod:`.widgets`). Names are resolved here (a dataset, a model name); the floors below take
 models, tensors and loaders."""
 from . import (
-               data,
-               experiments,
-               front,
-               models,
-               pipeline,
-               plots,
-               presets,
-               readme,
-               report,
-               reproduce,
-               text,
-               train,
-               widgets,
+    data,
+    experiments,
+    front,
+    models,
+    pipeline,
+    plots,
+    presets,
+    readme,
+    report,
+    reproduce,
+    text,
+    train,
+    widgets,
 )
 
 __all__ = ["data", "experiments", "front", "models", "pipeline", "plots", "presets", "readme", "report",

@@ -70,20 +70,20 @@ networks in :mod:`.supernet` and :mod:`.mobilenet`, the estimator and the search
 from .mobilenet import MobileConfig, MobileNetSpace, PrunedMobileNet
 from .search import estimate_gradient, search
 from .space import (
-                    DIMS,
-                    MODELS,
-                    RATIO_MIN,
-                    Config,
-                    ResNetSpace,
-                    Space,
-                    decode,
-                    flops,
-                    project,
-                    register_family,
-                    space,
-                    space_of,
-                    uniform,
-                    uniform_for_flops,
+    DIMS,
+    MODELS,
+    RATIO_MIN,
+    Config,
+    ResNetSpace,
+    Space,
+    decode,
+    flops,
+    project,
+    register_family,
+    space,
+    space_of,
+    uniform,
+    uniform_for_flops,
 )
 from .supernet import PrunedResNet, Supernet, build, inherit
 
