@@ -14,7 +14,7 @@ def test_bring_your_own_model_example_runs(capsys):
     code = block_after("## Bring your own model")
     assert "torchvision.models.resnet18" in code and "rp.prune(" in code
     scope: dict = {}
-    exec(compile(code, "README.md", "exec"), scope)
+    exec(compile(code, "README.md", "exec"), scope)  # our own README
     record = scope["record"]
     assert record["flops_reduction"] >= 0.5 - 1e-6 and record["method"] == "rd"
     assert capsys.readouterr().out.strip()

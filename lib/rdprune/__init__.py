@@ -14,15 +14,17 @@ plots, widgets; the CLI in ``__main__``). :mod:`rdprune.util` sits under all thr
 """
 from . import core, lab, structured, util
 from .core import allocators as allocation
-from .core import distortion, masks, rd
+from .core import criteria, distortion, masks, rd
 from .core.allocators import allocate, register_allocator, unregister_allocator
+from .core.criteria import register_criterion, unregister_criterion
 from .lab import data, models, pipeline, plots, presets, reproduce, train, widgets
 from .lab.front import evaluate_pruned, methods, prune, register_method
 from .structured import filters, hbgs, jointpruning, rd_filter
 from .util import NotApplicable
 
-__all__ = ["NotApplicable", "allocate", "allocation", "core", "data", "distortion", "evaluate_pruned", "filters",
-           "hbgs", "jointpruning", "lab", "masks", "methods", "models", "pipeline", "plots",
-           "presets", "prune", "rd", "rd_filter", "register_allocator", "register_method",
-           "reproduce", "structured", "train", "unregister_allocator", "util", "widgets"]
+__all__ = ["NotApplicable", "allocate", "allocation", "core", "criteria", "data", "distortion",
+           "evaluate_pruned", "filters", "hbgs", "jointpruning", "lab", "masks", "methods", "models",
+           "pipeline", "plots", "presets", "prune", "rd", "rd_filter", "register_allocator",
+           "register_criterion", "register_method", "reproduce", "structured", "train",
+           "unregister_allocator", "unregister_criterion", "util", "widgets"]
 __version__ = "0.1.0"

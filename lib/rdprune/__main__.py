@@ -88,7 +88,8 @@ def baselines(args) -> int:
                                 imagenet_root=args.imagenet_root).to(next(model.parameters()).device)
     key = hashlib.sha256(json.dumps([state_hash(model), args.methods, args.targets, args.calib_n,
                                      args.grid, args.budget, args.seed, args.refine,
-                                     rp.distortion.identity(args.distortion)]).encode()
+                                     rp.distortion.identity(args.distortion),
+                                     args.criterion]).encode()
                          ).hexdigest()[:16]
     path = (rp.data.data_dir() / "results"
             / f"baselines-{rp.models.slug(args.model)}-{rp.lab.data.slug(args.dataset)}-{key}.csv")
@@ -99,13 +100,15 @@ def baselines(args) -> int:
         _, test_loader = rp.data.loaders(args.dataset, 512, imagenet_root=args.imagenet_root)
         dense = rp.train.evaluate(model, test_loader)
         print(f"dense {args.model}: top-1 {dense['top1']:.4f}")
+        for m in args.methods:  # every rule before the curves
+            rp.core.pruning.check(m, args.criterion, args.refine if m == "rd" else 0)
         curves = None
         if any(rp.allocation.get(m).needs_curves for m in args.methods):
             curves = rp.rd.curves(model, calib, grid=args.grid, distortion=args.distortion,
-                                  progress=not args.quiet)
+                                  criterion=args.criterion, progress=not args.quiet)
         table = rp.pipeline.zero_shot(model, args.methods, args.targets, calib, test_loader,
                                       budget=args.budget, curves=curves, refine=args.refine,
-                                      distortion=args.distortion)
+                                      distortion=args.distortion, criterion=args.criterion)
         atomic_write_bytes(path, table.to_csv(index=False).encode())
     pd.set_option("display.width", 140)
     print(table.pivot(index="method", columns="target", values="top1").round(4)
@@ -131,7 +134,8 @@ def _prune(args, pipeline, quiet=False) -> int:
                          imagenet_root=args.imagenet_root, weights=args.weights,
                          finetune_steps=args.finetune_steps,
                          finetune_schedule=args.finetune_schedule, calib_n=args.calib_n,
-                         grid=args.grid, refine=args.refine, eval_subset=args.eval_subset)
+                         grid=args.grid, refine=args.refine, eval_subset=args.eval_subset,
+                         criterion=args.criterion)
     if quiet:  # ranks other than 0 print nothing
         return 0
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
@@ -155,7 +159,7 @@ def curves(args) -> int:
                                     imagenet_root=args.imagenet_root)
         out = rp.rd.curves(model, calib.to(next(model.parameters()).device), grid=args.grid,
                            distortion=args.distortion, method=args.method,
-                           progress=not args.quiet and rank == 0)
+                           criterion=args.criterion, progress=not args.quiet and rank == 0)
         if rank == 0:
             ways = pd.Series(out.attrs["paths"]).value_counts().to_dict()
             print(f"{out.layer.nunique()} layers × {args.grid} amounts ({ways}) over "
@@ -258,6 +262,13 @@ def _curve_options(p, presets, base):
     p.add_argument("--grid", type=int, default=base["grid"], help="RD amounts per layer")
     p.add_argument("--distortion", default="mse", choices=rp.rd.distortions(),
                    help="RD's output distortion measure (rdprune.rd.register_distortion adds one)")
+    _criterion(p)
+
+
+def _criterion(p):
+    import rdprune as rp
+    p.add_argument("--criterion", default="magnitude", choices=rp.criteria.names(),
+                   help="which weights go inside each layer (rdprune.register_criterion adds one)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -319,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "for quick)")
     p.add_argument("--grid", type=int, default=None,
                    help=f"RD amounts per layer (default: the preset's, {quick.grid} for quick)")
+    _criterion(p)
     p.add_argument("--refine", type=int, default=None,
                    help="rd only: steps of measured-distortion refinement after the DP "
                         "(default: the preset's, 0 = the paper's method)")

@@ -2,7 +2,8 @@
 and masks (:mod:`.masks`), distortion measures (:mod:`.distortion`), the downstream recompute
 (:mod:`.downstream`), RD curves (:mod:`.curves`) and their additivity (:mod:`.additivity`), the
 knapsack (:mod:`.knapsack`), allocators (:mod:`.allocators`, OWL in :mod:`.owl`), within-layer
-criteria (:mod:`.criteria`), calibration batches (:mod:`.batch`), ranks (:mod:`.distributed`),
+criteria (:mod:`.criteria`), the one allocate → apply path (:mod:`.pruning`), calibration
+batches (:mod:`.batch`), ranks (:mod:`.distributed`),
 refinement (:mod:`.refine`) and generic training loops (:mod:`.loops`).
 Nothing here imports :mod:`rdprune.structured` or :mod:`rdprune.lab`."""
 from . import (
@@ -18,10 +19,12 @@ from . import (
     loops,
     masks,
     owl,
+    pruning,
     rd,
     refine,
     weights,
 )
 
 __all__ = ["additivity", "allocators", "batch", "criteria", "curves", "distortion", "distributed",
-           "downstream", "knapsack", "loops", "masks", "owl", "rd", "refine", "weights"]
+           "downstream", "knapsack", "loops", "masks", "owl", "pruning", "rd", "refine",
+           "weights"]

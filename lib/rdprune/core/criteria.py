@@ -1,5 +1,10 @@
 """Which weights go inside a layer (the *criterion*), apart from how many (the allocator).
 
+A criterion is a plug-in (:func:`register_criterion`), like allocators and distortions: a function
+that gives each layer's *removal order*. Everything that prunes reads it from the registry:
+``rp.prune``, :func:`rdprune.rd.curves` (curves are measured, cached and labelled under the
+criterion they will be applied with), ``pipeline.zero_shot``/``run`` and the CLI.
+
 - ``magnitude``: the smallest |W| first (the RD paper's, every allocator's default).
 - ``wanda``: the smallest |W_ij|·‖X_j‖₂ first, ‖X_j‖₂ the norm of input feature j over the
   calibration inputs of that layer, compared within each output row, as Sun et al. (2023, "A
@@ -15,7 +20,8 @@ The ``owl`` allocator built on these scores lives in :mod:`rdprune.core.owl`.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -24,7 +30,46 @@ from ..util import check_choice
 from . import batch as B
 from . import masks as M
 
-CRITERIA = ("magnitude", "wanda")
+DEFAULT = "magnitude"
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """``orders(model, calib, names) -> {name: flat weight indices in removal order}``, every
+    already-masked weight first (:func:`wanda_order` shows how); None for the default order of
+    :func:`rdprune.masks.prune_order` (smallest magnitude first). ``needs_calib``: it reads
+    activations, so ``calib`` must be given."""
+    orders: Callable | None
+    needs_calib: bool = False
+
+
+_REGISTRY: dict[str, Criterion] = {}
+
+
+def register_criterion(name: str, orders: Callable | None, *, needs_calib: bool = False) -> None:
+    """Make ``name`` a criterion of every pruning path (:class:`Criterion` says what ``orders``
+    returns)."""
+    if not isinstance(name, str) or not name or (orders is not None and not callable(orders)):
+        raise ValueError("register_criterion needs a name and orders(model, calib, names) (or None)")
+    _REGISTRY[name] = Criterion(orders, bool(needs_calib))
+
+
+def unregister_criterion(name: str) -> None:
+    """Remove a criterion a user registered (the built-in ones stay)."""
+    if name in ("magnitude", "wanda"):
+        raise ValueError(f"{name!r} is built in")
+    _REGISTRY.pop(name, None)
+
+
+def names() -> list[str]:
+    """The registered criteria."""
+    return list(_REGISTRY)
+
+
+def get(name: str) -> Criterion:
+    """The registered criterion ``name``; a ValueError listing the choices otherwise."""
+    check_choice("criterion", name, _REGISTRY)
+    return _REGISTRY[name]
 
 
 @torch.no_grad()
@@ -119,20 +164,28 @@ def wanda_order(layer, norm: torch.Tensor) -> torch.Tensor:
 
 def orders(model: nn.Module, criterion: str, calib=None,
            names: Iterable[str] | None = None) -> dict[str, torch.Tensor] | None:
-    """Each named layer's removal order under ``criterion`` (None for magnitude: the default
-    order of :func:`rdprune.masks.prune_order`)."""
-    check_choice("criterion", criterion, CRITERIA)
-    if criterion == "magnitude":
+    """Each named layer's removal order under ``criterion`` (None for the default order of
+    :func:`rdprune.masks.prune_order`)."""
+    c = get(criterion)
+    if c.orders is None:
         return None
-    if calib is None:
-        raise ValueError("criterion='wanda' weighs weights by their inputs: pass calib= (a "
-                         "calibration batch)")
+    if c.needs_calib and calib is None:
+        raise ValueError(f"criterion={criterion!r} weighs weights by their inputs: pass calib= "
+                         "(a calibration batch)")
+    names = list(names) if names is not None else list(M.prunable(model))
+    return c.orders(model, calib, names)
+
+
+def _wanda(model, calib, names):
     layers = M.prunable(model)
-    norms = input_norms(model, calib, names)
-    return {k: wanda_order(layers[k], n) for k, n in norms.items()}
+    return {k: wanda_order(layers[k], n) for k, n in input_norms(model, calib, names).items()}
 
 
 def apply(model: nn.Module, amounts: Mapping[str, float], criterion: str = "magnitude",
           calib=None) -> nn.Module:
     """:func:`rdprune.masks.apply` with the removal order of ``criterion``. In place."""
     return M.apply(model, amounts, orders=orders(model, criterion, calib, list(amounts)))
+
+
+register_criterion("magnitude", None)
+register_criterion("wanda", _wanda, needs_calib=True)

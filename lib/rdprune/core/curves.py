@@ -40,10 +40,11 @@ from . import distortion as D
 from . import distributed as DI
 from . import masks as M
 from . import replay as R
-from .criteria import CRITERIA
+from .criteria import get as criterion_entry
 from .criteria import orders as criterion_orders
 from .downstream import Downstream, Untraceable
 
+GRID = 101  # amounts per layer unless told otherwise: 0, 0.01, ..., 1, the RD authors' grid
 PATHS = ("fast", "reference")  # how curves are computed (same numbers, different cost)
 COLUMNS = ["layer", "amount", "n_weights", "flops", "distortion"]
 _VERSION = 3  # bump when the computation changes, so old caches are not reused
@@ -77,7 +78,7 @@ def _read_layer(path: Path, name: str, n_amounts: int) -> pd.DataFrame | None:
     return None
 
 
-def curves(model: nn.Module, calib: torch.Tensor, grid: int = 101, distortion: str = "mse",
+def curves(model: nn.Module, calib: torch.Tensor, grid: int = GRID, distortion: str = "mse",
            layers: list[str] | None = None, *, method: str = "fast", batch: int = 256,
            max_batch: int | None = None, cache: bool = True, progress: bool = True,
            criterion: str = "magnitude", output=None) -> pd.DataFrame:
@@ -112,7 +113,7 @@ def _curves(model, calib, grid, distortion, layers, method, batch, max_batch, ca
     model.eval()
     amounts = grid_amounts(grid)
     flops = M.layer_flops(model)
-    check_choice("criterion", criterion, CRITERIA)
+    criterion_entry(criterion)
     key = method if criterion == "magnitude" else f"{method}+{criterion}"  # old caches stay valid
     if output is not None:
         key += f"+output={output!r}" if not callable(output) else \
@@ -233,7 +234,7 @@ def sweep(model, x_all, jobs, total, distortion, batch, max_batch, progress, des
                 try:
                     values = _cone_distortions(ds, kept, chunks, module, name, weight, order,
                                                counts, distortion, y_refs, 1)
-                except Exception as e:
+                except Exception as e:  # this layer only: full passes
                     why[name] = f"its downstream part fails when re-run ({type(e).__name__})"
         elif name not in why:
             values = np.zeros(0)

@@ -202,7 +202,7 @@ class Downstream:
                 continue
             try:
                 env[node] = self._eval(node, env.__getitem__)
-            except Exception:
+            except Exception:  # whatever fails stacked runs one at a time
                 self.failed_node = node
                 raise
         return env
@@ -227,7 +227,7 @@ class Downstream:
         """:class:`Untraceable` unless the traced graph gives ``model``'s own output on ``x``."""
         try:
             got = self.output(self.run(x))
-        except Exception as e:
+        except Exception as e:  # a trace that fails when run
             raise Untraceable(f"the torch.fx trace of {type(model).__name__} fails when run "
                               f"({type(e).__name__}: {e})") from e
         want = output_tensor(B.call(model, x))

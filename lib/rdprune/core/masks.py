@@ -254,7 +254,7 @@ def forward_order(model: nn.Module) -> list[str]:
     layers = list(prunable(model))
     try:
         layer_flops(model)
-    except Exception:
+    except Exception:  # no example, or a forward that fails on it: registration order
         return layers
     seen = list(getattr(model, "_rdprune_order", ()))
     return [n for n in seen if n in layers] + [n for n in layers if n not in seen]

@@ -152,7 +152,7 @@ def _fashion_mnist_folder() -> Path:
         FashionMNIST(str(root), train=True, download=True)
         FashionMNIST(str(root), train=False, download=True)
         return root / "FashionMNIST" / "raw"
-    except Exception as e:
+    except Exception as e:  # any failure means "not available offline"
         raise FileNotFoundError(
             "Fashion-MNIST is not available and could not be downloaded "
             f"({type(e).__name__}: {e}). Fix it one of three ways:\n"

@@ -28,11 +28,9 @@ from torch import nn
 
 from ..core import allocators as A
 from ..core import batch as B
-from ..core import criteria as C
 from ..core import masks as M
-from ..core import rd
-from ..core.criteria import CRITERIA
 from ..core.loops import evaluate, fine_tune, recalibrate_bn
+from ..core.pruning import allocate_and_apply
 from ..structured import hbgs as H
 from ..structured import jointpruning as J
 from ..structured import surgery as S
@@ -98,46 +96,11 @@ def prune(model: nn.Module, method: str, target: float, budget: str = "params", 
     return net, record
 
 
-def _allocated(model, method, target, budget, calib, *, curves=None, grid=None,
-               distortion="mse", refine=0, exclude=(), progress=False,
-               criterion="magnitude", output=None, **options):
-    """Every registered allocator: curves if needed, allocate, then masks or its surgery.
-    ``criterion`` (:mod:`rdprune.core.criteria`) picks the weights inside each layer, for the
-    curves and for the masks alike."""
-    entry = A.get(method)
-    check_choice("criterion", criterion, CRITERIA)
-    if criterion != "magnitude" and entry.structured:
-        raise ValueError(f"{method!r} removes whole filters; criterion={criterion!r} applies to "
-                         "mask methods")
-    if criterion != "magnitude" and refine:
-        raise ValueError("refine measures magnitude-pruned neighbours; use refine=0 with "
-                         f"criterion={criterion!r}")
-    if refine and method != "rd":
-        raise ValueError(f"refine applies to method 'rd' only (got {method!r}); set refine=0")
-    if entry.needs_curves and curves is None:
-        if calib is None:
-            raise ValueError(f"method {method!r} computes curves: pass calib= (a batch of inputs)")
-        if entry.curves is not None:
-            curves = entry.curves(model, calib, grid=grid, distortion=distortion,
-                                  progress=progress)
-        else:
-            curves = rd.curves(model, calib, grid=grid or 51, distortion=distortion,
-                               progress=progress, criterion=criterion, output=output)
-    extra = {"calib": calib} if entry.needs_calib else {}
-    amounts = A.allocate(method, model, target, budget, curves=curves, exclude=exclude,
-                         **extra, **options)
-    if refine:
-        amounts = rd.refine(model, calib, amounts, target, budget, exclude=exclude,
-                            grid=int(curves["amount"].nunique()), distortion=distortion,
-                            max_iter=refine, progress=progress)
-    if entry.structured:
-        return entry.apply(model, amounts), {"amounts": amounts}
-    if curves is not None and curves.attrs.get("criterion", criterion) != criterion:
-        raise ValueError(f"these curves were measured with criterion "
-                         f"{curves.attrs['criterion']!r}, not {criterion!r}; recompute them")
-    net = copy.deepcopy(model)
-    return (C.apply(net, amounts, criterion, calib),
-            {"amounts": amounts, "criterion": criterion})
+def _allocated(model, method, target, budget, calib, **options):
+    """Every registered allocator, through the one allocate → apply path."""
+    net, info = allocate_and_apply(model, method, target, budget, calib=calib, **options)
+    return net, {"amounts": info["amounts"]} if A.get(method).structured else \
+        {"amounts": info["amounts"], "criterion": info["criterion"]}
 
 
 # ----------------------------------------------------------------------------- other methods

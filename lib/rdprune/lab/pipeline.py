@@ -46,9 +46,10 @@ from ..core import allocators as A
 from ..core import criteria as C
 from ..core import masks as M
 from ..core import rd
-from ..core.allocators import allocate
+from ..core.curves import GRID
 from ..core.distributed import from_rank0, world
-from ..util import atomic_write_bytes, check_choice
+from ..core.pruning import allocate_and_apply, check
+from ..util import atomic_write_bytes
 from . import data as D
 from . import models, train
 from .presets import SCHEDULE_RECIPE, Settings, settings
@@ -82,34 +83,20 @@ def schedule_targets(schedule: str, target: float, per_round: float = 0.2,
     return out
 
 
-def _calib(method, calib):
-    """``calib=`` for the allocators that need activations, nothing for the others."""
-    return {"calib": calib} if A.get(method).needs_calib else {}
-
-
-def _check_refine(method, refine):
-    if refine and method != "rd":
-        raise ValueError(f"refine applies to method 'rd' only (got {method!r}); set refine=0")
-
-
 def prune_round(model, method: str, target: float, calib: torch.Tensor, *, budget="params",
-                grid=51, distortion="mse", refine=0, progress=True) -> dict:
-    """Allocate and apply one round in place (``refine``: :func:`rdprune.rd.refine` steps, RD
-    only). Returns predicted (RD curves' sum) and actual output distortion against the model as
-    it was before the round."""
-    _check_refine(method, refine)
+                grid=GRID, distortion="mse", refine=0, criterion="magnitude",
+                progress=True) -> dict:
+    """Allocate and apply one round in place (:func:`rdprune.core.pruning.allocate_and_apply`).
+    Returns predicted (RD curves' sum) and actual output distortion against the model as it was
+    before the round."""
     before = copy.deepcopy(model).eval()
-    curves = None
-    if A.get(method).needs_curves:
-        curves = rd.curves(model, calib, grid=grid, distortion=distortion, progress=progress)
-    amounts = allocate(method, model, target, budget, curves=curves, **_calib(method, calib))
-    if refine:
-        amounts = rd.refine(model, calib, amounts, target, budget, grid=grid,
-                            distortion=distortion, max_iter=refine, progress=progress)
-    M.apply(model, amounts)
-    out = {"actual": rd.distortion(before, model, calib, distortion)}
-    out["predicted"] = rd.predicted(curves, amounts) if curves is not None else float("nan")
-    return out
+    _, info = allocate_and_apply(model, method, target, budget, calib=calib, grid=grid,
+                                 distortion=distortion, refine=refine, criterion=criterion,
+                                 inplace=True, progress=progress)
+    curves = info["curves"]
+    return {"actual": rd.distortion(before, model, calib, distortion),
+            "predicted": rd.predicted(curves, info["amounts"]) if curves is not None
+            else float("nan")}
 
 
 def zero_shot(model, methods, targets, calib: torch.Tensor, test_loader, *, budget="params",
@@ -119,38 +106,33 @@ def zero_shot(model, methods, targets, calib: torch.Tensor, test_loader, *, budg
     """One-shot pruning without fine-tuning, every method at every target, on copies of
     ``model``: one row each with sparsity, flops_left, top1, loss, predicted (RD curves' sum, when
     ``curves`` are given), distortion on ``calib`` (and ``distortion_heldout`` on ``held_out``)
-    and seconds. ``df.attrs["amounts"][method, target]`` holds each allocation. ``rd`` needs
-    ``curves``; ``refine`` > 0 adds rows ``rd+refine``: RD's allocation after that many
-    :func:`rdprune.rd.refine` steps. ``criterion`` (``magnitude`` or ``wanda``,
+    and seconds. ``df.attrs["amounts"][method, target]`` holds each allocation. RD's ``curves``
+    are computed once when not given; ``refine`` > 0 adds rows ``rd+refine``: RD's allocation
+    after that many :func:`rdprune.rd.refine` steps. ``criterion`` (any registered,
     :mod:`rdprune.core.criteria`) picks the weights inside each layer for every method; RD's
     ``curves`` must have been measured with it (a language model's rows add ``perplexity``)."""
-    check_choice("criterion", criterion, C.CRITERIA)
-    if curves is not None and curves.attrs.get("criterion", "magnitude") != criterion:
-        raise ValueError(f"these curves were measured with criterion "
-                         f"{curves.attrs.get('criterion')!r}, not {criterion!r}; recompute them")
-    if refine and criterion != "magnitude":
-        raise ValueError("refine measures magnitude-pruned neighbours; use refine=0 with "
-                         f"criterion={criterion!r}")
-    for m in methods:
-        if A.get(m).structured:
-            raise ValueError(f"zero_shot compares mask allocators; {m!r} is structured "
+    labels = [m for method in methods
+              for m in ([method, "rd+refine"] if method == "rd" and refine else [method])]
+    for label in labels:  # every rule, before any work
+        check(label.removesuffix("+refine"), criterion, refine if label == "rd+refine" else 0,
+              curves)
+        if A.get(label.removesuffix("+refine")).structured:
+            raise ValueError(f"zero_shot compares mask allocators; {label!r} is structured "
                              "(use rp.prune)")
+    if curves is None and any(A.get(m.removesuffix("+refine")).needs_curves for m in labels):
+        curves = rd.curves(model, calib, distortion=distortion, criterion=criterion,
+                           progress=False)
     rows, chosen, dense_flops = [], {}, M.flops(model)
     # one removal order per layer for every method and target (Wanda: one pass over calib)
     orders = C.orders(model, criterion, calib)
-    grid = curves["amount"].nunique() if curves is not None else 101
-    labels = [m for method in methods
-              for m in ([method, "rd+refine"] if method == "rd" and refine else [method])]
     for label in labels:
         for t in targets:
             tic = time.perf_counter()
-            if label == "rd+refine":
-                amounts = rd.refine(model, calib, chosen["rd", t], t, budget, grid=grid,
-                                    distortion=distortion, max_iter=refine)
-            else:
-                amounts = allocate(label, model, t, budget, curves=curves, **_calib(label, calib))
-            chosen[label, t] = amounts
-            pruned = M.apply(copy.deepcopy(model), amounts, orders=orders)
+            pruned, info = allocate_and_apply(
+                model, label.removesuffix("+refine"), t, budget, calib=calib, curves=curves,
+                distortion=distortion, criterion=criterion, orders=orders,
+                refine=refine if label == "rd+refine" else 0)
+            chosen[label, t] = amounts = info["amounts"]
             row = dict(method=label, target=t, sparsity=M.sparsity(pruned),
                        flops_left=M.flops(pruned) / dense_flops,
                        **train.evaluate(pruned, test_loader),
@@ -180,7 +162,7 @@ def run(model_name: str = "resnet20", dataset: str = "fashion_mnist", method: st
         raise ValueError(f"the pipeline prunes weights with masks; {method!r} removes filters "
                          f"physically: use rp.prune(model, {method!r}, target, calib=...) "
                          "(notebook 06_comparison)")
-    _check_refine(method, s.refine)
+    check(method, s.criterion, s.refine)
     targets = schedule_targets(schedule, target, s.per_round, s.visit)
     if calibration not in ("train", "synthetic"):
         raise ValueError("calibration must be 'train' (training images) or 'synthetic' (zero-data)")
@@ -226,7 +208,8 @@ def run(model_name: str = "resnet20", dataset: str = "fashion_mnist", method: st
             continue
         tic = time.perf_counter()
         dist = prune_round(model, method, t, calib, budget=budget, grid=s.grid,
-                           distortion=s.distortion, refine=s.refine, progress=progress)
+                           distortion=s.distortion, refine=s.refine, criterion=s.criterion,
+                           progress=progress)
         guard = _fine_tune(model, train_loader, s, val, dev, progress) if s.finetune_steps else {}
         stage = "pruned + fine-tuned" if guard.get("finetune_kept", bool(guard)) else "pruned"
         rows.append(dict(method=method, schedule=schedule, round=r, stage=stage, target=t,
@@ -322,7 +305,7 @@ def _resume(out: Path, config, model, rank: int = 0, ranks: int = 1):
         rows, start = blob["rows"], int(blob["rows"][-1]["round"])
         M.load_state(copy.deepcopy(model), blob["state"])  # a state that fails leaves no trace
         M.load_state(model, blob["state"])
-    except Exception as e:
+    except Exception as e:  # on rank 0 too: never before the broadcast
         print(f"{path} is unreadable ({type(e).__name__}); starting over")
         return [], 0
     print(f"resuming {out} after round {start}")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
+from ..core.criteria import get as get_criterion
 from ..util import LR_SCHEDULES, check_choice
 
 
@@ -84,6 +85,7 @@ class Settings:
     batch_size: int = 128
     eval_subset: int | None = None  # test images used for top-1 (None: all)
     refine: int = 0  # rd only: rd.refine steps after the DP (0: the paper's method)
+    criterion: str = "magnitude"  # which weights go inside each layer (rdprune.core.criteria)
     val_n: int = 512  # held-out training images guarding each fine-tune (0: no guard)
 
 
@@ -112,6 +114,7 @@ def settings(preset: str = "quick", model_name: str | None = None, **overrides) 
         raise ValueError(f"unknown settings {sorted(unknown)}; known: {sorted(asdict(s))}")
     s = replace(s, **{k: v for k, v in overrides.items() if v is not None})
     check_choice("finetune_schedule", s.finetune_schedule, LR_SCHEDULES)
+    get_criterion(s.criterion)
     return s
 
 

@@ -240,7 +240,7 @@ def _execute(path: str, out: str, params: dict, cell_progress: bool, cell_timeou
                             log_output=False, execution_timeout=cell_timeout,
                             extra_arguments=QUIET_KERNEL,
                             kernel_manager_class=PatientKernelManager)
-    except Exception as e:
+    except Exception as e:  # any failure is reported, the rest go on
         msg = f"{getattr(e, 'ename', type(e).__name__)}: {getattr(e, 'evalue', e)}"
         result.update(status="failed", reason=msg.strip().splitlines()[0][:300])
     result["seconds"] = round(time.perf_counter() - tic, 1)

@@ -110,7 +110,7 @@ def build_spec(spec, num_classes, in_channels, image_size):
     module = importlib.util.module_from_spec(mod_spec)
     try:
         mod_spec.loader.exec_module(module)
-    except Exception as e:
+    except Exception as e:  # the user's file, said with its name
         raise ValueError(f"could not import {path} ({type(e).__name__}: {e})") from e
     fn = getattr(module, factory, None)
     if not callable(fn):

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..core import masks as M
 from ..core.loops import device, evaluate, fine_tune, fit, recalibrate_bn  # noqa: F401 - rp.train API
-from ..util import atomic_write_bytes, state_hash
+from ..util import atomic_write_bytes, state_hash  # rp.train API
 from . import data as D
 from . import models
 from .presets import RECIPES, Recipe, get_recipe  # noqa: F401 - rp.train API
@@ -40,7 +40,7 @@ def load_weights(model: nn.Module, path) -> nn.Module:
         raise ValueError(f"--weights {path}: no such file")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+    except Exception as e:  # any failure to read means corrupt
         raise ValueError(f"--weights {path} could not be read ({type(e).__name__}: {e})") from e
     for key in ("state", "state_dict", "model"):
         if isinstance(blob, dict) and isinstance(blob.get(key), dict):

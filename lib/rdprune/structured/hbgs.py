@@ -55,7 +55,7 @@ from ..core.loops import fine_tune
 from ..util import NotApplicable
 from . import filters as FL
 from .surgery import BUDGETS, count, removed
-from .wrappers import Wrapped, run, set_module, wrap, wrappable, wrappers
+from .wrappers import Wrapped, run, set_module, wrap, wrappable, wrappers  # API
 
 __all__ = ["METHODS", "SELECTORS", "CRITERIA", "Wrapped", "wrap", "wrappable", "wrappers", "fold",
            "cost", "remove", "prune", "uniform"]

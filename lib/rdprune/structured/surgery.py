@@ -127,7 +127,7 @@ def dependency_graph(model: nn.Module, example=None):
                 model, example_inputs=_example(model, example), verbose=False)
     except ValueError:
         raise
-    except Exception as e:
+    except Exception as e:  # Torch-Pruning's failure, said in our words
         raise ValueError(f"Torch-Pruning cannot follow this model's channels ({type(e).__name__}: "
                          f"{e}); it probably reshapes or shuffles channels (e.g. ShuffleNet's "
                          "channel shuffle). Filter pruning cannot serve it; use a mask method "
@@ -239,7 +239,7 @@ def remove_filters(model: nn.Module, removal: Mapping[str, Sequence[int]], *,
             dg.get_pruning_group(m, dg.get_pruner_of_module(m).prune_out_channels, idxs).prune()
             with torch.no_grad():
                 ok = _out_shape(model, x) == width
-        except Exception as e:
+        except Exception as e:  # Torch-Pruning's own failure, said in our words
             ok, why = False, f"{type(e).__name__}: {e}"
         else:
             why = "the output shape changed"
