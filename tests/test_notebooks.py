@@ -37,10 +37,10 @@ TINY = {
                             retrain_steps=3),
     "05_hbgs": dict(model="resnet20", recipe="smoke", targets=[0.3], eval_subset=300,
                     methods=["HBGS-B"], uniform_selectors=["backward", "random"],  # HBGTS: test_front
-                    selection_n=32, finetune_steps=3),
+                    selection_n=32, round_finetune_steps=1, finetune_steps=3),
     "06_comparison": dict(model="resnet20", recipe="smoke", seeds=[0], targets=[0.5],
                           eval_subset=300,
-                          calib_n=32, grid=6, filter_grid=5, selection_n=32,
+                          calib_n=32, grid=6, filter_grid=5, selection_n=32, round_finetune_steps=1,
                           methods=["rd", "rd_filter", "HBGS-B", "jointpruning", "uniform_width",
                                    "l1_filter"], supernet_steps=6, search_steps=2, samples=2,
                           finetune_steps=3, latency_batch=32, latency_repeats=1),
