@@ -150,7 +150,7 @@ def zero_shot(model, methods, targets, calib: torch.Tensor, test_loader, *, budg
             else:
                 amounts = allocate(label, model, t, budget, curves=curves, **_calib(label, calib))
             chosen[label, t] = amounts
-            pruned = M.apply(copy.deepcopy(model), amounts, orders=orders)
+            pruned = M.apply(M.clone(model), amounts, orders=orders)
             row = dict(method=label, target=t, sparsity=M.sparsity(pruned),
                        flops_left=M.flops(pruned) / dense_flops,
                        **train.evaluate(pruned, test_loader),
