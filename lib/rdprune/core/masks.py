@@ -20,7 +20,9 @@ never revives a weight.
 """
 from __future__ import annotations
 
+import copy
 import math
+import warnings
 from collections.abc import Mapping
 
 import pandas as pd
@@ -28,7 +30,18 @@ import torch
 from torch import nn
 
 from . import batch as B
-from .weights import CONV_TYPES, PRUNABLE_TYPES, Weight, holder, is_hf_conv1d, kind, prunable, slot  # noqa: F401
+from .weights import (  # noqa: F401
+    CONV_TYPES,
+    PRUNABLE_TYPES,
+    Weight,
+    copy_state,
+    holder,
+    is_hf_conv1d,
+    kind,
+    prunable,
+    slot,
+    state_of,
+)
 
 _EPS = 1e-9  # floor(a*n) guard against 0.29*100 == 28.999999999999996
 
@@ -152,61 +165,73 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Module
 
 
 # ----------------------------------------------------------------------------- FLOPs
-_EXAMPLE = "_rdprune_example"  # one remembered input sample, set by remember()
+def clone(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy(model)`` that keeps what the library remembers about ``model`` (its
+    example input and FLOP counts, :func:`remember`), which is kept outside the model
+    (:func:`rdprune.core.weights.state_of`) and so is not copied with it."""
+    new = copy.deepcopy(model)
+    copy_state(model, new)
+    return new
 
 
 def remember(model: nn.Module, calib) -> None:
-    """Keep one sample of ``calib`` (any batch of :mod:`rdprune.core.batch`) on ``model`` as its
-    example input, so that FLOPs can be counted on a model without ``input_size`` (any
-    torchvision, Hugging Face or user model). Curves, ``allocate(..., calib=)`` and
-    ``rp.prune(..., calib=)`` call it; a model's own ``input_size`` (our zoo's) wins."""
+    """Keep one sample of ``calib`` (any batch of :mod:`rdprune.core.batch`) as ``model``'s
+    example input, so that FLOPs can be counted on any model (torchvision, Hugging Face, a
+    user's). Kept outside the model; :func:`clone` copies it. Curves, ``allocate(..., calib=)``
+    and ``rp.prune(..., calib=)`` call it."""
     calib = B.gather(calib)
     try:
         B.check(calib)
     except ValueError:
         return  # not a batch: the caller's own check says so
-    object.__setattr__(model, _EXAMPLE, B.to(B.take(calib, 0, 1), "cpu"))
+    state_of(model).example = B.to(B.take(calib, 0, 1), "cpu")
 
 
 def example_input(model: nn.Module):
-    """One input sample for counting: zeros of ``model.input_size`` when the model has one, else
-    the sample :func:`remember` kept; a ValueError that says what to pass otherwise."""
+    """One input sample for counting: the calibration sample :func:`remember` kept, else zeros
+    of ``model.input_size``; a ValueError that says what to pass when there is neither. The
+    sample wins because it is what the model is run on (token ids where ``input_size`` would
+    give float zeros)."""
     p = next(model.parameters())
+    x = state_of(model).example
+    if x is not None:
+        return B.to(x, p.device)
     size = tuple(getattr(model, "input_size", ()) or ())
-    if size:
-        return torch.zeros(1, *size, device=p.device, dtype=p.dtype)
-    x = getattr(model, _EXAMPLE, None)
-    if x is None:
+    if not size:
         raise ValueError("cannot count FLOPs: the model has no input_size and no calibration batch "
                          "was given yet; pass calib= (rd.curves, allocate, rp.prune) or set "
                          "model.input_size = (C, H, W)")
-    return B.to(x, p.device)
+    return torch.zeros(1, *size, device=p.device, dtype=p.dtype)
 
 
-def layer_flops(model: nn.Module) -> dict[str, int]:
-    """Dense multiply-adds of each prunable layer for one input (:func:`example_input`: zeros of
-    ``model.input_size``, else a remembered calibration sample), counted with
-    ``torch.utils.flop_counter.FlopCounterMode`` (its FLOPs are 2 per multiply-add).
-    Cached on the model, keyed by the input's shape and every prunable weight's shape: masks do
-    not change dense FLOPs, structural pruning (a copy keeps the cache) changes the shapes."""
+def _dense_flops(model: nn.Module) -> tuple[dict[str, int], tuple[str, ...]]:
+    """({layer: dense multiply-adds}, the layers in the order their weights are first read) for
+    :func:`example_input`, from one :func:`weight_reads` pass. Cached in the model's state, keyed
+    by the input's signature and every prunable weight's shape: masks do not change dense FLOPs,
+    structural pruning changes the shapes."""
     x = example_input(model)
     layers = prunable(model)
     key = (B.signature(x), tuple((k, tuple(m.weight.shape)) for k, m in layers.items()))
-    cached = getattr(model, "_rdprune_flops", None)
-    if cached and cached[0] == key:
-        return dict(cached[1])
-    counts, total, order = weight_reads(model, x)
-    out = {name: counts.get(name, 0) // 2 for name in layers}
-    covered = sum(out.values()) / max(1, total // 2)
-    if total and covered < 0.9:
-        import warnings
-        warnings.warn(f"the prunable layers hold {covered:.0%} of the model's counted FLOPs (the "
-                      "rest: activation-activation products such as attention scores, or weights "
-                      "that are not Conv/Linear layers); FLOPs targets are fractions of the "
-                      "prunable layers' FLOPs")
-    model._rdprune_flops = (key, out)
-    model._rdprune_order = tuple(n for n in order if n in layers)
-    return dict(out)
+    state = state_of(model)
+    if state.flops is None or state.flops[0] != key:
+        counts, total, order = weight_reads(model, x)
+        out = {name: counts.get(name, 0) // 2 for name in layers}
+        covered = sum(out.values()) / max(1, total // 2)
+        if total and covered < 0.9:
+            warnings.warn(f"the prunable layers hold {covered:.0%} of the model's counted FLOPs "
+                          "(the rest: activation-activation products such as attention scores, "
+                          "or weights that are not Conv/Linear layers); FLOPs targets are "
+                          "fractions of the prunable layers' FLOPs")
+        state.flops = (key, out, tuple(n for n in order if n in layers))
+    return dict(state.flops[1]), state.flops[2]
+
+
+def layer_flops(model: nn.Module) -> dict[str, int]:
+    """Dense multiply-adds of each prunable layer for one input (:func:`example_input`: a
+    remembered calibration sample, else zeros of ``model.input_size``), counted with
+    ``torch.utils.flop_counter.FlopCounterMode`` (its FLOPs are 2 per multiply-add); cached
+    outside the model."""
+    return _dense_flops(model)[0]
 
 
 def weight_reads(model: nn.Module, x, on_read=None):
@@ -247,16 +272,15 @@ def weight_reads(model: nn.Module, x, on_read=None):
 
 
 def forward_order(model: nn.Module) -> list[str]:
-    """Prunable layer names in the order the forward pass first reads their weights (recorded by
-    :func:`layer_flops` on the example input, :func:`weight_reads`; a functional call such as
-    attention's ``out_proj`` counts where it happens), registration order for layers never used
-    or when no example is known."""
+    """Prunable layer names in the order the forward pass first reads their weights (one
+    :func:`weight_reads` pass on :func:`example_input`, cached with the FLOP counts; a functional
+    call such as attention's ``out_proj`` counts where it happens), registration order for
+    layers never used or when no example is known."""
     layers = list(prunable(model))
     try:
-        layer_flops(model)
+        seen = _dense_flops(model)[1]
     except Exception:  # no example, or a forward that fails on it: registration order
         return layers
-    seen = list(getattr(model, "_rdprune_order", ()))
     return [n for n in seen if n in layers] + [n for n in layers if n not in seen]
 
 

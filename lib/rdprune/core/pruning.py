@@ -10,8 +10,6 @@ criterion's removal order, or the allocator's own surgery for a structured one.
 """
 from __future__ import annotations
 
-import copy
-
 import pandas as pd
 from torch import nn
 
@@ -76,7 +74,7 @@ def allocate_and_apply(model: nn.Module, method: str, target: float, budget: str
     info = {"amounts": amounts, "criterion": criterion, "curves": curves}
     if entry.structured:
         return entry.apply(model, amounts), info
-    net = model if inplace else copy.deepcopy(model)
+    net = model if inplace else M.clone(model)
     if orders is None:
         orders = C.orders(model, criterion, calib, list(amounts))
     return M.apply(net, amounts, orders=orders), info

@@ -3,18 +3,47 @@ transposed ``Conv1D`` and ``nn.MultiheadAttention``'s packed ``in_proj_weight`` 
 separate ``q/k/v_proj_weight`` when key and value widths differ), by dotted name, tied weights
 once (:func:`prunable`). A weight that is not a module's ``weight`` is held by a :class:`Weight`,
 which every allocator reads like a layer. Masks and FLOPs live in :mod:`rdprune.core.masks`.
+
+What the library remembers about a model (its example input, FLOP counts, forward order, the
+tied-weight warning it gave) is kept outside it, in a cache keyed weakly by the model
+(:func:`state_of`): no call adds attributes to the model it is given.
 """
 from __future__ import annotations
 
 import fnmatch
 import warnings
+import weakref
 from collections.abc import Iterable
+from dataclasses import dataclass, replace
 
 from torch import nn
 
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _MHA_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+
+
+@dataclass
+class State:
+    """What the library remembers about one model (:func:`state_of`)."""
+    example: object = None  # one calibration sample (masks.remember)
+    flops: tuple | None = None  # (key, {layer: dense multiply-adds}, layers in forward order)
+    tied_warned: list | None = None  # the tied weights last warned about (prunable)
+
+
+_STATES: weakref.WeakKeyDictionary[nn.Module, State] = weakref.WeakKeyDictionary()
+
+
+def state_of(model: nn.Module) -> State:
+    """The library's record of ``model``, kept off the model and gone with it; a copy starts
+    without one (:func:`rdprune.core.masks.clone` copies with it)."""
+    return _STATES.setdefault(model, State())
+
+
+def copy_state(src: nn.Module, dst: nn.Module) -> None:
+    """Give ``dst`` (a copy of ``src``) what the library remembers about ``src``."""
+    if src in _STATES:
+        _STATES[dst] = replace(_STATES[src])
 
 
 class Weight:
@@ -100,8 +129,8 @@ def _tied(model, layers) -> set[str]:
             to_other.append(f"{name} (tied to {next(n for n, u in users if id(u) not in holders)})")
         elif users[0][1] is not holder(m):
             out.add(name)  # the first layer holding the shared weight stands for it
-    if to_other and getattr(model, "_rdprune_tied_warned", None) != to_other:
+    if to_other and state_of(model).tied_warned != to_other:
         warnings.warn(f"left out of pruning for tied weights: {', '.join(to_other)}; pruning "
                       "them would prune what they are tied to")
-        object.__setattr__(model, "_rdprune_tied_warned", to_other)
+        state_of(model).tied_warned = to_other
     return out

@@ -18,7 +18,6 @@ scaled by density, the RD authors' accounting; channel removal as real).
 """
 from __future__ import annotations
 
-import copy
 import inspect
 import time
 from collections.abc import Callable
@@ -180,13 +179,13 @@ def evaluate_pruned(net: nn.Module, dense: nn.Module, test_loader, *,
                top1_before=evaluate(net, test_loader)["top1"], top1_recal=float("nan"))
     start = net
     if calib is not None:
-        start = recalibrate_bn(copy.deepcopy(net), calib)
+        start = recalibrate_bn(M.clone(net), calib)
         row["top1_recal"] = evaluate(start, test_loader)["top1"]
     tuned = start
     if finetune_steps:
         if finetune_loader is None:
             raise ValueError("finetune_steps > 0 needs finetune_loader= (training batches)")
-        tuned = fine_tune(copy.deepcopy(start), finetune_loader, finetune_steps, lr=lr,
+        tuned = fine_tune(M.clone(start), finetune_loader, finetune_steps, lr=lr,
                           teacher=dense if teacher is None else teacher, dev=dev,
                           progress=progress)
         if calib is not None:

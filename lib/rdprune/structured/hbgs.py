@@ -43,6 +43,7 @@ import bisect
 import copy
 import math
 import time
+import weakref
 
 import pandas as pd
 import torch
@@ -65,6 +66,7 @@ METHODS = {"HBGS": dict(criterion="layer", selector="omp"),
            "HBGS-B": dict(criterion="layer", selector="backward"),
            "HBGTS": dict(criterion="output", selector="omp"),
            "HBGTS-B": dict(criterion="output", selector="backward")}
+_HW: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # wrapped net -> {layer: (h, w)}
 _COLUMNS = ["round", "layer", "side", "filters_left", "error", "flops", "params", "seconds"]
 
 
@@ -103,8 +105,8 @@ def cost(model, hw, base, budget="flops", shapes=None) -> dict[str, int]:
 
 def fold(model: nn.Module, budget: str = "flops") -> nn.Module:
     """A copy with each wrapper folded into its cheapest exact form (a plain conv if both)."""
-    model = copy.deepcopy(model)
-    hw = getattr(model, "_hbgs_hw", None)
+    hw = _HW.get(model)
+    model = M.clone(model)
     for name, w in wrappers(model).items():
         fp, fq, _, _ = _best(_shape(w), hw[name] if hw else (1, 1), budget)
         p, W, b, q = (None if t is None else t.detach().double() for t in w.tensors())
@@ -121,7 +123,6 @@ def fold(model: nn.Module, budget: str = "flops") -> nn.Module:
             set_module(model, name, new)
         else:
             w.conv, w.p, w.q = new, *(None if t is None else nn.Parameter(t.to(dt)) for t in (p, q))
-    model.__dict__.pop("_hbgs_hw", None)
     return model
 
 
@@ -241,7 +242,7 @@ def _setup(model, data, target, budget, sides=("out", "in")):
             reason="no conv HBGS can prune (only " + ", ".join(dict.fromkeys(
                 v.split(" (")[0] for v in skipped.values())) + " convs)" if skipped
             else "no Conv2d to prune")
-    net._hbgs_hw, full = hw, count(model, x[:1])
+    _HW[net], full = hw, count(model, x[:1])
     base = {key: full[key] - cost(net, hw, {"params": 0, "flops": 0})[key] for key in full}
     limit = (1.0 - float(target)) * full[budget]
     least = {n: (m, 1 if "in" in sides else si, 1, o, kk, b)

@@ -27,7 +27,6 @@ curves and knapsack over coupled output-channel groups, so RD meets HBGS and Joi
 """
 from __future__ import annotations
 
-import copy
 import fnmatch
 
 import numpy as np
@@ -37,6 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..core import distortion as D
+from ..core import masks as M
 from ..core.allocators import register_allocator
 from ..core.curves import default_max_batch, grid_amounts
 from ..core.downstream import Downstream
@@ -66,7 +66,7 @@ def structure(model):
 
 
 def _structure(model):
-    m = copy.deepcopy(model)
+    m = M.clone(model)
     dg, names, out = S.dependency_graph(m), {v: k for k, v in m.named_modules()}, {}
     groups = S.coupled_groups(m, dg)
     for root, (n, score) in S.filter_scores(groups).items():

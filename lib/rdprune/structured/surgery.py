@@ -189,7 +189,7 @@ def coupled_groups(model: nn.Module, dg, *, outputs: bool = False) -> dict[str, 
 
 def groups(model: nn.Module, example: torch.Tensor | None = None) -> dict[str, list[str]]:
     """Coupled output-channel groups: {root conv: [member convs, root first]} in forward order."""
-    m = copy.deepcopy(model)
+    m = M.clone(model)
     return {root: [n for n, *_ in members]
             for root, (_, members, _) in coupled_groups(m, dependency_graph(m, example)).items()}
 
@@ -203,7 +203,7 @@ def remove_filters(model: nn.Module, removal: Mapping[str, Sequence[int]], *,
                    example: torch.Tensor | None = None, inplace: bool = False) -> nn.Module:
     """Remove the listed output channels (filters) of each named conv, and the matching channels
     of every coupled layer (module doc). Returns the pruned network (a copy unless ``inplace``)."""
-    model = model if inplace else copy.deepcopy(model)
+    model = model if inplace else M.clone(model)
     dg = dependency_graph(model, example)
     check_convs(model)
     x = _example(model, example)
@@ -327,7 +327,7 @@ def uniform_width(model: nn.Module, target: float, budget: str = "flops", *,
     """Remove the same fraction of every group's channels, keeping the leading ones, at the least
     fraction meeting the target (a pruned copy)."""
     target = _check_target(target, budget)
-    m = copy.deepcopy(model)
+    m = M.clone(model)
     sizes = {r: mod.out_channels for r, (mod, *_) in coupled_groups(m, dependency_graph(m, example)).items()}
     n, plan = _fraction_plans(sizes, lambda r, k: list(range(sizes[r] - k, sizes[r])))
     return _search(model, target, budget, n, plan, example)
@@ -340,7 +340,7 @@ def l1_filters(model: nn.Module, target: float, budget: str = "flops", *, scope:
     target = _check_target(target, budget)
     if scope not in ("global", "layer"):
         raise ValueError(f"unknown scope {scope!r}; choose 'global' or 'layer'")
-    m = copy.deepcopy(model)
+    m = M.clone(model)
     scores = filter_scores(coupled_groups(m, dependency_graph(m, example)))
     order = {r: torch.argsort(s, stable=True).tolist() for r, (_, s) in scores.items()}
     if scope == "layer":

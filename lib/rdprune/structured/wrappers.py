@@ -5,11 +5,11 @@
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..core import masks as M
 
 
 def run(x, conv, p, w, b, q):
@@ -62,7 +62,7 @@ def wrappable(model: nn.Module) -> tuple[list[str], dict[str, str]]:
 
 def wrap(model: nn.Module) -> nn.Module:
     """A copy with every K×K conv except the stem wrapped as P → W → Q (module doc)."""
-    model = copy.deepcopy(model)
+    model = M.clone(model)
     for name in wrappable(model)[0]:
         set_module(model, name, Wrapped(model.get_submodule(name)))
     return model
