@@ -18,9 +18,9 @@ def attributes(model: nn.Module) -> dict[str, set[str]]:
 class FcFirst(nn.Module):
     """No ``input_size``; registers its classifier before the convolutions that feed it."""
 
-    def __init__(self):
+    def __init__(self, classes=10):
         super().__init__()
-        self.fc = nn.Linear(8, 10)
+        self.fc = nn.Linear(8, classes)
         self.body = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 8, 3),
                                   nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
@@ -61,15 +61,21 @@ def test_forward_order_on_a_fresh_model_without_any_prior_call():
     fresh = FcFirst()  # no input_size: order from a remembered sample, counted on first use
     M.remember(fresh, torch.randn(2, 1, 12, 12))
     assert M.forward_order(fresh) == ["body.0", "body.2", "fc"]
-    assert M.forward_order(FcFirst()) == ["fc", "body.0", "body.2"]  # no example: registration
+    # no example, nor a twin with one: registration order
+    assert M.forward_order(FcFirst(classes=3)) == ["fc", "body.0", "body.2"]
 
 
-def test_a_plain_deepcopy_carries_nothing_and_clone_carries_the_example():
-    net = FcFirst()
+def test_a_copy_finds_its_twins_example_and_a_stranger_does_not():
+    """Nothing rides on the model: a user's deepcopy is counted with the sample remembered for
+    the model it copies (same class, parameter names and shapes); another shape is told to
+    pass calib=."""
+    net = FcFirst(classes=7)
     M.remember(net, torch.randn(2, 1, 12, 12))
-    with pytest.raises(ValueError, match="pass calib="):
-        M.layer_flops(copy.deepcopy(net))
+    assert M.layer_flops(copy.deepcopy(net)) == M.layer_flops(net)
     assert M.layer_flops(M.clone(net)) == M.layer_flops(net)
+    assert "_rdprune" not in " ".join(vars(copy.deepcopy(net)))
+    with pytest.raises(ValueError, match="pass calib="):
+        M.layer_flops(FcFirst(classes=5))
 
 
 class TokenNet(nn.Module):

@@ -41,6 +41,7 @@ from .weights import (  # noqa: F401
     prunable,
     slot,
     state_of,
+    twin_example,
 )
 
 _EPS = 1e-9  # floor(a*n) guard against 0.29*100 == 28.999999999999996
@@ -188,12 +189,15 @@ def remember(model: nn.Module, calib) -> None:
 
 
 def example_input(model: nn.Module):
-    """One input sample for counting: the calibration sample :func:`remember` kept, else zeros
+    """One input sample for counting: the calibration sample :func:`remember` kept (for this model
+    or an identical twin, :func:`rdprune.core.weights.twin_example`), else zeros
     of ``model.input_size``; a ValueError that says what to pass when there is neither. The
     sample wins because it is what the model is run on (token ids where ``input_size`` would
     give float zeros)."""
     p = next(model.parameters())
     x = state_of(model).example
+    if x is None:
+        x = twin_example(model)  # a user's deepcopy of a model given calib= before
     if x is not None:
         return B.to(x, p.device)
     size = tuple(getattr(model, "input_size", ()) or ())

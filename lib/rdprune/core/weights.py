@@ -40,6 +40,22 @@ def state_of(model: nn.Module) -> State:
     return _STATES.setdefault(model, State())
 
 
+def twin_example(model: nn.Module):
+    """The example input remembered for a model of the same class with the same parameter names
+    and shapes (a user's ``copy.deepcopy`` of a model given ``calib=`` before), else None: such
+    a twin takes the same inputs."""
+    def signature(m):
+        return type(m), tuple((n, tuple(p.shape)) for n, p in m.named_parameters())
+    mine = None
+    for other, state in list(_STATES.items()):
+        if state.example is None or other is model:
+            continue
+        mine = mine or signature(model)
+        if signature(other) == mine:
+            return state.example
+    return None
+
+
 def copy_state(src: nn.Module, dst: nn.Module) -> None:
     """Give ``dst`` (a copy of ``src``) what the library remembers about ``src``."""
     if src in _STATES:
