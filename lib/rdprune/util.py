@@ -9,7 +9,6 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-import torch
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[2]
@@ -81,11 +80,3 @@ def check_target(target, what: str = "weights", low_open: bool = False) -> float
         raise ValueError(f"target is the fraction of {what} to remove and must lie in {rng} "
                          f"(e.g. 0.9 removes 90 %), got {target!r}")
     return float(target)
-
-
-def first_param(model: nn.Module) -> torch.Tensor:
-    """The model's first parameter (its device and dtype); ValueError for a model without one."""
-    p = next(model.parameters(), None)
-    if p is None:
-        raise ValueError(f"{type(model).__name__} has no parameters; there is nothing to prune")
-    return p

@@ -214,13 +214,14 @@ def allocate(method: str, model: nn.Module, target: float, budget: str = "params
 
 # ----------------------------------------------------------------------------- global rankings
 # ----------------------------------------------------------------------------- shared amount
-def _shared_amount(cost, cap, floor, need):
-    """Smallest a with Σ cost_l · clip(a, floor_l, cap_l) ≥ need (bisection; monotone in a)."""
+def shared_amount(cost, cap, floor, need, offset=0.0, lo=0.0, hi=1.0):
+    """Smallest shift a in [lo, hi] with Σ cost_l · clip(a − offset_l, floor_l, cap_l) ≥ need
+    (bisection; monotone in a): one amount every layer shares (uniform+), or one level around
+    per-layer offsets (OWL)."""
     def removed(a):
-        return float(np.sum(cost * np.clip(a, floor, cap)))
-    if removed(1.0) < need - 1e-9 * max(1.0, need):
+        return float(np.sum(cost * np.clip(a - offset, floor, cap)))
+    if removed(hi) < need - 1e-9 * max(1.0, need):
         raise ValueError("the target cannot be reached with these constraints; lower it")
-    lo, hi = 0.0, 1.0
     for _ in range(100):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if removed(mid) < need else (lo, mid)
@@ -236,7 +237,7 @@ def _uniform_plus(layers, target, first_conv, last):
             cap[layers.names.index(name)] = min(cap[layers.names.index(name)], c)
     floor = np.minimum(layers.pruned / layers.n, cap)
     cost = layers.unit * layers.n
-    a = _shared_amount(cost, cap, floor, layers.need(target))
+    a = shared_amount(cost, cap, floor, layers.need(target))
     amounts = np.clip(a, floor, cap)
     return layers.amounts(np.ceil(amounts * layers.n - 1e-9))
 

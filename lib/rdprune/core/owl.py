@@ -3,9 +3,9 @@ layer's outlier ratio D_l is the fraction of its Wanda scores above ``M`` × the
 score; the ratios, min-max scaled to [0, 2λ] and centred, raise the density of outlier-rich
 layers by up to λ and lower the others' by as much. The authors give every decoder block one
 ratio and average the densities over equal-sized blocks; with layers of unequal sizes the
-centring is done so that the *weighted* budget is met exactly (a shift found by bisection, each
-layer clipped to [0, 1] and never below its current sparsity). Defaults M = 5, λ = 0.08, the
-paper's.
+centring is done so that the *weighted* budget is met exactly (one shift,
+:func:`rdprune.core.allocators.shared_amount`, each layer clipped to [0, 1] and never below its
+current sparsity). Defaults M = 5, λ = 0.08, the paper's.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 from torch import nn
 
 from . import masks as M
-from .allocators import register_allocator
+from .allocators import register_allocator, shared_amount
 from .criteria import input_norms, scores
 
 
@@ -39,13 +39,8 @@ def _owl(model, target, budget, *, layers, calib, exclude=(), m: float = 5.0, la
     cost = layers.unit * layers.n
     need = layers.need(target)
 
-    def sparsity(shift):
-        return np.clip(shift - offset, floor, 1.0)  # more outliers: denser
-    lo, hi = -1.0 - lam, 1.0 + lam
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if float(np.sum(cost * sparsity(mid))) < need else (lo, mid)
-    return layers.amounts(np.ceil(sparsity(hi) * layers.n - 1e-9))
+    shift = shared_amount(cost, 1.0, floor, need, offset=offset, lo=-1.0 - lam, hi=1.0 + lam)
+    return layers.amounts(np.ceil(np.clip(shift - offset, floor, 1.0) * layers.n - 1e-9))
 
 
 register_allocator("owl", _owl, needs_calib=True)

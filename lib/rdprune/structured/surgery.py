@@ -53,6 +53,7 @@ from torch import nn
 
 from ..core import batch as B
 from ..core import masks as M
+from ..core.allocators import BUDGETS
 from ..core.distortion import output_tensor
 from ..core.masks import module_flops
 
@@ -60,7 +61,6 @@ __all__ = ["count", "latency_ms", "kept_weights", "groups", "coupled_groups", "d
            "output_convs", "check_convs",
            "filter_scores", "remove_filters", "removed", "widths", "uniform_width", "l1_filters",
            "BUDGETS"]
-BUDGETS = ("flops", "params")
 _EPS = 1e-9
 
 
