@@ -125,3 +125,24 @@ def test_apply_selects_exactly_the_stable_sorts_first_k_without_sorting():
     order = M.prune_order(layer)
     for k in range(0, 25):
         assert sorted(M.smallest(layer, k).tolist()) == sorted(order[:k].tolist()), k
+
+
+def test_attention_scores_and_values_are_counted_on_the_cpu():
+    """torch has no FLOP formula for the CPU attention kernel; without one a ViT's attention
+    counts 0 and the prunable layers look like all of its FLOPs."""
+    import torch.nn.functional as F
+
+    class Attention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v = (torch.nn.Linear(16, 16) for _ in range(3))
+
+        def forward(self, x):
+            b, n, _ = x.shape
+            q, k, v = (f(x).view(b, n, 2, 8).transpose(1, 2) for f in (self.q, self.k, self.v))
+            return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, 16)
+
+    x = torch.randn(1, 10, 16)
+    linear = 3 * 2 * 10 * 16 * 16  # three projections, 2 FLOPs per multiply-add
+    scores_and_values = 2 * (2 * 2 * 10 * 10 * 8)  # q·kᵀ and p·v over 2 heads of 8
+    assert M.module_flops(Attention(), x)[""] == linear + scores_and_values

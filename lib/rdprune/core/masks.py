@@ -300,6 +300,13 @@ def module_flops(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
     return out
 
 
+def _sdpa_cpu(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    """FLOPs of the CPU kernel of ``scaled_dot_product_attention`` (torch has no formula for
+    it, so attention's score and value matmuls would count 0): the same as the GPU kernels'."""
+    from torch.utils.flop_counter import sdpa_flop_count
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
 def _counted(model, x, mapping=None, hooked=()):
     """One forward pass of ``x`` under ``FlopCounterMode`` (eval mode, no grad, the fused MHA
     kernel off, since it has no FLOP formula); returns (the counter, ``hooked`` modules' names in
@@ -314,7 +321,9 @@ def _counted(model, x, mapping=None, hooked=()):
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        extra = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu}
+        with torch.no_grad(), FlopCounterMode(display=False,
+                                              custom_mapping={**extra, **(mapping or {})}) as counter:
             B.call(model, x)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
