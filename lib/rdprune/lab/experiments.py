@@ -1,5 +1,8 @@
-"""The comparison harness of notebooks 05 and 06: prune a dense model with several methods to one
-target, then fine-tune every result for **the same total number of training steps**.
+"""What the notebooks share, so that each reads as its story: :func:`setup` (the dense models of
+every seed, the test images, a one-line header), RD's zero-shot and iterative comparisons
+(:func:`zero_shot_seeds`, :func:`iterative_runs`, notebook 03), and the comparison harness of
+notebooks 05 and 06: prune a dense model with several methods to one target, then fine-tune every
+result for **the same total number of training steps**.
 
 Some methods train while they prune (HBGS and its variants fine-tune between rounds, as the paper
 does; JointPruning trains a supernet whose weights the result inherits); the others prune a
@@ -15,10 +18,89 @@ sum, equal in every row of one comparison).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
 from torch import nn
 
+from ..core import rd
+from ..structured import surgery as S
 from ..util import NotApplicable
+from . import data as D
+from . import pipeline, train
 from .front import evaluate_pruned, prune
+
+
+@dataclass
+class Setup:
+    """A notebook's starting point: ``out`` (its folder), ``test_loader``, ``denses`` (a trained
+    dense model per seed) and ``dense`` (their top-1 and loss on the test images, by seed)."""
+    out: Path
+    label: str
+    test_loader: object
+    denses: dict
+    dense: pd.DataFrame
+
+    def header(self) -> str:
+        """One Markdown line: the model, its dense top-1 over the seeds, size and test set."""
+        from .report import fmt
+        n, full = len(self.denses), S.count(next(iter(self.denses.values())))
+        return (f"**{self.label}**: dense top-1 {fmt(self.dense.top1.mean(), self.dense.top1.std(), 4)}"
+                f" ({n} seed{'s' if n > 1 else ''}, {len(self.test_loader.dataset)} test images), "
+                f"{full['params']:,} parameters, {full['flops'] / 1e6:.2f} MFLOPs")
+
+
+def setup(model: str, dataset: str, recipe: str, seeds, *, out_dir, eval_subset=None,
+          device="auto", progress: bool = True) -> Setup:
+    """Train (or load) ``model`` on ``dataset`` for every seed and evaluate it on the test images
+    (``eval_subset`` of them, all when None); ``out_dir`` is created."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pd.set_option("display.precision", 4)
+    _, test_loader = D.loaders(dataset, batch_size=512, subset=eval_subset)
+    denses = {seed: train.pretrained(model, dataset, recipe=recipe, seed=seed, dev=device,
+                                     progress=progress) for seed in seeds}
+    dense = pd.DataFrame([dict(seed=seed, **train.evaluate(net, test_loader))
+                          for seed, net in denses.items()]).set_index("seed", drop=False)
+    return Setup(out, f"{model} on {dataset}", test_loader, denses, dense)
+
+
+def zero_shot_seeds(s: Setup, dataset: str, methods, targets, *, calib_n: int, grid: int,
+                    distortion="mse", budget="params", refine=0, progress=True):
+    """Notebook 03's zero-shot part: every method at every target on each seed's dense model
+    (:func:`rdprune.pipeline.zero_shot`, RD's curves from ``calib_n`` calibration images of that
+    seed), with a ``dense`` row per seed. Returns (rows, {seed: RD curves or None})."""
+    rows, curves_of = [], {}
+    for seed, net in s.denses.items():
+        calib = D.calibration(dataset, n=calib_n, seed=seed).to(next(net.parameters()).device)
+        curves_of[seed] = (rd.curves(net, calib, grid=grid, distortion=distortion,
+                                     progress=progress) if "rd" in methods else None)
+        d = s.dense.loc[seed]
+        rows.append(dict(method="dense", schedule="dense", round=0, target=0.0, sparsity=0.0,
+                         flops_left=1.0, top1=d["top1"], loss=d["loss"], distortion=0.0, seed=seed))
+        shot = pipeline.zero_shot(net, methods, targets, calib, s.test_loader, budget=budget,
+                                  curves=curves_of[seed], distortion=distortion, refine=refine)
+        rows += (shot.drop(columns=["predicted", "seconds"])
+                 .assign(schedule="zero-shot", round=1, seed=seed).to_dict("records"))
+    return pd.DataFrame(rows), curves_of
+
+
+def iterative_runs(model: str, dataset: str, methods, seeds, target: float, out: Path, *,
+                   refine=0, progress=True, **run_options) -> pd.DataFrame:
+    """Notebook 03's iterative part: :func:`rdprune.pipeline.run` per method and seed (each in
+    ``out/runs/<method>-iterative-s<seed>``, so an interrupted notebook resumes), the rounds'
+    rows with ``distortion`` measured right after each round's pruning."""
+    runs = []
+    for seed in seeds:
+        for method in methods:
+            t = pipeline.run(model, dataset, method, "iterative", target, seed=seed,
+                             out=Path(out) / "runs" / f"{method}-iterative-s{seed}",
+                             progress=progress, refine=refine if method == "rd" else 0,
+                             **run_options)
+            runs.append(t[t["round"] > 0].rename(columns={"actual": "distortion"})
+                        .assign(seed=seed))
+    return pd.concat(runs, ignore_index=True) if runs else pd.DataFrame()
 
 
 def final_steps(records: dict[str, dict], finetune_steps: int) -> dict[str, int]:

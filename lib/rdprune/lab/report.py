@@ -263,3 +263,37 @@ def comparison_verdict(results: pd.DataFrame, n_test: int) -> str:
 
 
 # ----------------------------------------------------------------------------- README tables
+
+
+def rd_gain(zero_shot: pd.DataFrame) -> pd.DataFrame:
+    """RD's zero-shot gain over the best other allocator at each target (top-1 points, means over
+    the seeds; ``gain_sd_pts`` the standard deviation of the per-seed gains). Empty without RD
+    or without another allocator."""
+    top = zero_shot.pivot_table(index="target", columns="method", values="top1", aggfunc="mean")
+    others = top.drop(columns=[c for c in ("rd", "rd+refine") if c in top])
+    if "rd" not in top or others.empty:
+        return pd.DataFrame()
+    first = zero_shot.iloc[0]
+    out = pd.DataFrame({"dataset": first["dataset"], "model": first["model"], "rd_top1": top["rd"],
+                        "best_other": others.max(axis=1),
+                        "best_other_method": others.idxmax(axis=1)})
+    gaps = [gap(zero_shot[zero_shot.target == t], "rd", b)
+            for t, b in out["best_other_method"].items()]
+    out["gain_pts"] = [g["mean"] for g in gaps]
+    out["gain_sd_pts"] = [g["sd"] for g in gaps]
+    out["n_seeds"] = [g["n"] for g in gaps]
+    return out.reset_index()
+
+
+def side_by_side(results: pd.DataFrame, reported: pd.DataFrame) -> pd.DataFrame:
+    """Our RD and dense rows (means over seeds) beside a paper's reported sparsity and top-1
+    pairs, every row naming its dataset, model and source."""
+    pairs = (reported.dropna(subset=["sparsity_pct", "top1_pct"])
+             .assign(sparsity=lambda d: d.sparsity_pct / 100, top1=lambda d: d.top1_pct / 100))
+    keys = ["dataset", "model", "method", "schedule", "target"]
+    ours = (results[results.method.isin(["rd", "dense"])].groupby(keys, sort=False)
+            .agg(sparsity=("sparsity", "mean"), top1=("top1", "mean"), top1_sd=("top1", "std"),
+                 n_seeds=("seed", "nunique")).reset_index().assign(source="ours (this run)"))
+    cols = ["dataset", "model", "method", "schedule", "source", "sparsity", "top1", "top1_sd",
+            "n_seeds"]
+    return pd.concat([ours[cols], pairs[cols[:-2]]], ignore_index=True)
