@@ -55,11 +55,11 @@ def grid_amounts(grid: int) -> np.ndarray:
     return np.round(np.linspace(0.0, 1.0, int(grid)), 12)
 
 
-def _cache_dir(model, calib, grid, distortion, method, layers) -> Path:
+def _cache_dir(model, weights_hash, calib, grid, distortion, method, layers) -> Path:
     h = hashlib.sha256()
     h.update(json.dumps([_VERSION, getattr(model, "arch", type(model).__name__), grid,
                          D.identity(distortion), method, layers]).encode())
-    h.update(state_hash(model).encode())
+    h.update(weights_hash.encode())
     h.update(B.tobytes(calib))
     return data_dir() / "curves" / h.hexdigest()[:20]
 
@@ -114,11 +114,13 @@ def _curves(model, calib, grid, distortion, layers, method, batch, max_batch, ca
     amounts = grid_amounts(grid)
     flops = M.layer_flops(model)
     criterion_entry(criterion)
-    key = method if criterion == "magnitude" else f"{method}+{criterion}"  # old caches stay valid
+    key = f"{method}+{criterion}"
     if output is not None:
         key += f"+output={output!r}" if not callable(output) else \
             f"+output={getattr(output, '__module__', '')}.{getattr(output, '__qualname__', output)}"
-    folder = _cache_dir(model, calib, int(grid), distortion, key, names) if cache else None
+    weights_hash = state_hash(model)  # once: the cache key and the curves' label
+    folder = _cache_dir(model, weights_hash, calib, int(grid), distortion, key, names) \
+        if cache else None
     rank, ranks = DI.world()
     if ranks > 1:
         if ranks > len(names):
@@ -162,7 +164,7 @@ def _curves(model, calib, grid, distortion, layers, method, batch, max_batch, ca
                 frames.setdefault(name, frame(name, dist))
                 paths[name] = f"{how} (rank {r})"
     out = pd.concat([frames[k] for k in names], ignore_index=True)
-    out.attrs.update(model_hash=state_hash(model), distortion=distortion, grid=int(grid),
+    out.attrs.update(model_hash=weights_hash, distortion=distortion, grid=int(grid),
                      paths={k: paths[k] for k in names}, cache=str(folder) if folder else None,
                      criterion=criterion)
     return out

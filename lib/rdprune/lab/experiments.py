@@ -18,14 +18,18 @@ sum, equal in every row of one comparison).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 from torch import nn
 
+from ..core import masks as M
 from ..core import rd
+from ..structured import rd_filter
 from ..structured import surgery as S
+from ..structured.hbgs import METHODS as HBGS_METHODS
 from ..util import NotApplicable
 from . import data as D
 from . import pipeline, train
@@ -146,3 +150,59 @@ def evaluate_each(pruned: dict, dense: nn.Module, test_loader, *, finetune_steps
                          train_steps=inside + finals[method],
                          prune_seconds=float(rec.get("seconds", float("nan")))))
     return rows, tuned
+
+
+def flops_comparison(s: Setup, dataset: str, methods, targets, *, calib_n: int,
+                     selection_n: int, finetune_steps: int, k=0.25, round_finetune_steps=5,
+                     grid=21, filter_grid=None, distortion="mse", jointpruning=None,
+                     latency_batch=256, latency_repeats=5, device="auto", progress=True):
+    """Notebook 06: every method at every FLOPs target on each seed's dense model, with the same
+    total training steps (:func:`evaluate_each`), CPU latency against the dense network and the
+    pruning time (RD's curves, computed once per seed, added to each RD row).
+    ``jointpruning``: JointPruning's search options. Returns (rows, {(method, target, seed):
+    tuned network}); a method that cannot prune the model gives a row with a ``note``."""
+    rows, nets = [], {}
+    for seed, dense in s.denses.items():
+        calib = D.calibration(dataset, n=calib_n, seed=seed).to(next(dense.parameters()).device)
+        (sel, sel_labels), ft_loader = D.selection_split(dataset, n=selection_n, seed=seed,
+                                                         labels=True)
+        search_loader, _ = D.loaders(dataset, batch_size=64, seed=seed)  # JointPruning's supernet
+        options = {m: dict(selection=sel, k=k, finetune_steps=round_finetune_steps,
+                           train_loader=ft_loader) for m in HBGS_METHODS}
+        options["jointpruning"] = dict(train_loader=search_loader, seed=seed, dev=device,
+                                       **(jointpruning or {}))
+        curves = {"rd": lambda: rd.curves(dense, calib, grid=grid, distortion=distortion,
+                                          cache=False, progress=progress),
+                  "rd_filter": lambda: rd_filter.curves(dense, calib, grid=filter_grid,
+                                                        distortion=distortion, progress=progress)}
+        curve_seconds = {}
+        for method in [m for m in curves if m in methods]:
+            tic = time.perf_counter()
+            options[method] = dict(curves=curves[method]())
+            curve_seconds[method] = time.perf_counter() - tic
+        for t in targets:
+            pruned, notes = prune_each(dense, methods, t, "flops", calib=calib, options=options,
+                                       progress=progress)
+            rows += [dict(method=m, target=t, seed=seed, note=n) for m, n in notes.items()]
+            got, tuned = evaluate_each(pruned, dense, s.test_loader, calib=calib,
+                                       val=(sel, sel_labels), finetune_steps=finetune_steps,
+                                       finetune_loader=ft_loader, dev=device, progress=progress)
+            for r in got:
+                ms, base_ms = S.latency_ms(tuned[r["method"]], dense, latency_batch,
+                                           latency_repeats)
+                nets[r["method"], t, seed] = tuned[r["method"]]
+                rows.append({"target": t, "seed": seed, **r, "latency_ms": ms,
+                             "speedup": base_ms / ms,
+                             "prune_seconds": r["prune_seconds"] + curve_seconds.get(r["method"], 0)})
+    return rows, nets
+
+
+def removed_per_layer(nets: dict, dense: nn.Module) -> pd.DataFrame:
+    """The fraction of each prunable layer's weights every network removed (rows: layers, columns:
+    the dict's keys), physically pruned channels and masks alike."""
+    layers = M.prunable(dense)
+    out = {}
+    for key, net in nets.items():
+        kept = S.kept_weights(net, dense)
+        out[key] = {n: 1 - kept[n] / m.weight.numel() for n, m in layers.items()}
+    return pd.DataFrame(out)

@@ -360,3 +360,18 @@ def save(fig, folder: str | Path, name: str) -> list[Path]:
     fig.savefig(paths[0], dpi=150, bbox_inches="tight")
     fig.savefig(paths[1], bbox_inches="tight")
     return paths
+
+
+def pruning_time(results: pd.DataFrame, title: str | None = None):
+    """Each method's pruning wall time (``prune_seconds``, mean over seeds) per target, as bars on
+    a log scale; returns (figure, the table drawn)."""
+    plt, _ = _plt()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    timing = results.pivot_table(index="method", columns="target", values="prune_seconds",
+                                 sort=False)
+    timing.plot.bar(ax=ax, logy=True)
+    ax.set_ylabel("pruning wall time (s, log; mean over seeds)")
+    ax.set_title(title or "Pruning time")
+    ax.legend(title="removed", frameon=False)
+    fig.tight_layout()
+    return fig, timing

@@ -297,3 +297,28 @@ def side_by_side(results: pd.DataFrame, reported: pd.DataFrame) -> pd.DataFrame:
     cols = ["dataset", "model", "method", "schedule", "source", "sparsity", "top1", "top1_sd",
             "n_seeds"]
     return pd.concat([ours[cols], pairs[cols[:-2]]], ignore_index=True)
+
+
+def filter_side_by_side(results: pd.DataFrame, dense_top1: pd.Series,
+                        reported: pd.DataFrame) -> pd.DataFrame:
+    """Notebooks 05's rows (means over seeds of top-1 after fine-tuning, its drop from each seed's
+    dense model, the reductions) and a dense row, beside a paper's reported ones."""
+    acc = reported.dropna(subset=["top1_pct", "top1_drop_pts", "params_reduction_pct",
+                                  "flops_reduction_pct"], how="all")
+    acc = acc.assign(top1=acc["top1_pct"] / 100, drop_pts=acc["top1_drop_pts"],
+                     params_reduction=acc["params_reduction_pct"] / 100,
+                     flops_reduction=acc["flops_reduction_pct"] / 100)
+    mine = results.assign(drop_pts=100 * (results.seed.map(dense_top1) - results["top1_after"]))
+    ours = (mine.groupby(["dataset", "model", "method", "target"], sort=False)
+            .agg(top1=("top1_after", "mean"), top1_sd=("top1_after", "std"),
+                 drop_pts=("drop_pts", "mean"), params_reduction=("params_reduction", "mean"),
+                 flops_reduction=("flops_reduction", "mean"), n_seeds=("seed", "nunique"))
+            .reset_index().assign(source="ours (this run)"))
+    first = results.iloc[0]
+    dense = pd.DataFrame([dict(dataset=first["dataset"], model=first["model"], method="dense",
+                               source="ours (this run)", top1=dense_top1.mean(),
+                               top1_sd=dense_top1.std(), drop_pts=0.0,
+                               n_seeds=int(results.seed.nunique()))])
+    cols = ["dataset", "model", "method", "source", "top1", "top1_sd", "drop_pts",
+            "params_reduction", "flops_reduction", "n_seeds"]
+    return pd.concat([dense[cols], ours[cols], acc[cols[:5] + cols[6:9]]], ignore_index=True)
