@@ -256,6 +256,14 @@ def comparison_verdict(results: pd.DataFrame, n_test: int) -> str:
                                     refused["seed"] if "seed" in refused else [0] * len(refused))]
         lines.append("- Fine-tuning made these worse on held-out training images, so the network "
                      "before it is reported: " + ", ".join(where) + ".")
+    if "train_steps" in results:  # the equal budget, said where the verdict is read
+        per = results.groupby("target")["train_steps"].agg(["min", "max"])
+        lines.append("- Every method trained the same number of steps at each target ("
+                     + ", ".join(f"{_pct(t)}: {int(r['max'])}" + ("" if r["min"] == r["max"]
+                                                                   else f" (min {int(r['min'])})")
+                                 for t, r in per.iterrows())
+                     + "), steps inside a method (HBGS's fine-tunes between rounds, "
+                       "JointPruning's supernet) included.")
     head = (f"On {n_test} test images, one seed:" if n_seeds == 1 else
             f"On {n_test} test images, means over {n_seeds} seeds (ties: the 95 % interval of "
             "the per-seed differences includes zero, or the gap is inside the test-set noise):")
