@@ -20,6 +20,21 @@ def test_iterative_targets_follow_the_authors_schedule():
         pipeline.schedule_targets("oneshot", 1.2)
 
 
+def test_an_iterative_schedule_lands_on_the_sparsities_it_must_visit():
+    """The paper-regime preset halves the remaining weights per round and must report 95.5 %."""
+    plain = pipeline.schedule_targets("iterative", 0.98847, 0.5)
+    assert 0.955 not in plain
+    t = pipeline.schedule_targets("iterative", 0.98847, 0.5, visit=(0.955,))
+    assert t == pytest.approx([0.5, 0.75, 0.875, 0.9375, 0.955, 0.9775, 0.98847])
+    assert all(b > a for a, b in zip(t, t[1:]))  # never a round that prunes nothing
+    for a, b in zip(t, t[1:]):  # no round removes more than per_round of what is left
+        assert (b - a) / (1 - a) <= 0.5 + 1e-12
+    assert pipeline.schedule_targets("iterative", 0.9, 0.5, visit=(0.95,)) == \
+        pipeline.schedule_targets("iterative", 0.9, 0.5)  # beyond the target: ignored
+    with pytest.raises(ValueError, match="visit"):
+        pipeline.schedule_targets("iterative", 0.9, 0.5, visit=(1.0,))
+
+
 def test_unknown_settings_are_refused():
     with pytest.raises(ValueError, match="finetune_steps"):
         pipeline.settings("quick", finetune_step=3)
