@@ -329,4 +329,5 @@ def filter_side_by_side(results: pd.DataFrame, dense_top1: pd.Series,
                                n_seeds=int(results.seed.nunique()))])
     cols = ["dataset", "model", "method", "source", "top1", "top1_sd", "drop_pts",
             "params_reduction", "flops_reduction", "n_seeds"]
-    return pd.concat([dense[cols], ours[cols], acc[cols[:5] + cols[6:9]]], ignore_index=True)
+    return pd.concat([dense.reindex(columns=cols), ours[cols], acc[cols[:5] + cols[6:9]]],
+                     ignore_index=True)
