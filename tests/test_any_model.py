@@ -109,7 +109,7 @@ def test_grouped_convs_and_channel_shuffles_are_refused_before_surgery():
     with pytest.raises(ValueError, match=r"grouped convolutions \(features\.3\)"):
         S.uniform_width(ConvHead(groups=4), 0.5, example=x)
     shuffle = torchvision.models.shufflenet_v2_x0_5(num_classes=10).eval()
-    with pytest.raises(ValueError, match="shuffles channels"):
+    with pytest.raises(ValueError, match="cannot trace|regrouped after it"):
         S.l1_filters(shuffle, 0.5, example=torch.randn(2, 3, 32, 32))
 
 
@@ -488,3 +488,21 @@ def test_a_sequence_first_leaf_runs_one_amount_at_a_time_and_equals_the_referenc
     assert ((both.distortion - both.distortion_ref).abs() / scale).max() <= 1e-5
     assert (ref.groupby("layer")["distortion"].max() > 0).all()
     assert any("encoder" in k and v == "fast" for k, v in fast.attrs["paths"].items())
+
+
+def test_filter_methods_name_the_real_cause_on_language_models():
+    """GPT-2 and BERT have no Conv2d filters at all: the width baselines say so, not a channel
+    shuffle (which neither has) and not an unreachable target."""
+    transformers = pytest.importorskip("transformers")
+    import rdprune as rp
+    tok = torch.randint(0, 100, (4, 16))
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_layer=1, n_embd=32, n_head=2, vocab_size=100, n_positions=32, bos_token_id=0,
+        eos_token_id=0)).eval()
+    bert = transformers.BertForSequenceClassification(transformers.BertConfig(
+        num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64,
+        vocab_size=100, max_position_embeddings=32)).eval()
+    for net in (gpt2, bert):
+        for method in ("uniform_width", "l1_filter"):
+            with pytest.raises(ValueError, match="removes Conv2d filters and this .* has none"):
+                rp.prune(net, method, 0.3, "flops", calib=tok)

@@ -20,7 +20,8 @@
   checks that the network still runs and gives an output of the original shape. A grouped conv
   that is not depthwise (ResNeXt, RegNet) is refused before any surgery (:func:`check_convs`);
   a channel shuffle (ShuffleNet) is refused when Torch-Pruning cannot trace it or its surgery
-  breaks, with our message.
+  breaks, with Torch-Pruning's own error; a model without Conv2d filters (a language model) and
+  one whose every conv feeds the output are told so.
 * **Cost.** :func:`count` runs the real network: params = every parameter (BN included),
   flops = multiply-adds = ``FlopCounterMode`` FLOPs / 2 for one input (convs and linears;
   BN, ReLU, pooling and additions are not counted, as everywhere in rdprune). A mask-pruned
@@ -119,6 +120,10 @@ def kept_weights(model: nn.Module, original: nn.Module) -> dict[str, int]:
 
 def dependency_graph(model: nn.Module, example=None):
     import torch_pruning as tp
+    if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        raise ValueError(f"filter surgery removes Conv2d filters and this {type(model).__name__} "
+                         "has none (its prunable layers are matrices); use a mask method "
+                         "(rp.prune(model, 'rd' or 'lamp', ...))")
     was = model.training
     model.eval()
     try:
@@ -128,10 +133,10 @@ def dependency_graph(model: nn.Module, example=None):
     except ValueError:
         raise
     except Exception as e:  # Torch-Pruning's failure, said in our words
-        raise ValueError(f"Torch-Pruning cannot follow this model's channels ({type(e).__name__}: "
-                         f"{e}); it probably reshapes or shuffles channels (e.g. ShuffleNet's "
-                         "channel shuffle). Filter pruning cannot serve it; use a mask method "
-                         "(rp.prune(model, 'rd' or 'lamp', ...))") from e
+        raise ValueError(f"Torch-Pruning cannot trace this model's channels ({type(e).__name__}: "
+                         f"{e}); filter surgery follows channels only where Torch-Pruning can "
+                         "trace them. Use a mask method (rp.prune(model, 'rd' or 'lamp', ...))"
+                         ) from e
     finally:
         model.train(was)
     return dg
@@ -245,8 +250,8 @@ def remove_filters(model: nn.Module, removal: Mapping[str, Sequence[int]], *,
             why = "the output shape changed"
         if not ok:
             raise ValueError(f"removing filters of {name!r} does not give a consistent network "
-                             f"({why}); its channels are probably reshaped or shuffled (e.g. "
-                             "ShuffleNet's channel shuffle), which filter surgery cannot follow. "
+                             f"({why}): its channels are reshaped or regrouped after it (a "
+                             "channel shuffle, attention heads), which filter surgery cannot follow. "
                              "Leave that group out, or use a mask method (rp.prune(model, 'rd', "
                              "...))")
     return model
@@ -322,13 +327,22 @@ def _fraction_plans(sizes: dict[str, int], pick):
     return len(fracs), lambda i: {r: pick(r, removed(fracs[i], n)) for r, n in sizes.items()}
 
 
+def _some_groups(found: dict) -> dict:
+    if not found:
+        raise ValueError("no filter group of this model can lose channels (its convs feed the "
+                         "output directly or are bound to layers that cannot shrink); use a mask "
+                         "method (rp.prune(model, 'rd' or 'lamp', ...))")
+    return found
+
+
 def uniform_width(model: nn.Module, target: float, budget: str = "flops", *,
                   example: torch.Tensor | None = None) -> nn.Module:
     """Remove the same fraction of every group's channels, keeping the leading ones, at the least
     fraction meeting the target (a pruned copy)."""
     target = _check_target(target, budget)
     m = M.clone(model)
-    sizes = {r: mod.out_channels for r, (mod, *_) in coupled_groups(m, dependency_graph(m, example)).items()}
+    sizes = {r: mod.out_channels for r, (mod, *_) in
+             _some_groups(coupled_groups(m, dependency_graph(m, example))).items()}
     n, plan = _fraction_plans(sizes, lambda r, k: list(range(sizes[r] - k, sizes[r])))
     return _search(model, target, budget, n, plan, example)
 
@@ -341,7 +355,7 @@ def l1_filters(model: nn.Module, target: float, budget: str = "flops", *, scope:
     if scope not in ("global", "layer"):
         raise ValueError(f"unknown scope {scope!r}; choose 'global' or 'layer'")
     m = M.clone(model)
-    scores = filter_scores(coupled_groups(m, dependency_graph(m, example)))
+    scores = filter_scores(_some_groups(coupled_groups(m, dependency_graph(m, example))))
     order = {r: torch.argsort(s, stable=True).tolist() for r, (_, s) in scores.items()}
     if scope == "layer":
         n, plan = _fraction_plans({r: k for r, (k, _) in scores.items()},
