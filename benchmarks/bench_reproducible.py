@@ -1,5 +1,5 @@
 """Reproducibility: the same quick-preset notebooks run with different torch thread counts give
-every top-1 within the README's tolerance (``rdprune.lab.readme.TOLERANCE_PTS`` points).
+every top-1 within the stated tolerance (docs/reproducibility.md, ``rdprune.lab.readme.TOLERANCE_PTS`` points).
 
 Float sums are reordered when the thread count changes, so pruning choices near a tie and every
 fine-tuning step can differ in the last bits; this measures how far that moves the published

@@ -4,7 +4,7 @@
   python -m rdprune prune       prune on a schedule (one-shot or iterative), record every round
   python -m rdprune curves      compute and cache RD curves (torchrun: shared across ranks)
   python -m rdprune reproduce   execute the notebook collection with a preset
-  python -m rdprune report      README's tables from a run's files (publish, or compare a rerun)
+  python -m rdprune report      the result tables from a run's files (publish, or compare a rerun)
 
 Method names, distortions and presets come from the library's registries (rdprune.allocation,
 rdprune.rd, rdprune.lab.presets); ``--help`` on each command lists them with their defaults.
@@ -216,8 +216,9 @@ def report(args) -> int:
               f"{R.TOLERANCE_PTS:g} points of {docs}")
         status = 1 if len(bad) else 0
     if args.publish:
-        names = R.publish(results, docs, REPO / "README.md")
-        print(f"copied to {docs}; README tables rewritten: {', '.join(names) or 'none'}")
+        names = R.publish(results, docs)
+        print(f"copied to {docs}; tables rewritten in docs/results.md and README: "
+              f"{', '.join(names) or 'none'}")
     if args.compare:
         return status
     if not args.publish:
@@ -349,11 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.reproduce.add_parser(sub)
 
     r = sub.add_parser("report", formatter_class=fmt,
-                       help="README's result tables from a run's files; publish or compare them")
+                       help="the result tables (docs/results.md) from a run's files; publish or compare them")
     r.add_argument("--results", default="results/quick",
                    help="a reproduce output folder (results/<preset>)")
     r.add_argument("--publish", action="store_true",
-                   help="copy its CSVs to docs/results/<preset>/ and rewrite README's tables")
+                   help="copy its CSVs to docs/results/<preset>/ and rewrite the tables of "
+                        "docs/results.md and README")
     r.add_argument("--compare", action="store_true",
                    help="compare every top-1 with the committed docs/results/<preset>/ and exit "
                         f"1 if one differs by more than {rp.lab.readme.TOLERANCE_PTS:g} points")

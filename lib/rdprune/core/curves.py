@@ -89,7 +89,7 @@ def curves(model: nn.Module, calib: torch.Tensor, grid: int = GRID, distortion: 
     samples (amounts × batch) through a layer's downstream part at once. Default: 256 on a CPU
     (on 2 cores the time per sample is flat up to ~256 and grows beyond, so larger batches do
     not pay); 4096 on a GPU, where a pass of a small network costs about the same whatever the
-    batch (not yet timed here: we had no GPU). ``criterion`` picks which weights a layer loses
+    batch (the GPU default is not benchmarked yet). ``criterion`` picks which weights a layer loses
     first (:mod:`rdprune.core.criteria`: ``magnitude``, the paper's, or ``wanda``); the curves
     are measured, cached and labelled (``attrs["criterion"]``) under it. ``output`` picks what
     is compared in the model's output (:func:`rdprune.core.distortion.reading`; default: the
@@ -188,7 +188,7 @@ def _my_layers(model, todo, amounts, method, rank, ranks):
 def default_max_batch(device: torch.device) -> int:
     """Samples through a downstream part at once: 256 on a CPU (time per sample is flat up to
     about that on 2 cores), 4096 on a GPU (a small network's pass costs about the same whatever
-    the batch; not yet timed here)."""
+    the batch; not benchmarked yet)."""
     return 256 if torch.device(device).type == "cpu" else 4096
 
 

@@ -3,7 +3,7 @@
 door ``rp.prune`` and the evaluation helper (:mod:`.front`), the equal-budget comparison
 (:mod:`.experiments`), schedules (:mod:`.pipeline`), notebook
 reproduction (:mod:`.reproduce`), figures (:mod:`.plots`), numbers in words (:mod:`.report`) and
-README's tables (:mod:`.readme`), the byte corpus (:mod:`.text`) and the explorer widget
+the published result tables (:mod:`.readme`), the byte corpus (:mod:`.text`) and the explorer widget
 (:mod:`.widgets`). Names are resolved here (a dataset, a model name); the floors below take
 models, tensors and loaders."""
 from . import (

@@ -2,8 +2,8 @@
 
 nbclient waits for a cell's reply with one ``poll`` on the kernel's shell socket, as long as the
 cell timeout. With widgets in a cell (our explorer), that poll sometimes misses the wake-up of a
-reply that has arrived (jupyter/nbclient#312) and returns only at the timeout: seen here as a
-0.3-second explorer cell that took exactly the 600-second limit, under load. The channels below
+reply that has arrived (jupyter/nbclient#312) and returns only at the timeout: a 0.3-second
+explorer cell can then take the whole cell limit, under load. The channels below
 poll in slices of at most a second, and each new poll looks at the socket first, so a reply
 that is already there is read within a second. The overall timeout is unchanged.
 """

@@ -4,7 +4,7 @@ parameters (:data:`NOTEBOOKS`). The CLI, :mod:`.pipeline`, :mod:`.reproduce` and
 these; a test keeps each notebook's ``parameters`` cell equal to ``NOTEBOOKS["quick"]``.
 
 What "quick" means, in each place:
-- a **recipe** ``quick``: 2 epochs of AdamW, minutes on a 2-core CPU (ResNet-20 ≥ 90 % top-1 on
+- a **recipe** ``quick``: 2 epochs of AdamW, minutes on a laptop CPU (ResNet-20 ≥ 90 % top-1 on
   Fashion-MNIST; the MobileNets 600 steps of 64, about 0.64 epoch, and the transformers their
   own, :data:`_PER_MODEL`); ``smoke`` trains for seconds (tests); ``paper`` is the RD authors'
   CIFAR recipe (AdamW lr 3e-4, batch 100, 50k steps for ResNets and the MobileNets, 20k VGG-16,
@@ -13,13 +13,16 @@ What "quick" means, in each place:
   200 fine-tuning steps per round; ``paper``: the authors' 1024 images, 101 points, worst-case
   distortion and 80k/40k/60k fine-tuning steps;
 - the **notebooks'** ``quick``: half that calibration set (128 images, a 21-point grid) and
-  2,000 test images, one seed, so that all seven notebooks finish in about 90 minutes here
-  (07, the transformers, another 20 minutes the first time, to train vit_tiny and lm_tiny);
+  2,000 test images, one seed, so that all seven notebooks finish in about 90 minutes on a
+  2-core CPU (07, the transformers, another 20 minutes the first time, to train vit_tiny and
+  lm_tiny; docs/reproducibility.md has the measured times);
 - the **notebooks'** ``full``: the RD comparison (01-03) on all 10,000 test images; notebook 03
   over 3 seeds, each from a 10-epoch dense model (recipe ``long``) with 480 fine-tuning steps
-  per iterative round, the rate decayed to zero in each (``cosine``), about 75 minutes here
-  (README gives the measured time); 04-07 are skipped with the reason (their seeds lists work,
-  3 seeds cost hours more).
+  per iterative round, the rate decayed to zero in each (``cosine``), about 75 minutes on a
+  2-core CPU (docs/reproducibility.md); 04-07 are skipped with the reason (their seeds lists
+  work, 3 seeds cost hours more);
+- ``paper_regime``: notebook 03 iterated to 95.5 and 98.85 % sparsity, RD against LAMP, 3 seeds
+  from 10-epoch dense models, a 101-point grid and 240 cosine steps per round.
 """
 from __future__ import annotations
 
@@ -50,8 +53,9 @@ RECIPES = {
 }
 # (recipe, model) -> changes: the paper recipe's dense training per architecture; the byte-level
 # language model counts steps of 32 windows (an epoch of its corpus is about 2,640 of them;
-# 850 steps took 9.5 minutes here, see README); the MobileNets' quick recipe is shorter (their
-# CIFAR variants keep 28 px through the first stages: about 1.4 s per step of 64 for V2 here)
+# 850 steps take about 10 minutes on a 2-core CPU); the MobileNets' quick recipe is shorter
+# (their CIFAR variants keep 28 px through the first stages: about 1.4 s per step of 64 for V2
+# on a 2-core CPU)
 _PER_MODEL = {("quick", "mobilenet_v2"): dict(batch_size=64, steps=600),
               ("quick", "mobilenet_v1"): dict(batch_size=64, steps=600),
               ("smoke", "mobilenet_v2"): dict(batch_size=32, steps=10),
@@ -130,8 +134,8 @@ _HBGS = ["HBGS", "HBGS-B", "HBGTS", "HBGTS-B"]
 _UNIFORM = ["omp", "backward", "random"]
 _COMPARED = ["rd", "rd_filter", "HBGS-B", "HBGTS-B", "jointpruning", "uniform_width", "l1_filter"]
 _COMPARED_ALL = _COMPARED[:2] + _HBGS + _COMPARED[4:]
-# notebook 04, per model: a MobileNetV2 step costs about 5 ResNet-20 steps here, so its quick
-# search and retraining are shorter (its part of the quick run: within 15 minutes, README)
+# notebook 04, per model: a MobileNetV2 step costs about 5 ResNet-20 steps, so its quick
+# search and retraining are shorter (its part of the quick run: within 15 minutes)
 _RETRAIN_BATCH = {"*": 128, "mobilenet_v1": 64, "mobilenet_v2": 64}
 _SUPERNET_STEPS = {"*": 120, "mobilenet_v2": 80}
 _RETRAIN_STEPS = {"*": 150, "mobilenet_v2": 100}
@@ -181,8 +185,8 @@ NOTEBOOKS: dict[str, dict[str, dict]] = {
         # 10-epoch dense models and 480 cosine fine-tuning steps per round: from the 2-epoch
         # quick models every budget up to 480 kept gaining (the fine-tune was still training the
         # dense model); from 10 epochs, doubling 240 to 480 (and 480 to 960) moved no round by
-        # more than the test-set noise (docs/results/full/finetune_budget_cosine*.csv, README
-        # "RD against LAMP"); 480 is the doubling past the first budget that met it
+        # more than the test-set noise (docs/results/full/finetune_budget_cosine*.csv,
+        # docs/results.md "RD against LAMP"); 480 is the doubling past the first budget that met it
         "03_rd_vs_baselines": dict(seeds=[0, 1, 2], targets=[0.5, 0.6, 0.7, 0.8, 0.9],
                                    recipe="long", iterative_methods=["rd", "lamp"],
                                    iterative_target=0.9, per_round=0.5, finetune_steps=480,
@@ -191,10 +195,10 @@ NOTEBOOKS: dict[str, dict[str, dict]] = {
                                 supernet_steps=120, search_steps=12, samples=4,
                                 retrain_steps=150, retrain_batch=_RETRAIN_BATCH,  # full budgets
                                 _skip="not in the full preset (3 seeds of ResNet-20 and both "
-                                "MobileNets take hours here); run it with: python -m rdprune "
+                                "MobileNets take hours on a CPU); run it with: python -m rdprune "
                                 "reproduce --preset full --only 04"),
         **{stem: dict(_skip="not in the full preset (3 seeds of notebooks 04-06 take about 2 "
-                            "hours more here); run it with: python -m rdprune reproduce --preset full --only "
+                            "hours more on a CPU); run it with: python -m rdprune reproduce --preset full --only "
                             + stem[:2] + " -p seeds \"[0, 1, 2]\"")
            for stem in ("05_hbgs", "06_comparison")},
         "07_transformers": dict(_TRANSFORMERS, _skip="not in the full preset yet (one seed of "

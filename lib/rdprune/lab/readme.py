@@ -1,12 +1,14 @@
-"""README's result tables, rendered from the files a run wrote, so that no README number can
-contradict them.
+"""The result tables of ``docs/results.md`` (and README's summary), rendered from the files a run
+wrote, so that no published number can contradict them.
 
 - :func:`tables`: the tables of a results folder (``results/<preset>/`` or the committed copy
   under ``docs/results/<preset>/``), means ± sd over seeds, with the computed conclusions of
   :mod:`rdprune.lab.report`;
-- :func:`update_readme` writes them between markers ``<!-- table:NAME -->`` …
+- :func:`update_blocks` writes them between markers ``<!-- table:NAME -->`` …
   ``<!-- /table:NAME -->``; :func:`publish` (``python -m rdprune report --publish``) copies a
-  run's CSVs into ``docs/`` and rewrites README; a test keeps README equal to the committed CSVs;
+  run's CSVs into ``docs/results/`` and rewrites the blocks of :data:`PAGES` (``docs/results.md``
+  holds every table, README the few of its summary); a test keeps both equal to the committed
+  CSVs;
 - :func:`compare`: a rerun's top-1s against the committed ones, within :data:`TOLERANCE_PTS`.
 """
 from __future__ import annotations
@@ -14,13 +16,18 @@ from __future__ import annotations
 import math
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
+from ..util import REPO
 from .report import LM_GOALS, VIT_GOALS, goal, rd_verdict, spread_table
 
-# (notebook folder, CSV) pairs the README's tables are rendered from
+# the pages whose ``<!-- table:NAME -->`` blocks :func:`publish` rewrites
+PAGES = (REPO / "docs" / "results.md", REPO / "README.md")
+
+# (notebook folder, CSV) pairs the tables are rendered from
 SOURCES = {"03_rd_vs_baselines": ["results.csv"], "04_jointpruning": ["targets.csv", "ablation.csv"],
            "06_comparison": ["results.csv"],
            "07_transformers": ["vit.csv", "lm.csv"], "summary": []}
@@ -40,14 +47,14 @@ def markdown(df: pd.DataFrame, digits: int = 3) -> str:
 
 
 def block_prefix(preset: str) -> str:
-    """README block names of a preset's tables: ``zero_shot`` for quick (and folders that are not
+    """Block names of a preset's tables: ``zero_shot`` for quick (and folders that are not
     a preset's), ``full_zero_shot`` for full..."""
     from .presets import NOTEBOOKS
     return f"{preset}_" if preset in NOTEBOOKS and preset != "quick" else ""
 
 
 def tables(root: str | Path, prefix: str | None = None) -> dict[str, str]:
-    """README's tables from a results folder (``results/<preset>`` or a committed copy): means ±
+    """The result tables of a results folder (``results/<preset>`` or a committed copy): means ±
     standard deviations over the seeds a run has (plain values for one seed). Block names get
     ``prefix`` (default: :func:`block_prefix` of the folder's name)."""
     root, out = Path(root), {}
@@ -63,7 +70,7 @@ def tables(root: str | Path, prefix: str | None = None) -> dict[str, str]:
                 z.columns = [digits.format(c) for c in z.columns]
                 z.index.name += ", sparsity →"
                 out[key] = markdown(z)
-        if "n_test" in r:  # the conclusion, computed (README quotes it for the full preset)
+        if "n_test" in r:  # the conclusion, computed (docs/results.md quotes it per preset)
             from . import data as D
             chance = 1 / D.info(r["dataset"].iloc[0]).num_classes
             out["verdict"] = rd_verdict(r, int(r["n_test"].iloc[0]), chance=chance)
@@ -88,7 +95,7 @@ def tables(root: str | Path, prefix: str | None = None) -> dict[str, str]:
                                            f" (mean ± sd, {r.seed.nunique()} seeds)")
         out["comparison"] = markdown(w, 3)
     # 04_jointpruning_widths: notebook 04 on MobileNetV2 at three width multipliers' FLOPs
-    # (README gives its command; not a preset's own run)
+    # (docs/results.md gives its command; not a preset's own run)
     for key, folder in (("jointpruning", "04_jointpruning"),
                         ("jointpruning_widths", "04_jointpruning_widths")):
         if (root / folder / "targets.csv").is_file():
@@ -165,19 +172,22 @@ def jointpruning_table(folder: Path) -> str:
     return markdown(table, 3)
 
 
-def update_readme(text: str, blocks: dict[str, str]) -> str:
-    """``text`` with each ``<!-- table:NAME -->…<!-- /table:NAME -->`` block replaced."""
+def update_blocks(text: str, blocks: dict[str, str]) -> str:
+    """``text`` with each ``<!-- table:NAME -->…<!-- /table:NAME -->`` block replaced (blocks the
+    text does not have are left out)."""
     for name, table in blocks.items():
         if text.count(f"<!-- table:{name} -->") > 1:  # the pattern would eat what lies between
-            raise ValueError(f"README has the block {name!r} twice; keep one")
+            raise ValueError(f"the page has the block {name!r} twice; keep one")
         pattern = re.compile(rf"(<!-- table:{name} -->\n)(?:.*?\n)?(<!-- /table:{name} -->)", re.S)
         text = pattern.sub(lambda m: m.group(1) + table + "\n" + m.group(2), text)
     return text
 
 
-def publish(results: str | Path, docs: str | Path, readme: str | Path) -> list[str]:
+def publish(results: str | Path, docs: str | Path,
+            pages: str | Path | Sequence[str | Path] | None = None) -> list[str]:
     """Copy the CSVs the tables are rendered from into ``docs`` (committed) and rewrite the
-    README's blocks from them; returns the names of the blocks written."""
+    blocks of ``pages`` (default :data:`PAGES`) from them; returns the names of the blocks
+    rendered."""
     results, docs = Path(results), Path(docs)
     for folder, files in SOURCES.items():
         for name in files:
@@ -197,16 +207,18 @@ def publish(results: str | Path, docs: str | Path, readme: str | Path) -> list[s
             summary = pd.concat([kept, summary]).sort_values("notebook", kind="stable")
         summary.to_csv(old, index=False)
     blocks = tables(docs)
-    path = Path(readme)
-    path.write_text(update_readme(path.read_text(), blocks))
+    pages = PAGES if pages is None else [pages] if isinstance(pages, (str, Path)) else pages
+    for page in map(Path, pages):
+        page.write_text(update_blocks(page.read_text(), blocks))
     return list(blocks)
 
 
-TOLERANCE_PTS = 3.0  # README's stated tolerance between two runs of one preset (README explains)
+# the stated tolerance between two runs of one preset (docs/reproducibility.md explains)
+TOLERANCE_PTS = 3.0
 
 
 def compare(new: str | Path, old: str | Path, tolerance_pts: float = TOLERANCE_PTS) -> pd.DataFrame:
-    """Every top-1 of the README's tables in ``new`` against ``old`` (e.g. a fresh run against
+    """Every top-1 of the result tables in ``new`` against ``old`` (e.g. a fresh run against
     the committed ``docs/results/quick``): one row per number with both values, the difference in
     points and whether it lies within ``tolerance_pts``."""
     rows = []

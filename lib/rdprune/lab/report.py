@@ -9,7 +9,8 @@
   Markdown, each sentence computed from the results table; :func:`goal` (notebook 07): one
   method against another at given targets, win / loss / tie;
 
-README's tables, rendered from these, are in :mod:`rdprune.lab.readme`.
+The published result tables (docs/results.md), rendered from these, are in
+:mod:`rdprune.lab.readme`.
 """
 from __future__ import annotations
 
@@ -270,7 +271,7 @@ def comparison_verdict(results: pd.DataFrame, n_test: int) -> str:
     return head + "\n\n" + "\n".join(lines)
 
 
-# ----------------------------------------------------------------------------- README tables
+# ----------------------------------------------------------------------------- result tables
 
 
 def rd_gain(zero_shot: pd.DataFrame) -> pd.DataFrame:
