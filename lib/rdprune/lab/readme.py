@@ -53,6 +53,16 @@ def block_prefix(preset: str) -> str:
     return f"{preset}_" if preset in NOTEBOOKS and preset != "quick" else ""
 
 
+def _pct_column(fraction: float, places: int) -> str:
+    """A sparsity as a column head, with more places only where rounding would change it
+    (0.955 is 95.5 %, not 96 %; 0.98847 is 98.85 %)."""
+    v = 100 * float(fraction)
+    for p in range(places, 2):
+        if abs(round(v, p) - v) < 1e-9:
+            return f"{v:.{p}f}%"
+    return f"{v:.2f}%"
+
+
 def tables(root: str | Path, prefix: str | None = None) -> dict[str, str]:
     """The result tables of a results folder (``results/<preset>`` or a committed copy): means ±
     standard deviations over the seeds a run has (plain values for one seed). Block names get
@@ -62,12 +72,11 @@ def tables(root: str | Path, prefix: str | None = None) -> dict[str, str]:
     zs = root / "03_rd_vs_baselines" / "results.csv"
     if zs.is_file():
         r = pd.read_csv(zs)
-        for key, schedule, digits in (("zero_shot", "zero-shot", "{:.0%}"),
-                                      ("iterative", "iterative", "{:.1%}")):
+        for key, schedule, places in (("zero_shot", "zero-shot", 0), ("iterative", "iterative", 1)):
             part = r[r.schedule == schedule]
             if len(part):
                 z = spread_table(part, "method", "target", "top1", label=f"top-1, {schedule}")
-                z.columns = [digits.format(c) for c in z.columns]
+                z.columns = [_pct_column(c, places) for c in z.columns]
                 z.index.name += ", sparsity →"
                 out[key] = markdown(z)
         if "n_test" in r:  # the conclusion, computed (docs/results.md quotes it per preset)
