@@ -77,18 +77,6 @@ def test_notebook_defaults_are_the_quick_preset(path):
         {k: v for k, v in quick.items() if k in defaults}
 
 
-@pytest.mark.parametrize("stem", ["04_jointpruning", "05_hbgs", "06_comparison"])
-def test_structured_notebooks_use_the_front_door_and_the_shared_evaluation(stem):
-    """No notebook carries its own method dispatcher or evaluation loop: they call rp.prune and
-    rp.evaluate_pruned, or the equal-budget harness built on them."""
-    nb = nbformat.read(next(p for p in NOTEBOOKS if p.stem == stem), as_version=4)
-    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
-    assert ("rp.evaluate_pruned(" in code and "rp.prune(" in code) or \
-        ("experiments.evaluate_each(" in code and "experiments.prune_each(" in code)
-    assert "def prune(" not in code and "recalibrate_bn(" not in code
-    assert "fine_tune(" not in code  # the helper fine-tunes
-
-
 def test_paper_numbers_table():
     df = reproduce.paper_numbers()
     assert list(df.columns) == ["paper", "dataset", "model", "method", "schedule", "metric",
