@@ -109,3 +109,44 @@ def test_ui_offers_only_what_it_can_compute(lenet, calib):
     _, first, _ = fed.view(0.5, "params", "lamp")
     _, again, _ = fed.view(0.5, "params", "lamp")
     assert "lamp solved in" in first and "lamp: remembered" in again
+
+
+def test_ui_debounces_to_the_last_value(resnet_explorer, monkeypatch):
+    """With an event loop running (as in a kernel), a burst of changes shows "updating…" at once
+    and draws once, at the last value."""
+    import asyncio
+
+    from rdprune.lab import widgets
+    monkeypatch.setattr(widgets, "DEBOUNCE_S", 0.05)
+    drawn = []
+    view = resnet_explorer.view
+    monkeypatch.setattr(resnet_explorer, "view", lambda *a: drawn.append(a) or view(*a))
+
+    async def burst():
+        box = resnet_explorer.ui(target=0.6, compare="none")
+        c = box.controls
+        first = c["figure"].value
+        for t in (0.61, 0.62, 0.63, 0.64, 0.65):
+            c["target"].value = t
+        assert "updating" in c["status"].value and c["figure"].value == first
+        await asyncio.sleep(0.5)
+        return c
+
+    c = asyncio.run(burst())
+    assert [a[0] for a in drawn] == [0.6, 0.65]
+    assert c["status"].value == "" and c["figure"].value[:4] == b"\x89PNG"
+    assert resnet_explorer.last["rd"].sparsity >= 0.65 - 1e-9
+
+
+def test_flops_budget_says_when_it_equals_params():
+    """A model whose layers do the same FLOPs per weight allocates alike for both budgets, and
+    the summary says so rather than looking broken."""
+    import torch
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    M.remember(model, torch.randn(2, 16))
+    ex = Explorer(model, synthetic_curves(model))
+    assert ex.flops_track_params
+    _, html, _ = ex.view(0.5, "flops", "none")
+    assert "same allocation" in html
+    assert "same allocation" not in ex.view(0.5, "params", "none")[1]
+    assert "layer names" in ex.names_html() and "<code>0</code>" in ex.names_html()

@@ -13,6 +13,9 @@ testable without a browser; :meth:`Explorer.ui` is a thin ipywidgets layer over 
 """
 from __future__ import annotations
 
+import asyncio
+import html as _html
+import io
 import time
 from typing import NamedTuple
 
@@ -25,6 +28,7 @@ from ..core.allocators import RDSolver, allocate
 from ..core.curves import check_curves
 
 INTERACTIVE_MAX_STATES = 1 << 17
+DEBOUNCE_S = 0.25  # a redraw waits this long after the last change (a held arrow key: ~30/s)
 
 
 def compare_choices() -> tuple[str, ...]:
@@ -59,6 +63,10 @@ class Explorer:
         self.already = np.array([int((~M.mask_of(m)).sum()) for m in layers.values()])
         flops = M.layer_flops(model)
         self.flops = np.array([flops[k] for k in self.names], dtype=np.float64)
+        per_weight = self.flops / self.n
+        # every layer does as many FLOPs per weight (a transformer's linear layers, one token
+        # each): a FLOPs target then allocates exactly as the same parameters target does
+        self.flops_track_params = bool(np.allclose(per_weight, per_weight[0], rtol=1e-6))
         self._cache: dict[tuple, Solution] = {}
         self._solvers: dict[str, RDSolver] = {}
         grids = {k: g.sort_values("amount") for k, g in self.curves.groupby("layer", sort=False)}
@@ -132,70 +140,109 @@ class Explorer:
                 "<small>" + ", ".join(f"{m}: remembered from an earlier solve" if self.cached[m]
                                       else f"{m} solved in {self.seconds[m] * 1000:.1f} ms"
                                       for m in sols) + "</small>")
+        if budget == "flops" and self.flops_track_params:
+            html += ("<br><small><b>FLOPs and parameters give the same allocation here</b>: every "
+                     "prunable layer does the same FLOPs per weight, so removing a fraction of the "
+                     "FLOPs removes the same fraction of the weights.</small>")
         self.last = sols
         return fig, html, sols
 
+    def names_html(self) -> str:
+        """A collapsed table of the figure's short layer names, each with its full name and
+        weight count (:func:`rdprune.lab.plots.short_names`)."""
+        from . import plots
+        short = plots.short_names(M.forward_order(self.model))
+        size = dict(zip(self.names, self.n))
+        rows = "".join(f"<tr><td>{_html.escape(s)}</td><td><code>{_html.escape(k)}</code></td>"
+                       f"<td style='text-align:right'>{size[k]:,}</td></tr>"
+                       for k, s in short.items())
+        return ("<details><summary>layer names in the figure (short → full)</summary>"
+                "<table><tr><th>label</th><th>layer</th><th>weights</th></tr>"
+                f"{rows}</table></details>")
+
     def ui(self, target: float = 0.9, budget: str = "params", compare: str = "lamp"):
         """An ipywidgets box: target slider (steps of 0.005), params/FLOPs toggle, comparison
-        dropdown; the bars and the table redraw together on every change, and changes that queue
-        up while a redraw runs are drawn once, at the latest setting. ``box.controls`` holds the
-        widgets."""
+        dropdown, the bars as an image that scales to the output's width, the summary table and
+        a collapsed legend of the layers' full names. A change shows "updating…" at once and
+        redraws :data:`DEBOUNCE_S` after the last change, at the setting then (a held arrow key
+        draws once, at the value it stops on; without a running event loop, e.g. in a plain
+        script, every change redraws at once). ``box.controls`` holds the widgets,
+        ``box.redraw()`` draws the current setting now."""
         import ipywidgets as W
-        import matplotlib.pyplot as plt
         label = {"description_width": "initial"}
-        # 640 px leaves the track 379 px (measured in JupyterLab 4.6, headless Chromium; it was
-        # 199 px at 460), 0.0026 of target per pixel; the toggle's label is its own widget, because
-        # ToggleButtons put their buttons on a new line under a description
+        # the slider takes what the row leaves (260 to 560 px); the "budget" label and its
+        # toggle keep their own width and stay together, so at a narrow output the row wraps
+        # between the slider and them, never inside a label
         slider = W.FloatSlider(value=target, min=0.0, max=0.995, step=0.005,
                                description="target (fraction removed)", continuous_update=False,
-                               readout_format=".3f", style=label, layout=W.Layout(width="640px"))
+                               readout_format=".3f", style=label,
+                               layout=W.Layout(width="auto", flex="1 1 420px", min_width="260px",
+                                               max_width="560px"))
         toggle = W.ToggleButtons(options=[("parameters", "params"), ("FLOPs", "flops")],
-                                 value=budget, style={"button_width": "110px"})
+                                 value=budget, style={"button_width": "92px"},
+                                 tooltips=["fraction of the prunable weights removed",
+                                           "fraction of the prunable layers' FLOPs removed"],
+                                 layout=W.Layout(width="auto", flex="0 0 auto"))
         if compare not in self.choices():
             self.view(target, budget, compare)  # the ValueError that says why
         dropdown = W.Dropdown(options=list(self.choices()), value=compare,
                               description="compare with", style=label,
                               layout=W.Layout(width="260px"))
-        info, out = W.HTML(), W.Output()
-        drawn = {}
+        budget_label = W.Label("budget", layout=W.Layout(width="auto", flex="0 0 auto",
+                                                         margin="0 4px 0 14px"))
+        status = W.HTML("", layout=W.Layout(margin="0 0 0 12px"))
+        info, legend = W.HTML(), W.HTML(self.names_html())
+        figure = W.Image(format="png", layout=W.Layout(max_width="100%", height="auto"))
+        state: dict = {"drawn": None, "pending": None}
 
-        def redraw(_change=None):
-            setting = (slider.value, toggle.value, dropdown.value)  # the latest, not the event's
-            if drawn.get("setting") == setting:
-                return  # a queued event for what is on screen already
+        def draw():
+            state["pending"] = None
+            setting = (slider.value, toggle.value, dropdown.value)  # the latest, not an event's
+            if state["drawn"] != setting:
+                try:
+                    fig, html, _ = self.view(*setting)
+                except ValueError as e:  # e.g. a target the constraints cannot reach
+                    figure.value = b""  # no bars of an earlier setting under the message
+                    info.value = f"<b>cannot allocate:</b> {_html.escape(str(e))}"
+                    state["drawn"] = None
+                else:
+                    figure.value = _png(fig)  # the bars, then the table: both show ``setting``
+                    info.value = html
+                    state["drawn"] = setting
+            status.value = ""
+
+        def changed(_change=None):
+            status.value = "<i>updating…</i>"
             try:
-                fig, html, _ = self.view(*setting)
-            except ValueError as e:  # e.g. a target the constraints cannot reach
-                out.clear_output()  # no bars of an earlier setting under the message
-                info.value = f"<b>cannot allocate:</b> {e}"
-                drawn["setting"] = None
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no event loop (a script, a test): draw now
+                draw()
                 return
-            _show(out, fig)  # the bars first, then the table: both show ``setting``
-            info.value = html
-            drawn["setting"] = setting
-            plt.close(fig)
+            if state["pending"] is not None:
+                state["pending"].cancel()
+            state["pending"] = loop.call_later(DEBOUNCE_S, draw)
 
         for w in (slider, toggle, dropdown):
-            w.observe(redraw, names="value")
-        redraw()
-        box = W.VBox([W.HTML(f"<b>RD explorer — {self.name}</b>: move the target, switch the "
-                             "budget, pick a method to compare with"),
-                      W.HBox([slider, W.Label("budget"), toggle],
-                             layout=W.Layout(align_items="center")), dropdown, info, out])
-        box.controls = dict(target=slider, budget=toggle, compare=dropdown, info=info, output=out)
-        box.redraw = redraw
+            w.observe(changed, names="value")
+        draw()
+        heading = W.HTML(f"<b>RD explorer — {_html.escape(str(self.name))}</b>: move the target, "
+                         "switch the budget, pick a method to compare with")
+        row = W.HBox([slider, W.HBox([budget_label, toggle],
+                                     layout=W.Layout(flex="0 0 auto", align_items="center"))],
+                     layout=W.Layout(flex_flow="row wrap", align_items="center", width="100%"))
+        box = W.VBox([W.HBox([heading, status], layout=W.Layout(align_items="center")), row,
+                      dropdown, figure, info, legend])
+        box.controls = dict(target=slider, budget=toggle, compare=dropdown, info=info,
+                            figure=figure, status=status, legend=legend)
+        box.redraw = draw
         return box
 
 
-def _show(out, fig):
-    """Draw ``fig`` into an Output widget when running in IPython (no-op elsewhere)."""
-    try:
-        from IPython import get_ipython
-        from IPython.display import display
-    except ImportError:
-        return
-    if get_ipython() is None:
-        return
-    with out:
-        out.clear_output(wait=True)
-        display(fig)
+def _png(fig) -> bytes:
+    """``fig`` as PNG bytes at 100 dpi (a 10.5 in figure: 1050 px, shown scaled to the
+    output's width); the figure is closed."""
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
