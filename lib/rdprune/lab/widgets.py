@@ -170,16 +170,16 @@ class Explorer:
         ``box.redraw()`` draws the current setting now."""
         import ipywidgets as W
         label = {"description_width": "initial"}
-        # the slider takes what the row leaves (260 to 560 px); the "budget" label and its
+        # the slider takes what the row leaves (260 to 540 px); the "budget" label and its
         # toggle keep their own width and stay together, so at a narrow output the row wraps
         # between the slider and them, never inside a label
         slider = W.FloatSlider(value=target, min=0.0, max=0.995, step=0.005,
                                description="target (fraction removed)", continuous_update=False,
                                readout_format=".3f", style=label,
                                layout=W.Layout(width="auto", flex="1 1 420px", min_width="260px",
-                                               max_width="560px"))
+                                               max_width="540px"))
         toggle = W.ToggleButtons(options=[("parameters", "params"), ("FLOPs", "flops")],
-                                 value=budget, style={"button_width": "92px"},
+                                 value=budget, style={"button_width": "110px"},
                                  tooltips=["fraction of the prunable weights removed",
                                            "fraction of the prunable layers' FLOPs removed"],
                                  layout=W.Layout(width="auto", flex="0 0 auto"))
@@ -192,7 +192,8 @@ class Explorer:
                                                          margin="0 4px 0 14px"))
         status = W.HTML("", layout=W.Layout(margin="0 0 0 12px"))
         info, legend = W.HTML(), W.HTML(self.names_html())
-        figure = W.Image(format="png", layout=W.Layout(max_width="100%", height="auto"))
+        figure = W.Image(format="png", layout=W.Layout(max_width="100%", height="auto",
+                                                       align_self="flex-start"))  # not stretched
         state: dict = {"drawn": None, "pending": None}
 
         def draw():
