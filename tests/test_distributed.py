@@ -34,6 +34,8 @@ WORKER = textwrap.dedent('''
         print("PATHS", dist.get_rank(), sorted(set(out.attrs["paths"].values())))
     except ValueError as e:
         print("REFUSED", e)
+    if not os.environ.get("DIE"):
+        dist.barrier()  # leave together: a rank that tears down first can fail the other's exit
     dist.destroy_process_group()
 ''')
 
