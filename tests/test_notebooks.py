@@ -69,6 +69,16 @@ def test_notebook_is_clean_and_parameterised(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_thin(path):
+    """A notebook reads as its story: parameters, library calls and plots. Harnesses live in the
+    lab (rdprune.lab.experiments), so the code after the parameters cell stays near 60 lines."""
+    code = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"][1:]
+    lines = [line for c in code for line in c.source.splitlines()
+             if line.strip() and not line.strip().startswith("#")]
+    assert len(lines) <= 65, f"{path.stem}: {len(lines)} code lines; move a harness to the lab"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_defaults_are_the_quick_preset(path):
     """Preset parameters live in reproduce.PRESETS; the notebooks' defaults mirror 'quick'."""
     defaults = reproduce.declared(path)
