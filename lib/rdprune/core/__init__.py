@@ -1,11 +1,11 @@
 """The core: math on any model, knowing no dataset and no zoo. Prunable weights (:mod:`.weights`)
 and masks (:mod:`.masks`), distortion measures (:mod:`.distortion`), the downstream recompute
 (:mod:`.downstream`), RD curves (:mod:`.curves`) and their additivity (:mod:`.additivity`), the
-knapsack (:mod:`.knapsack`), allocators (:mod:`.allocators`, OWL in :mod:`.owl`), within-layer
-criteria (:mod:`.criteria`), the one allocate → apply path (:mod:`.pruning`), calibration
-batches (:mod:`.batch`), ranks (:mod:`.distributed`),
-refinement (:mod:`.refine`) and generic training loops (:mod:`.loops`).
-Nothing here imports :mod:`rdprune.structured` or :mod:`rdprune.lab`."""
+knapsack (:mod:`.knapsack`), allocators (:mod:`.allocators`, OWL in :mod:`.owl`, AlphaPruning,
+ATP and DLP in :mod:`.layerwise`), within-layer criteria (:mod:`.criteria`, SparseGPT in
+:mod:`.sparsegpt`), the one allocate → apply path (:mod:`.pruning`), calibration batches
+(:mod:`.batch`), ranks (:mod:`.distributed`), refinement (:mod:`.refine`) and generic training
+loops (:mod:`.loops`). Nothing here imports :mod:`rdprune.structured` or :mod:`rdprune.lab`."""
 from . import (
     additivity,
     allocators,
@@ -16,15 +16,17 @@ from . import (
     distributed,
     downstream,
     knapsack,
+    layerwise,
     loops,
     masks,
     owl,
     pruning,
     rd,
     refine,
+    sparsegpt,
     weights,
 )
 
 __all__ = ["additivity", "allocators", "batch", "criteria", "curves", "distortion", "distributed",
-           "downstream", "knapsack", "loops", "masks", "owl", "pruning", "rd", "refine",
-           "weights"]
+           "downstream", "knapsack", "layerwise", "loops", "masks", "owl", "pruning", "rd",
+           "refine", "sparsegpt", "weights"]

@@ -214,12 +214,12 @@ def allocate(method: str, model: nn.Module, target: float, budget: str = "params
 
 # ----------------------------------------------------------------------------- global rankings
 # ----------------------------------------------------------------------------- shared amount
-def shared_amount(cost, cap, floor, need, offset=0.0, lo=0.0, hi=1.0):
-    """Smallest shift a in [lo, hi] with Σ cost_l · clip(a − offset_l, floor_l, cap_l) ≥ need
-    (bisection; monotone in a): one amount every layer shares (uniform+), or one level around
-    per-layer offsets (OWL)."""
+def shared_amount(cost, cap, floor, need, offset=0.0, lo=0.0, hi=1.0, scale=1.0):
+    """Smallest a in [lo, hi] with Σ cost_l · clip(a · scale_l − offset_l, floor_l, cap_l) ≥ need
+    (bisection; monotone in a for scale > 0): one amount every layer shares (uniform+), one level
+    around per-layer offsets (OWL, DLP, ATP) or one scale of per-layer factors (AlphaPruning)."""
     def removed(a):
-        return float(np.sum(cost * np.clip(a - offset, floor, cap)))
+        return float(np.sum(cost * np.clip(a * scale - offset, floor, cap)))
     if removed(hi) < need - 1e-9 * max(1.0, need):
         raise ValueError("the target cannot be reached with these constraints; lower it")
     for _ in range(100):

@@ -6,6 +6,8 @@ that gives each layer's *removal order*. Everything that prunes reads it from th
 criterion they will be applied with), ``pipeline.zero_shot``/``run`` and the CLI.
 
 - ``magnitude``: the smallest |W| first (the RD paper's, every allocator's default).
+- ``sparsegpt``: SparseGPT's column sweep with the layer's input Hessian chooses the mask and
+  updates the kept weights (:mod:`rdprune.core.sparsegpt`).
 - ``wanda``: the smallest |W_ij|·‖X_j‖₂ first, ‖X_j‖₂ the norm of input feature j over the
   calibration inputs of that layer, compared within each output row, as Sun et al. (2023, "A
   Simple and Effective Pruning Approach for LLMs") do. For a convolution, X_j is input channel j
@@ -37,8 +39,10 @@ DEFAULT = "magnitude"
 class Criterion:
     """``orders(model, calib, names) -> {name: flat weight indices in removal order}``, every
     already-masked weight first (:func:`wanda_order` shows how); None for the default order of
-    :func:`rdprune.masks.prune_order` (smallest magnitude first). ``needs_calib``: it reads
-    activations, so ``calib`` must be given."""
+    :func:`rdprune.masks.prune_order` (smallest magnitude first). A criterion that also changes
+    the weights it keeps gives, in place of an order, a function ``k -> (weight, keep mask)``
+    in the layer's shape, never keeping a masked weight (:mod:`rdprune.core.sparsegpt`); curves
+    and masks use either. ``needs_calib``: it reads activations, so ``calib`` must be given."""
     orders: Callable | None
     needs_calib: bool = False
 
@@ -56,7 +60,7 @@ def register_criterion(name: str, orders: Callable | None, *, needs_calib: bool 
 
 def unregister_criterion(name: str) -> None:
     """Remove a criterion a user registered (the built-in ones stay)."""
-    if name in ("magnitude", "wanda"):
+    if name in ("magnitude", "wanda", "sparsegpt"):
         raise ValueError(f"{name!r} is built in")
     _REGISTRY.pop(name, None)
 

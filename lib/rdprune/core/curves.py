@@ -199,7 +199,10 @@ def pruned_counts(module, amounts):
 
 
 def _variant(like, weight, order, k):
-    """``weight`` with ``order[:k]`` zeroed, in the memory format of ``like``."""
+    """``weight`` with ``order[:k]`` zeroed (or, for a criterion that updates weights, the weight
+    ``order(k)`` gives), in the memory format of ``like``."""
+    if callable(order):
+        return torch.empty_like(like).copy_(order(k)[0])
     w = weight.detach().flatten().clone()  # logical order, whatever the memory format
     w[order[:k]] = 0
     return torch.empty_like(like).copy_(w.view_as(like))

@@ -111,7 +111,8 @@ def apply(model: nn.Module, amounts: Mapping[str, float],
           orders: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
     """Prune each named layer to its absolute sparsity ``amounts[name]`` by magnitude, or in the
     removal order ``orders[name]`` when given (another criterion, :mod:`rdprune.core.criteria`;
-    masked weights first in it), never un-pruning: an amount below the current sparsity leaves
+    masked weights first in it; or a function ``k → (weight, keep mask)`` of a criterion that
+    also updates the weights it keeps, as SparseGPT), never un-pruning: an amount below the current sparsity leaves
     the layer as it is. In place."""
     layers = _check_amounts(model, amounts)
     for name, a in amounts.items():
@@ -119,6 +120,12 @@ def apply(model: nn.Module, amounts: Mapping[str, float],
         mask = mask_of(module)
         k = max(n_pruned(float(a), mask.numel()), int((~mask).sum()))
         new = torch.ones(mask.numel(), dtype=torch.bool, device=mask.device)
+        if orders is not None and callable(orders.get(name)):  # a criterion that updates weights
+            weight, keep = orders[name](k)
+            with torch.no_grad():
+                module.weight.copy_(weight)
+            _set_mask(module, keep.view_as(mask))
+            continue
         if orders is not None and name in orders:
             new[orders[name][:k]] = False
         else:
