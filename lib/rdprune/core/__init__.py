@@ -2,7 +2,8 @@
 and masks (:mod:`.masks`), distortion measures (:mod:`.distortion`), the downstream recompute
 (:mod:`.downstream`), RD curves (:mod:`.curves`) and their additivity (:mod:`.additivity`), the
 knapsack (:mod:`.knapsack`), allocators (:mod:`.allocators`, OWL in :mod:`.owl`, AlphaPruning,
-ATP and DLP in :mod:`.layerwise`), within-layer criteria (:mod:`.criteria`, SparseGPT in
+ATP and DLP in :mod:`.layerwise`,
+the EvoPress-style search in :mod:`.evo`), within-layer criteria (:mod:`.criteria`, SparseGPT in
 :mod:`.sparsegpt`), the one allocate → apply path (:mod:`.pruning`), calibration batches
 (:mod:`.batch`), ranks (:mod:`.distributed`), refinement (:mod:`.refine`) and generic training
 loops (:mod:`.loops`). Nothing here imports :mod:`rdprune.structured` or :mod:`rdprune.lab`."""
@@ -15,6 +16,7 @@ from . import (
     distortion,
     distributed,
     downstream,
+    evo,
     knapsack,
     layerwise,
     loops,
@@ -28,5 +30,5 @@ from . import (
 )
 
 __all__ = ["additivity", "allocators", "batch", "criteria", "curves", "distortion", "distributed",
-           "downstream", "knapsack", "layerwise", "loops", "masks", "owl", "pruning", "rd",
+           "downstream", "evo", "knapsack", "layerwise", "loops", "masks", "owl", "pruning", "rd",
            "refine", "sparsegpt", "weights"]

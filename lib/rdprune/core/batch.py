@@ -139,6 +139,15 @@ def take(b, start: int, stop: int):
     return tuple(t[start:stop] for t in b)
 
 
+def index(b, idx: torch.Tensor):
+    """The samples ``idx`` of a batch."""
+    if isinstance(b, torch.Tensor):
+        return b[idx.to(b.device)]
+    if isinstance(b, Mapping):
+        return {k: v[idx.to(v.device)] for k, v in b.items()}
+    return tuple(t[idx.to(t.device)] for t in b)
+
+
 def split(b, n: int) -> list:
     """Chunks of at most ``n`` samples."""
     return [take(b, i, i + n) for i in range(0, size(b), n)]
