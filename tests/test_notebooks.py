@@ -48,6 +48,9 @@ TINY = {
                             methods=["rd", "lamp", "owl"], refine=1, calib_n=16, grid=5,
                             lm_targets=[0.6], lm_methods=["uniform", "owl", "rd"],
                             lm_calib_n=4, lm_eval_windows=16, n_configs=4),
+    "08_arena": dict(model=["lenet5", "lm_tiny"], recipe="smoke", targets=[0.6], refine=1,
+                     evo={"generations": 2, "offspring": 2}, calib_n={"*": 32, "lm_tiny": 4},
+                     grid=5, eval_subset=200),
 }
 
 
@@ -120,8 +123,9 @@ def test_all_notebooks_ran(executed):
     summary, root = executed
     assert set(summary.index) == {p.stem for p in NOTEBOOKS}
     if not HAS_HF:  # notebook 07's language model is Hugging Face's GPT-2
-        assert summary.loc["07_transformers", "reason"].startswith("needs transformers")
-        summary = summary.drop("07_transformers")
+        for stem in ("07_transformers", "08_arena"):
+            assert summary.loc[stem, "reason"].startswith("needs transformers")
+        summary = summary.drop(["07_transformers", "08_arena"])
     assert (summary["status"] == "ok").all(), summary.to_string()
     assert (root / "summary.csv").is_file()
     for p in NOTEBOOKS:
@@ -308,6 +312,30 @@ def test_transformers_outputs(executed):
     assert set(goal.criterion) == {"magnitude", "wanda"} and list(goal.target.unique()) == [0.6]
     assert set(goal.verdict) <= {"better", "worse", "equal"}  # one seed: no noise estimate
     assert set(pd.read_csv(out / "owl_paper.csv").dataset) == {"WikiText-2"}
+
+
+@pytest.mark.skipif(not HAS_HF, reason="notebook 08's language model is Hugging Face's GPT-2")
+def test_arena_outputs(executed):
+    out = executed[1] / "08_arena"
+    _figures(out, "arena_lenet5", "arena_lm_tiny", "additivity_audit")
+    arena = pd.read_csv(out / "arena.csv")
+    methods = set(reproduce.declared(reproduce.notebooks()[-1])["methods"]) | {"rd+refine"}
+    for m in ("lenet5", "lm_tiny"):
+        part = arena[arena.model == m]
+        assert set(zip(part.method, part.criterion)) == {
+            (a, c) for a in methods for c in ("magnitude", "wanda", "sparsegpt")
+            if a != "rd+refine" or c == "magnitude"}  # refine: magnitude's neighbours
+        assert (part.sparsity >= part.target - 1e-9).all()
+    assert arena[arena.model == "lenet5"].top1.between(0, 1).all()
+    assert (arena[arena.model == "lm_tiny"].perplexity > 1).all()
+    free = arena.method.isin(["uniform", "erk", "lamp", "alphapruning"])
+    assert (arena[free].passes == 0).all() and (arena[~free].passes > 0).all()
+    verdict = pd.read_csv(out / "verdict.csv")
+    assert set(verdict.method) == {"rd", "rd+evo", "evo", "alphapruning", "owl"}
+    assert set(verdict.verdict) <= {"win", "tie", "loss", "better", "equal", "worse"}
+    audit = pd.read_csv(out / "additivity_audit.csv")
+    assert len(audit) == 6 and audit.spearman.between(-1, 1).all()
+    assert set(pd.read_csv(out / "anchors.csv").model) == {"LLaMA-V1 7B"}
 
 
 def test_cli_skips_reports_failures_and_goes_on(tmp_path, capsys):

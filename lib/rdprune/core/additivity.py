@@ -60,4 +60,5 @@ def additivity_stats(df: pd.DataFrame) -> dict[str, float]:
     lp, la = np.log(df.loc[ok, "predicted"]), np.log(df.loc[ok, "actual"])
     return {"pearson_log": float(np.corrcoef(lp, la)[0, 1]) if ok.sum() > 1 else float("nan"),
             "spearman": float(df["predicted"].rank().corr(df["actual"].rank())),
-            "median_rel_error": float(df["rel_error"].median())}
+            "median_rel_error": float((df["actual"] - df["predicted"]).abs()
+                                      .div(df["actual"].clip(lower=1e-30)).median())}

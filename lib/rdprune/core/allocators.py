@@ -60,6 +60,15 @@ class Allocator(NamedTuple):
 _REGISTRY: dict[str, Allocator] = {}
 
 
+class Allocation(dict):
+    """``{layer: amount}`` that also says what it cost: ``passes``, forward passes over the
+    calibration batch (or their equivalent) the allocator ran. A plain dict costs none."""
+
+    def __init__(self, amounts, passes: float = 0.0):
+        super().__init__(amounts)
+        self.passes = float(passes)
+
+
 def register_allocator(name: str, fn: Callable, needs_curves: bool = False,
                        structured: bool = False, *, needs_calib: bool = False,
                        apply: Callable | None = None, curves: Callable | None = None) -> None:

@@ -163,8 +163,9 @@ def _evo(model, target, budget, *, layers, calib, exclude=(), start="uniform", c
                                    **({"calib": calib} if A.get(start).needs_calib else {}))
     else:
         start_amounts = dict(start)
-    return search(model, calib, start_amounts, target, budget, exclude=exclude,
-                  distortion=distortion, criterion=criterion, **options).amounts
+    found = search(model, calib, start_amounts, target, budget, exclude=exclude,
+                   distortion=distortion, criterion=criterion, **options)
+    return A.Allocation(found.amounts, getattr(start_amounts, "passes", 0.0) + found.passes)
 
 
 def _rd_evo(model, target, budget, *, layers, calib, curves, exclude=(), **options):

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from . import masks as M
-from .allocators import register_allocator, shared_amount
+from .allocators import Allocation, register_allocator, shared_amount
 from .criteria import input_norms, scores
 
 
@@ -173,7 +173,7 @@ def _atp(model, target, budget, *, layers, calib=None, exclude=(), beta: float |
         d = measure(model, M.apply(M.clone(model), amounts), calib, distortion)
         if best is None or d < best[0]:
             best = (d, amounts)
-    return best[1]
+    return Allocation(best[1], passes=trials)
 
 
 # ----------------------------------------------------------------------------- DLP
@@ -202,7 +202,7 @@ def _dlp(model, target, budget, *, layers, calib, exclude=(), alpha: float = 0.1
     floor = layers.pruned / layers.n
     shift = shared_amount(layers.unit * layers.n, 1.0, floor, layers.need(target), offset=offset,
                           lo=-1.0 - alpha, hi=1.0 + alpha)
-    return _fill(layers, shift - offset)
+    return Allocation(_fill(layers, shift - offset), passes=1)
 
 
 register_allocator("alphapruning", _alphapruning)

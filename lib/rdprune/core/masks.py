@@ -124,7 +124,7 @@ def apply(model: nn.Module, amounts: Mapping[str, float],
             weight, keep = orders[name](k)
             with torch.no_grad():
                 module.weight.copy_(weight)
-            _set_mask(module, keep.view_as(mask))
+            _set_mask(module, keep.reshape(mask.shape).clone())
             continue
         if orders is not None and name in orders:
             new[orders[name][:k]] = False

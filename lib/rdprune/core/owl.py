@@ -13,7 +13,7 @@ import numpy as np
 from torch import nn
 
 from . import masks as M
-from .allocators import register_allocator, shared_amount
+from .allocators import Allocation, register_allocator, shared_amount
 from .criteria import input_norms, scores
 
 
@@ -40,7 +40,8 @@ def _owl(model, target, budget, *, layers, calib, exclude=(), m: float = 5.0, la
     need = layers.need(target)
 
     shift = shared_amount(cost, 1.0, floor, need, offset=offset, lo=-1.0 - lam, hi=1.0 + lam)
-    return layers.amounts(np.ceil(np.clip(shift - offset, floor, 1.0) * layers.n - 1e-9))
+    return Allocation(layers.amounts(np.ceil(np.clip(shift - offset, floor, 1.0) * layers.n - 1e-9)),
+                      passes=1)
 
 
 register_allocator("owl", _owl, needs_calib=True)

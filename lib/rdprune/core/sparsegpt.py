@@ -150,7 +150,7 @@ def sweep(w: torch.Tensor, u: torch.Tensor, k: int, keep: torch.Tensor, block: i
 class Reconstruction:
     """One layer under SparseGPT: ``self(k)`` gives (the weight with ``k`` weights pruned and the
     others updated, the keep mask), both in the layer's shape. The inverse factors are computed
-    once."""
+    once, and the last 64 answers are kept. Callers must not modify the tensors returned."""
 
     def __init__(self, module: nn.Module, h: torch.Tensor, block: int = BLOCK, damp: float = DAMP):
         self.module, self.block = module, block
@@ -158,8 +158,17 @@ class Reconstruction:
         self.keep = M.mask_of(module).clone()
         self.groups = h.shape[0]
         self.factors = [inverse_factor(hg, damp) for hg in h]
+        self._done: dict[int, tuple] = {}  # k -> result (a search asks for the same k again)
 
     def __call__(self, k: int):
+        k = int(k)
+        if k not in self._done:
+            if len(self._done) >= 64:
+                self._done.pop(next(iter(self._done)))
+            self._done[k] = self._reconstruct(k)
+        return self._done[k]
+
+    def _reconstruct(self, k: int):
         w = _rows(self.module, self.weight.double().cpu(), self.groups)
         keep = _rows(self.module, self.keep.cpu(), self.groups)
         per = w.shape[1] * w.shape[2]

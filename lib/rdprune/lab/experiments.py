@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ..core import allocators as A
 from ..core import masks as M
 from ..core import rd
 from ..structured import jointpruning as J
@@ -88,28 +89,31 @@ def calibrations(s: Setup, dataset: str, n: int) -> dict:
 
 def zero_shot_seeds(s: Setup, dataset: str, methods, targets, *, calib_n: int, grid: int,
                     distortion="mse", budget="params", refine=0, criterion="magnitude",
-                    curves_of: dict | None = None, progress=True):
+                    curves_of: dict | None = None, options: dict | None = None, progress=True):
     """Every method at every target on each seed's dense model, zero-shot
-    (:func:`rdprune.pipeline.zero_shot` with ``criterion``), RD's curves from ``calib_n``
-    calibration samples of that seed (or ``curves_of[seed]``), with a ``dense`` row per seed
-    (``schedule`` "dense"; the others "zero-shot"). Notebooks 03 and 07.
-    Returns (rows, {seed: RD curves or None})."""
+    (:func:`rdprune.pipeline.zero_shot` with ``criterion`` and each method's ``options``), RD's
+    curves from ``calib_n`` calibration samples of that seed (or ``curves_of[seed]``), with a
+    ``dense`` row per seed (``schedule`` "dense"; the others "zero-shot"). Rows carry the
+    allocation's ``seconds`` and ``passes`` and the seed's ``curve_seconds`` (0 when given).
+    Notebooks 03, 07 and 08. Returns (rows, {seed: RD curves or None})."""
     rows, curves_of = [], dict(curves_of or {})
     for seed, calib in calibrations(s, dataset, calib_n).items():
         net = s.denses[seed]
+        tic = time.perf_counter()
         if seed not in curves_of:
             curves_of[seed] = (rd.curves(net, calib, grid=grid, distortion=distortion,
                                          criterion=criterion, progress=progress)
-                               if "rd" in methods else None)
+                               if any(A.get(m).needs_curves for m in methods) else None)
+        curve_seconds = time.perf_counter() - tic
         d = s.dense.loc[seed]
         rows.append(dict(method="dense", schedule="dense", round=0, target=0.0, sparsity=0.0,
                          flops_left=1.0, distortion=0.0, seed=seed,
                          **{k: d[k] for k in ("top1", "perplexity", "loss") if k in d}))
         shot = pipeline.zero_shot(net, methods, targets, calib, s.test_loader, budget=budget,
                                   curves=curves_of[seed], distortion=distortion, refine=refine,
-                                  criterion=criterion)
-        rows += (shot.drop(columns=["seconds"])
-                 .assign(schedule="zero-shot", round=1, seed=seed).to_dict("records"))
+                                  criterion=criterion, options=options)
+        rows += (shot.assign(schedule="zero-shot", round=1, seed=seed,
+                             curve_seconds=curve_seconds).to_dict("records"))
     return pd.DataFrame(rows), curves_of
 
 
@@ -120,9 +124,10 @@ def zero_shot_table(s: Setup, dataset: str, methods, targets, *, criteria=("magn
     ``dataset`` and the test set's size (``n_test`` images, a text set's ``n_tokens``).
     Returns (rows, {(seed, criterion): RD curves or None}). Notebook 07."""
     tables, curves = [], {}
-    for c in criteria:
+    for c in criteria:  # rd+refine measures magnitude-pruned neighbours: magnitude only
         df, got = zero_shot_seeds(s, dataset, methods, targets, criterion=c,
-                                  curves_of=curves_of if c == "magnitude" else None, **options)
+                                  curves_of=curves_of if c == "magnitude" else None,
+                                  **dict(options, **({} if c == "magnitude" else {"refine": 0})))
         tables.append(df[df.schedule == "zero-shot"].assign(criterion=c))
         curves.update({(seed, c): v for seed, v in got.items()})
     data = s.test_loader.dataset
@@ -130,6 +135,23 @@ def zero_shot_table(s: Setup, dataset: str, methods, targets, *, criteria=("magn
     rows = (pd.concat(tables, ignore_index=True).drop(columns=["schedule", "round"])
             .assign(model=s.label.split(" on ")[0], dataset=dataset, **size))
     return rows, curves
+
+
+# ----------------------------------------------------------------------------- notebook 08
+def arena(s: Setup, dataset: str, methods, targets, criteria, *, calib_n: int, grid: int,
+          distortion="mse", refine=0, options: dict | None = None, progress=True):
+    """Every allocator × criterion × target, zero-shot, on each seed (:func:`zero_shot_table`),
+    with each allocator's cost: ``seconds`` (RD's: its curves' too) and ``passes``, forward
+    passes over the calibration batch (RD's curves: one per layer and amount above 0, as the
+    reference path runs them). Returns (rows, {(seed, criterion): curves})."""
+    rows, curves = zero_shot_table(s, dataset, methods, targets, criteria=criteria,
+                                   calib_n=calib_n, grid=grid, distortion=distortion,
+                                   refine=refine, options=options, progress=progress)
+    uses = rows.method.str.removesuffix("+refine").map(lambda m: A.get(m).needs_curves)
+    n_layers = len(M.prunable(next(iter(s.denses.values()))))
+    return rows.assign(
+        seconds=rows.seconds + uses * rows.curve_seconds,
+        passes=rows.passes + uses * n_layers * (grid - 1)), curves
 
 
 def iterative_runs(model: str, dataset: str, methods, seeds, target: float, out: Path, *,

@@ -102,7 +102,7 @@ def prune_round(model, method: str, target: float, calib: torch.Tensor, *, budge
 def zero_shot(model, methods, targets, calib: torch.Tensor, test_loader, *, budget="params",
               curves: pd.DataFrame | None = None, distortion: str = "mse",
               held_out: torch.Tensor | None = None, refine: int = 0,
-              criterion: str = "magnitude") -> pd.DataFrame:
+              criterion: str = "magnitude", options: dict | None = None) -> pd.DataFrame:
     """One-shot pruning without fine-tuning, every method at every target, on copies of
     ``model``: one row each with sparsity, flops_left, top1, loss, predicted (RD curves' sum, when
     ``curves`` are given), distortion on ``calib`` (and ``distortion_heldout`` on ``held_out``)
@@ -110,7 +110,10 @@ def zero_shot(model, methods, targets, calib: torch.Tensor, test_loader, *, budg
     are computed once when not given; ``refine`` > 0 adds rows ``rd+refine``: RD's allocation
     after that many :func:`rdprune.rd.refine` steps. ``criterion`` (any registered,
     :mod:`rdprune.core.criteria`) picks the weights inside each layer for every method; RD's
-    ``curves`` must have been measured with it (a language model's rows add ``perplexity``)."""
+    ``curves`` must have been measured with it (a language model's rows add ``perplexity``).
+    ``options[method]``: that allocator's keyword arguments. ``seconds`` is the allocation and its
+    application; ``passes`` the forward passes over ``calib`` the allocator ran (its
+    :class:`rdprune.allocation.Allocation`; RD's curves are counted by whoever measures them)."""
     labels = [m for method in methods
               for m in ([method, "rd+refine"] if method == "rd" and refine else [method])]
     for label in labels:  # every rule, before any work
@@ -131,7 +134,8 @@ def zero_shot(model, methods, targets, calib: torch.Tensor, test_loader, *, budg
             pruned, info = allocate_and_apply(
                 model, label.removesuffix("+refine"), t, budget, calib=calib, curves=curves,
                 distortion=distortion, criterion=criterion, orders=orders,
-                refine=refine if label == "rd+refine" else 0)
+                refine=refine if label == "rd+refine" else 0, **(options or {}).get(label, {}))
+            seconds = time.perf_counter() - tic
             chosen[label, t] = amounts = info["amounts"]
             row = dict(method=label, target=t, sparsity=M.sparsity(pruned),
                        flops_left=M.flops(pruned) / dense_flops,
@@ -141,7 +145,7 @@ def zero_shot(model, methods, targets, calib: torch.Tensor, test_loader, *, budg
                        distortion=rd.distortion(model, pruned, calib, distortion))
             if held_out is not None:
                 row["distortion_heldout"] = rd.distortion(model, pruned, held_out, distortion)
-            rows.append(dict(row, seconds=time.perf_counter() - tic))
+            rows.append(dict(row, seconds=seconds, passes=getattr(amounts, "passes", 0.0)))
     out = pd.DataFrame(rows)
     out.attrs["amounts"] = chosen
     return out

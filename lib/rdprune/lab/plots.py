@@ -268,6 +268,32 @@ def perplexity_vs_sparsity(results: pd.DataFrame, dense: float | None = None,
     return fig
 
 
+def arena(results: pd.DataFrame, value: str, title: str | None = None):
+    """One panel per within-layer criterion: ``value`` (top-1, or perplexity on a log scale)
+    against the target sparsity, a line per allocator (means, ± one sd band over seeds)."""
+    plt, sns = _plt()
+    crits = list(dict.fromkeys(results.criterion))
+    fig, axes = plt.subplots(1, len(crits), figsize=(4.2 * len(crits) + 2.2, 4.4), sharey=True,
+                             squeeze=False)
+    seeds = _n_seeds(results)
+    for ax, c in zip(axes[0], crits):
+        sns.lineplot(results[results.criterion == c], x="target", y=value, hue="method",
+                     style="method", markers=True, dashes=False, ax=ax,
+                     errorbar="sd" if seeds > 1 else None, legend=ax is axes[0][-1])
+        ax.set_title(c)
+        ax.set_xlabel("target sparsity")
+        if value == "perplexity":
+            ax.set_yscale("log")
+    axes[0][0].set_ylabel(("held-out perplexity (log, lower is better)" if value == "perplexity"
+                           else "top-1, zero-shot") + (f", mean ± sd of {seeds} seeds"
+                                                       if seeds > 1 else ""))
+    axes[0][-1].legend(title="allocator", fontsize=8, loc="upper left",
+                       bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.suptitle(title or "Allocators × criteria")
+    fig.tight_layout()
+    return fig
+
+
 def _reference_points(wide: pd.DataFrame) -> pd.DataFrame:
     """Sparsity/top-1 pairs (fractions) of the settings that report both."""
     if not {"sparsity_pct", "top1_pct"} <= set(wide.columns):

@@ -149,6 +149,15 @@ _TRANSFORMERS = dict(model="vit_tiny", targets=[0.5, 0.6, 0.7, 0.8, 0.9],
                      lm_calib_n=32, n_configs=30, lm_eval_windows=512, seeds=[0],
                      _needs=["transformers"])  # lm_tiny is Hugging Face's GPT-2
 
+# notebook 08: every allocator x criterion on a CNN, a ViT and the byte-level GPT-2, zero-shot
+_ARENA = dict(model=["resnet20", "vit_tiny", "lm_tiny"], targets=[0.5, 0.7],
+              methods=["uniform", "erk", "lamp", "owl", "alphapruning", "atp", "dlp", "rd", "evo",
+                       "rd+evo"], refine=2, criteria=["magnitude", "wanda", "sparsegpt"],
+              focus=["rd", "rd+evo", "evo", "alphapruning", "owl"],
+              evo={"generations": 8, "offspring": 8}, calib_n={"*": 64, "lm_tiny": 16}, grid=11,
+              distortion={"*": "mse", "lm_tiny": "kl"}, lm_dataset="pystdlib", seeds=[0],
+              eval_subset=1000, _needs=["transformers"])
+
 # Preset → {"*": parameters for every notebook, "<notebook stem>": its own}. Later wins.
 NOTEBOOKS: dict[str, dict[str, dict]] = {
     "quick": {  # minutes on a 2-core CPU; Fashion-MNIST ships offline
@@ -172,6 +181,7 @@ NOTEBOOKS: dict[str, dict[str, dict]] = {
                               round_finetune_steps=5, filter_grid=None, supernet_steps=120, search_steps=12, samples=4,
                               finetune_steps=40, latency_batch=256, latency_repeats=5),
         "07_transformers": _TRANSFORMERS,
+        "08_arena": _ARENA,
     },
     # 3 seeds and all 10,000 test images for the RD paper's comparison (notebooks 01-03), about
     # 75 minutes on a 2-core CPU. 04-07 are skipped with the reason: 04 (3 seeds, ResNet-20 and
@@ -204,6 +214,11 @@ NOTEBOOKS: dict[str, dict[str, dict]] = {
         "07_transformers": dict(_TRANSFORMERS, _skip="not in the full preset yet (one seed of "
                                 "it is the quick preset); run it with: python -m rdprune "
                                 "reproduce --preset full --only 07 -p seeds \"[0, 1, 2]\""),
+        "08_arena": dict(_ARENA, seeds=[0, 1, 2], targets=[0.5, 0.6, 0.7, 0.8],
+                         evo={"generations": 30, "offspring": 16}, eval_subset=None,
+                         _skip="not in the full preset's default run (three models, three "
+                               "criteria, four targets and three seeds take hours on a CPU); run "
+                               "it with: python -m rdprune reproduce --preset full --only 08"),
     },
     # RD where its paper reports it: iterative to 95.5 % and 98.85 % sparsity, RD against LAMP,
     # 3 seeds, from the full preset's 10-epoch dense models. Rounds halve the remaining weights
@@ -223,7 +238,7 @@ NOTEBOOKS: dict[str, dict[str, dict]] = {
         **{stem: dict(_skip="the paper-regime preset is notebook 03's iterative RD comparison "
                             "at 95.5 and 98.85 % sparsity")
            for stem in ("01_rd_curves", "02_additivity", "04_jointpruning", "05_hbgs",
-                        "06_comparison", "07_transformers")},
+                        "06_comparison", "07_transformers", "08_arena")},
     },
     "paper": {  # the RD authors' CIFAR-10 protocol (docs/rd-authors-code.md); needs CIFAR-10, a GPU
         "*": dict(dataset="cifar10", model="resnet32", recipe="paper", calib_n=1024, grid=101,
@@ -249,5 +264,7 @@ NOTEBOOKS: dict[str, dict[str, dict]] = {
                               latency_repeats=20),
         "07_transformers": dict(_TRANSFORMERS, _skip="the RD paper has no transformer protocol "
                                 "to follow; run the quick preset (07 --only) instead"),
+        "08_arena": dict(_ARENA, _skip="the arena has no paper protocol to follow; run the quick "
+                                       "or full preset (--only 08) instead"),
     },
 }

@@ -332,3 +332,55 @@ def filter_side_by_side(results: pd.DataFrame, dense_top1: pd.Series,
             "params_reduction", "flops_reduction", "n_seeds"]
     return pd.concat([dense.reindex(columns=cols), ours[cols], acc[cols[:5] + cols[6:9]]],
                      ignore_index=True)
+
+
+# ----------------------------------------------------------------------------- the arena (08)
+def arena_verdict(results: pd.DataFrame, value: str, focus, *, by=("model", "criterion"),
+                  lower: bool = False, n_test: int | None = None) -> pd.DataFrame:
+    """Each ``focus`` method against the best of the *other* methods at every target of every
+    ``by`` group (:func:`goal`: paired by seed; top-1 judged against test-set noise with
+    ``n_test``): ``win`` means it beats every other allocator, ``tie`` that it is within the noise
+    of the best, ``loss`` that the best other is beyond it (``better``/``equal``/``worse`` with
+    one seed and no noise estimate, as perplexity)."""
+    rows = []
+    for key, part in results.groupby(list(by), sort=False):
+        for t in sorted(part.target.unique()):
+            here = part[np.isclose(part.target, t)]
+            means = here.groupby("method")[value].mean()
+            for f in focus:
+                if f not in means:
+                    continue
+                others = means.drop(f)
+                if not len(others):
+                    continue
+                best = others.idxmin() if lower else others.idxmax()
+                g = goal(here, f, best, value, [t], lower=lower, n_test=n_test)
+                if len(g):
+                    r = g.iloc[0]
+                    rows.append({**dict(zip(by, key)), "target": t, "method": f,
+                                 value: r[f], "best_other": best, "best_other_" + value: r[best],
+                                 "verdict": r["verdict"], "n_seeds": r["n_seeds"]})
+    return pd.DataFrame(rows)
+
+
+def additivity_audit(results: pd.DataFrame, by=("model", "criterion", "target")) -> pd.DataFrame:
+    """EvoPress's objection, measured: for each group, the rank correlation (Spearman) between
+    the distortion the curves' sum predicts and the distortion measured, across the allocations
+    of every allocator; the ratio measured / predicted (median), and where the allocation with
+    the lowest prediction ranks among the measured (1: additivity picked the best of them).
+    ``holds`` when ρ ≥ 0.8, ``weak`` when 0 < ρ < 0.8, ``fails`` when ρ ≤ 0 (a convention, named
+    so that a reader can apply another)."""
+    rows = []
+    ok = results.dropna(subset=["predicted", "distortion"])
+    for key, part in ok.groupby(list(by), sort=False):
+        part = part.groupby("method")[["predicted", "distortion"]].mean()
+        if len(part) < 3:
+            continue
+        rho = float(part.predicted.rank().corr(part.distortion.rank()))
+        pick = part.predicted.idxmin()
+        rows.append({**dict(zip(by, key)), "allocations": len(part), "spearman": rho,
+                     "measured_over_predicted": float((part.distortion / part.predicted).median()),
+                     "lowest_predicted": pick,
+                     "its_measured_rank": int(part.distortion.rank(method="min")[pick]),
+                     "additivity": "holds" if rho >= 0.8 else "weak" if rho > 0 else "fails"})
+    return pd.DataFrame(rows)
