@@ -215,6 +215,34 @@ def example_input(model: nn.Module):
     return torch.zeros(1, *size, device=p.device, dtype=p.dtype)
 
 
+def example(model: nn.Module, batch=None):
+    """One input sample: the first of ``batch`` (remembered for the model), else
+    :func:`example_input`."""
+    if batch is not None:
+        remember(model, batch)
+        return B.take(batch, 0, 1)
+    return example_input(model)
+
+
+def architecture_flops(model: nn.Module, example_batch=None) -> int:
+    """Multiply-adds of one input through the model as built, masks ignored (FlopCounterMode / 2)."""
+    return module_flops(model, example(model, example_batch))[""] // 2
+
+
+def count(model: nn.Module, example_batch=None, total: int | None = None) -> dict[str, int]:
+    """{"params": all parameters, "flops": multiply-adds of one input}, masked weights counted as
+    removed: the parameters less the masked weights, the FLOPs (:func:`architecture_flops`)
+    scaled by the prunable layers' kept share of their FLOPs. ``total``: the architecture's FLOPs
+    when already known (a masked copy has its model's), which saves the counting pass."""
+    total = architecture_flops(model, example_batch) if total is None else int(total)
+    params = sum(p.numel() for p in model.parameters())
+    masked = sum(int((~mask_of(m)).sum()) for m in prunable(model).values())
+    if not masked:
+        return {"params": params, "flops": total}
+    return {"params": params - masked,
+            "flops": int(round(total * flops(model) / sum(layer_flops(model).values())))}
+
+
 def _dense_flops(model: nn.Module) -> tuple[dict[str, int], tuple[str, ...]]:
     """({layer: dense multiply-adds}, the layers in the order their weights are first read) for
     :func:`example_input`, from one :func:`weight_reads` pass. Cached in the model's state, keyed

@@ -201,7 +201,8 @@ def evaluate_each(pruned: dict, dense: nn.Module, test_loader, *, finetune_steps
                   progress: bool = False):
     """:func:`rdprune.evaluate_pruned` on every ``{method: (network, record)}`` with the equal
     training budget of :func:`final_steps`. Returns ``(rows, {method: tuned network})``; each row
-    adds ``method``, ``round_steps``, ``final_steps``, ``train_steps`` and ``prune_seconds``."""
+    adds ``method``, ``round_steps``, ``final_steps``, ``train_steps``, ``prune_seconds`` and
+    ``n_test`` (the test images it was scored on)."""
     finals = final_steps({m: rec for m, (_, rec) in pruned.items()}, finetune_steps)
     rows, tuned = [], {}
     for method, (net, rec) in pruned.items():
@@ -212,7 +213,8 @@ def evaluate_each(pruned: dict, dense: nn.Module, test_loader, *, finetune_steps
         inside = int(rec.get("train_steps", 0))
         rows.append(dict(method=method, **row, round_steps=inside, final_steps=finals[method],
                          train_steps=inside + finals[method],
-                         prune_seconds=float(rec.get("seconds", float("nan")))))
+                         prune_seconds=float(rec.get("seconds", float("nan"))),
+                         n_test=len(test_loader.dataset)))
     return rows, tuned
 
 

@@ -13,7 +13,7 @@ mask allocators, ``rd``, ``rd_filter`` and a user's own) goes through one path: 
 needs them, :func:`rdprune.allocate`, then masks or its own surgery. Methods that are not
 per-layer allocations (HBGS and its variants, JointPruning, the width baselines) are registered
 here with :func:`register_method`. The record says what was achieved, counted on the pruned
-network itself (:func:`rdprune.structured.count`: masked weights as removed and their FLOPs
+network itself (:func:`rdprune.masks.count`: masked weights as removed and their FLOPs
 scaled by density, the RD authors' accounting; channel removal as real).
 """
 from __future__ import annotations
@@ -84,7 +84,11 @@ def prune(model: nn.Module, method: str, target: float, budget: str = "params", 
     else:
         net, details = _allocated(model, method, float(target), budget, calib, **options)
     seconds = time.perf_counter() - tic
-    before, after = S.count(model, example), S.count(net, example)
+    total = M.architecture_flops(model, example)
+    before = M.count(model, total=total)
+    # a mask method's copy keeps the architecture: its count needs no second FLOPs pass
+    after = M.count(net, example, total=total if "amounts" in details
+                    and not A.get(method).structured else None)
     record = dict(method=method, target=float(target), budget=budget,
                   params_reduction=1 - after["params"] / before["params"],
                   flops_reduction=1 - after["flops"] / before["flops"],

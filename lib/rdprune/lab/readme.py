@@ -22,15 +22,17 @@ from pathlib import Path
 import pandas as pd
 
 from ..util import REPO
-from .report import LM_GOALS, VIT_GOALS, goal, rd_verdict, spread_table
+from .report import LM_GOALS, VIT_GOALS, comparison_verdict, goal, rd_verdict, spread_table
 
 # the pages whose ``<!-- table:NAME -->`` blocks :func:`publish` rewrites
 PAGES = (REPO / "docs" / "results.md", REPO / "README.md")
 
 # (notebook folder, CSV) pairs the tables are rendered from
 SOURCES = {"03_rd_vs_baselines": ["results.csv"], "04_jointpruning": ["targets.csv", "ablation.csv"],
-           "06_comparison": ["results.csv"],
-           "07_transformers": ["vit.csv", "lm.csv"], "summary": []}
+           "05_hbgs": ["results.csv"], "06_comparison": ["results.csv"],
+           "07_transformers": ["vit.csv", "lm.csv"],
+           "08_arena": ["arena.csv", "verdict.csv", "additivity_audit.csv", "cost.csv"],
+           "summary": []}
 
 
 
@@ -103,6 +105,48 @@ def tables(root: str | Path, prefix: str | None = None) -> dict[str, str]:
         w.index.name = "FLOPs removed →" + ("" if "seed" not in r or r.seed.nunique() == 1 else
                                            f" (mean ± sd, {r.seed.nunique()} seeds)")
         out["comparison"] = markdown(w, 3)
+        if "n_test" in r:
+            out["comparison_verdict"] = comparison_verdict(r, int(r["n_test"].iloc[0]))
+    hb = root / "05_hbgs" / "results.csv"
+    if hb.is_file():
+        r = pd.read_csv(hb)
+        cols = {}
+        for v, name in {"top1_recal": "top-1 pruned + BN", "top1_after": "top-1 fine-tuned"}.items():
+            w = spread_table(r, "method", "target", v)
+            cols.update({f"{name} @ {t:.0%}": w[t] for t in sorted(r.target.unique())})
+        steps = r.pivot_table(index="method", columns="target", values="round_steps",
+                              aggfunc="mean", sort=False)
+        cols.update({f"steps inside @ {t:.0%}": steps[t].map("{:.0f}".format)
+                     for t in sorted(r.target.unique())})
+        w = pd.DataFrame(cols).reindex(list(dict.fromkeys(r.method)))
+        w.index.name = "parameters removed →"
+        out["hbgs"] = markdown(w, 3)
+        if "n_test" in r:
+            out["hbgs_verdict"] = comparison_verdict(r, int(r["n_test"].iloc[0]), "parameters")
+    ar = root / "08_arena"
+    if (ar / "arena.csv").is_file():
+        r = pd.read_csv(ar / "arena.csv")
+        for m, part in r.groupby("model", sort=False):
+            value = "perplexity" if part["perplexity"].notna().any() else "top1"
+            part = part.assign(column=part.criterion + " @ " + part.target.map("{:.0%}".format))
+            z = spread_table(part, "method", "column", value, digits=2 if value == "perplexity"
+                             else 3, label=f"{m}: {'perplexity' if value == 'perplexity' else 'top-1'}")
+            out[f"arena_{m}"] = markdown(z.reindex(list(dict.fromkeys(part.method))))
+    if (ar / "verdict.csv").is_file():
+        v = pd.read_csv(ar / "verdict.csv")
+        v["where"] = v.model + ", " + v.criterion + " @ " + v.target.map("{:.0%}".format)
+        out["arena_verdict"] = markdown(v.pivot_table(index="where", columns="method",
+                                                      values="verdict", aggfunc="first",
+                                                      sort=False))
+    if (ar / "additivity_audit.csv").is_file():
+        a = pd.read_csv(ar / "additivity_audit.csv")
+        a["target"] = a.target.map("{:.0%}".format)
+        out["arena_additivity"] = markdown(a.set_index("model"), 3)
+    if (ar / "cost.csv").is_file():
+        c = pd.read_csv(ar / "cost.csv")
+        w = c.pivot(index="method", columns="model", values=["seconds", "passes"])
+        w.columns = [f"{v} ({m})" for v, m in w.columns]
+        out["arena_cost"] = markdown(w, 1)
     # 04_jointpruning_widths: notebook 04 on MobileNetV2 at three width multipliers' FLOPs
     # (docs/results.md gives its command; not a preset's own run)
     for key, folder in (("jointpruning", "04_jointpruning"),

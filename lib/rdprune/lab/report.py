@@ -218,10 +218,11 @@ def rd_verdict(results: pd.DataFrame, n_test: int, chance: float | None = None) 
     return _seeds_text(n_seeds, n_test) + "\n\n" + "\n".join(lines)
 
 
-def comparison_verdict(results: pd.DataFrame, n_test: int) -> str:
-    """Notebook 06's reading, computed: the best mean top-1 after fine-tuning and the fastest
-    network at each target (methods within the noise of the best named), what BN re-estimation
-    did, where fine-tuning was refused, and which methods could not run (rows with a ``note``)."""
+def comparison_verdict(results: pd.DataFrame, n_test: int, removed: str = "FLOPs") -> str:
+    """Notebooks 05 and 06's reading, computed: the best mean top-1 after fine-tuning and (with a
+    ``speedup`` column) the fastest network at each target of ``removed`` (methods within the
+    noise of the best named), what BN re-estimation did, where fine-tuning was refused, the
+    training steps every method got, and which methods could not run (rows with a ``note``)."""
     lines = []
     if "note" in results and results["note"].notna().any():  # methods that could not run
         skipped = results[results["note"].notna()].drop_duplicates("method")
@@ -232,16 +233,18 @@ def comparison_verdict(results: pd.DataFrame, n_test: int) -> str:
         if not len(results):
             return "No method could prune this network:\n\n" + lines[0]
     n_seeds = int(results["seed"].nunique()) if "seed" in results else 1
+    results = results if "speedup" in results else results.assign(speedup=float("nan"))
     for t, part in results.groupby("target"):
         means = part.groupby("method", sort=False)[["top1_after", "speedup"]].mean()
         best = means["top1_after"].idxmax()
         gaps = {m: gap(part, m, best, "top1_after") for m in means.index if m != best}
         ties = [m for m, g in gaps.items() if g is not None and _judge(g, n_test)[0] == "tie"]
-        fast = means["speedup"].idxmax()
-        lines.append(f"- {_pct(t)} FLOPs removed: best after fine-tuning **{best}** "
+        fast = means["speedup"].idxmax() if means["speedup"].notna().any() else None
+        lines.append(f"- {_pct(t)} {removed} removed: best after fine-tuning **{best}** "
                      f"({means.loc[best, 'top1_after']:.3f}"
-                     + (f"; within noise: {', '.join(ties)}" if ties else "") + f"); fastest "
-                     f"**{fast}** ({means.loc[fast, 'speedup']:.1f}× the dense network).")
+                     + (f"; within noise: {', '.join(ties)}" if ties else "") + ")"
+                     + (f"; fastest **{fast}** ({means.loc[fast, 'speedup']:.1f}× the dense "
+                        "network)." if fast else "."))
     recal = (results["top1_recal"] - results["top1_before"]).groupby(results["method"]).mean()
     helped = recal[recal * 100 > noise_pts(0.5, n_test)]
     if len(helped):

@@ -52,11 +52,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core import batch as B
 from ..core import masks as M
 from ..core.allocators import BUDGETS
 from ..core.distortion import output_tensor
-from ..core.masks import module_flops
+from ..core.masks import count  # noqa: F401  (re-exported: rp.structured.count)
 
 __all__ = ["count", "latency_ms", "kept_weights", "groups", "coupled_groups", "dependency_graph",
            "output_convs", "check_convs",
@@ -66,22 +65,7 @@ _EPS = 1e-9
 
 
 def _example(model: nn.Module, example=None):
-    if example is not None:
-        M.remember(model, example)
-        return B.take(example, 0, 1)
-    return M.example_input(model)
-
-
-def count(model: nn.Module, example: torch.Tensor | None = None) -> dict[str, int]:
-    """{"params": all parameters, "flops": multiply-adds of one input (FlopCounterMode / 2)};
-    masked weights (:mod:`rdprune.masks`) count as removed (module doc)."""
-    flops = module_flops(model, _example(model, example))[""] // 2
-    params = sum(p.numel() for p in model.parameters())
-    masked = sum(int((~M.mask_of(m)).sum()) for m in M.prunable(model).values())
-    if masked:
-        params -= masked
-        flops = round(flops * M.flops(model) / sum(M.layer_flops(model).values()))
-    return {"params": params, "flops": int(flops)}
+    return M.example(model, example)
 
 
 def latency_ms(model: nn.Module, reference: nn.Module, batch: int = 256,
