@@ -55,7 +55,7 @@ from torch import nn
 from ..core import masks as M
 from ..core.allocators import BUDGETS
 from ..core.distortion import output_tensor
-from ..core.masks import count  # noqa: F401  (re-exported: rp.structured.count)
+from ..core.masks import count  # re-exported: rp.structured.count
 
 __all__ = ["count", "latency_ms", "kept_weights", "groups", "coupled_groups", "dependency_graph",
            "output_convs", "check_convs",
