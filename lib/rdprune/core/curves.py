@@ -23,6 +23,7 @@ the calibration tensor, the grid, the distortion measure and the method.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import warnings
@@ -81,7 +82,7 @@ def _read_layer(path: Path, name: str, n_amounts: int) -> pd.DataFrame | None:
 def curves(model: nn.Module, calib: torch.Tensor, grid: int = GRID, distortion: str = "mse",
            layers: list[str] | None = None, *, method: str = "fast", batch: int = 256,
            max_batch: int | None = None, cache: bool = True, progress: bool = True,
-           criterion: str = "magnitude", output=None) -> pd.DataFrame:
+           criterion: str = "magnitude", output=None, head: str | None = None) -> pd.DataFrame:
     """Per-layer rate–distortion curves as a long-form DataFrame with columns
     ``layer, amount, n_weights, flops, distortion`` (one row per layer and grid amount).
 
@@ -93,10 +94,73 @@ def curves(model: nn.Module, calib: torch.Tensor, grid: int = GRID, distortion: 
     first (:mod:`rdprune.core.criteria`: ``magnitude``, the paper's, or ``wanda``); the curves
     are measured, cached and labelled (``attrs["criterion"]``) under it. ``output`` picks what
     is compared in the model's output (:func:`rdprune.core.distortion.reading`; default: the
-    tensor, a tuple's first item or ``.logits``)."""
-    with D.reading(output):
-        return _curves(model, calib, grid, distortion, layers, method, batch, max_batch, cache,
-                       progress, criterion, output)
+    tensor, a tuple's first item or ``.logits``).
+
+    ``head``: the name of the model's last layer, a Linear that is not pruned (a language model's
+    tied ``lm_head``). The curves are then measured on its input h, with the logits' squared error
+    computed exactly as Δhᵀ (WᵀW) Δh / V (:func:`without_head`): the same numbers without the
+    vocabulary-sized matmul after every pruned layer. For ``mse`` and ``worst_case``; KL needs the
+    whole softmax and has no such identity."""
+    if head is None:
+        with D.reading(output):
+            return _curves(model, calib, grid, distortion, layers, method, batch, max_batch,
+                           cache, progress, criterion, output)
+    body, kind = without_head(model, head, distortion)
+    try:
+        with D.reading(output):
+            out = _curves(body, calib, grid, kind, layers, method, batch, max_batch, cache,
+                          progress, criterion, output)
+    finally:
+        D.unregister_distortion(kind)  # it holds this model's Gram matrix
+    out.attrs.update(distortion=distortion, head=head, model_hash=state_hash(model))
+    return out
+
+
+def _swapped(root: nn.Module, path: str, new: nn.Module) -> nn.Module:
+    """A shallow copy of ``root`` whose submodule ``path`` is ``new``; every other module (and
+    every parameter) is shared, the user's model is left as it is."""
+    top = copy.copy(root)
+    top._modules = dict(root._modules)
+    node, parts = top, path.split(".")
+    for p in parts[:-1]:
+        child = copy.copy(node._modules[p])
+        child._modules = dict(child._modules)
+        node._modules[p] = child
+        node = child
+    node._modules[parts[-1]] = new
+    return top
+
+
+def without_head(model: nn.Module, head: str, distortion: str = "mse"):
+    """(the model with its Linear ``head`` replaced by the identity, a distortion on the head's
+    input equal to ``distortion`` on its output). The head's bias cancels in a difference, and
+    mean_v ((Δh · w_v)²) = Δhᵀ G Δh / V with G = WᵀW (d × d, once), so ``mse`` and
+    ``worst_case`` are exact; ValueError for another distortion, a head that is not a Linear, or
+    one that is pruned (a masked head changes G)."""
+    try:
+        module = model.get_submodule(head)
+    except AttributeError as e:
+        raise ValueError(f"head={head!r} is not a submodule of {type(model).__name__}") from e
+    if not isinstance(module, nn.Linear):
+        raise ValueError(f"head={head!r} is a {type(module).__name__}; the Gram identity needs a "
+                         "Linear last layer")
+    if head in M.prunable(model):
+        raise ValueError(f"head={head!r} is a prunable layer here; its curve (and a masked head's "
+                         "Gram matrix) needs the logits: leave head=None")
+    measure = D.check(distortion)
+    if distortion not in ("mse", "worst_case"):
+        raise ValueError(f"head= is exact for 'mse' and 'worst_case'; {distortion!r} needs the "
+                         "whole output (KL: the softmax over the vocabulary): leave head=None")
+    w = module.weight.detach().double()
+    gram, vocab = w.t() @ w, w.shape[0]
+
+    def gram_error(y_ref, y):
+        d = (y - y_ref).double()
+        q = ((d @ gram.to(d.device)) * d).sum(-1) / vocab
+        return q.reshape(len(q), -1).mean(1)
+    name = f"{distortion}@{head}"  # registered for the call (curves() removes it after)
+    D.register_distortion(name, gram_error, measure.reduce)
+    return _swapped(model, head, nn.Identity()), name
 
 
 def _curves(model, calib, grid, distortion, layers, method, batch, max_batch, cache, progress,

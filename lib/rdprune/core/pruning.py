@@ -46,11 +46,13 @@ def check(method: str, criterion: str = C.DEFAULT, refine: int = 0,
 def allocate_and_apply(model: nn.Module, method: str, target: float, budget: str = "params", *,
                        calib=None, curves: pd.DataFrame | None = None, grid: int | None = None,
                        distortion: str = "mse", criterion: str = C.DEFAULT, refine: int = 0,
-                       exclude=(), output=None, orders=None, inplace: bool = False,
+                       exclude=(), output=None, head: str | None = None, orders=None,
+                       inplace: bool = False,
                        progress: bool = False, **options):
     """Prune ``model`` (a copy, unless ``inplace``) with allocator ``method`` to ``target`` of
     ``budget``. ``curves``: given, or computed here when the allocator needs them (``grid``
-    amounts, default :data:`rdprune.core.curves.GRID`); ``orders``: each layer's removal order
+    amounts, default :data:`rdprune.core.curves.GRID`; ``head``: measured without the model's
+    unpruned Linear head, exactly, :func:`rdprune.rd.curves`); ``orders``: each layer's removal order
     when already known (:func:`rdprune.core.criteria.orders`, e.g. computed once for several
     targets); ``options`` go to the allocator. Returns ``(network, info)`` with ``amounts``,
     ``criterion`` and the ``curves`` used (None for allocators without)."""
@@ -63,7 +65,7 @@ def allocate_and_apply(model: nn.Module, method: str, target: float, budget: str
                                   progress=progress)
         else:
             curves = rd_curves(model, calib, grid=grid or GRID, distortion=distortion,
-                               progress=progress, criterion=criterion, output=output)
+                               progress=progress, criterion=criterion, output=output, head=head)
     extra = {"calib": calib} if entry.needs_calib else {}
     amounts = A.allocate(method, model, target, budget, curves=curves, exclude=exclude,
                          **extra, **options)
