@@ -77,37 +77,35 @@ def get(name: str) -> Criterion:
 
 
 @torch.no_grad()
-def input_norms(model: nn.Module, calib, names: Iterable[str] | None = None,
-                batch: int = 256) -> dict[str, torch.Tensor]:
-    """‖X_j‖₂ per input feature (channel) of each named prunable weight over ``calib``, taken
-    from the matmuls and convolutions that read the weight (:func:`rdprune.masks.weight_reads`),
-    so functional uses count: attention's ``out_proj``, and the packed ``in_proj_weight`` (whose
-    q, k and v inputs add up when they differ, as in cross-attention)."""
+def layer_inputs(model: nn.Module, calib, names: Iterable[str], reduce: Callable, *,
+                 batch: int = 256, who: str = "Wanda") -> dict[str, torch.Tensor]:
+    """Σ over the calibration chunks of ``reduce(name, x, is_conv)`` for each named prunable
+    weight, ``x`` the input it multiplies (a convolution's input tensor; a matmul's (…, in)
+    input, the weight's transposed use resolved), found by storage in the ops that read it
+    (:func:`rdprune.masks.weight_reads`), so functional uses count: attention's ``out_proj``
+    and packed ``in_proj_weight``. ``who`` names the caller in the error for a layer never read."""
     calib = B.gather(calib)
     B.check(calib)
     B.check_tokens(model, calib)
     layers = M.prunable(model)
-    names = list(names) if names is not None else list(layers)
     wanted = set(names)
-    ptr = {k: layers[k].weight.untyped_storage().data_ptr() for k in names}
+    ptr = {k: layers[k].weight.untyped_storage().data_ptr() for k in wanted}
     sums: dict[str, torch.Tensor] = {}
 
     def read(name, op, args, flops):
         if name not in wanted:
             return
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
-        is_w = [t.untyped_storage().data_ptr() == ptr[name] for t in tensors]
         if "convolution" in str(op):
-            x = tensors[0].double()
-            s = x.pow(2).transpose(0, 1).reshape(x.shape[1], -1).sum(1)
+            got = reduce(name, tensors[0].double(), True)
         else:  # mm / addmm: input @ weightᵀ (or weight @ input); the bias is not a matrix
+            is_w = [t.untyped_storage().data_ptr() == ptr[name] for t in tensors]
             mats = [(t, w) for t, w in zip(tensors, is_w) if t.dim() >= 2]
             if len(mats) != 2:
                 return
             (a, a_is_w), (b, _) = mats[-2], mats[-1]
-            x = (b.double().t() if a_is_w else a.double())
-            s = x.reshape(-1, x.shape[-1]).pow(2).sum(0)
-        sums[name] = sums.get(name, 0) + s
+            got = reduce(name, b.double().t() if a_is_w else a.double(), False)
+        sums[name] = sums[name] + got if name in sums else got
 
     was = model.training
     dev = next(model.parameters()).device
@@ -119,7 +117,23 @@ def input_norms(model: nn.Module, calib, names: Iterable[str] | None = None,
     missing = [k for k in names if k not in sums]
     if missing:
         raise ValueError(f"layers {missing[:5]} are never read by a matmul or convolution on the "
-                         "calibration batch; Wanda needs each weight's inputs")
+                         f"calibration batch; {who} needs each weight's inputs")
+    return sums
+
+
+def input_norms(model: nn.Module, calib, names: Iterable[str] | None = None,
+                batch: int = 256) -> dict[str, torch.Tensor]:
+    """‖X_j‖₂ per input feature (channel) of each named prunable weight over ``calib``
+    (:func:`layer_inputs`; the packed ``in_proj_weight``'s q, k and v inputs add up when they
+    differ, as in cross-attention)."""
+    layers = M.prunable(model)
+    names = list(names) if names is not None else list(layers)
+
+    def squares(name, x, conv):
+        if conv:
+            return x.pow(2).transpose(0, 1).reshape(x.shape[1], -1).sum(1)
+        return x.reshape(-1, x.shape[-1]).pow(2).sum(0)
+    sums = layer_inputs(model, calib, names, squares, batch=batch)
     out = {}
     for k in names:
         n = sums[k].sqrt().float()

@@ -6,30 +6,21 @@
     amounts = rp.rd.refine(model, calib, amounts, 0.9)  # our measured-distortion refinement
     rp.rd.register_distortion("kl", per_sample_fn)      # a new measure, usable everywhere
 
-What lives where: curves and additivity in :mod:`rdprune.core.curves`, measures in
+What lives where: curves and additivity in :mod:`rdprune.core.curves` (their engine in
+:mod:`rdprune.core.sweep`), measures in
 :mod:`rdprune.core.distortion`, the DP in :mod:`rdprune.core.knapsack`, refinement in
 :mod:`rdprune.core.refine`.
 """
 from .additivity import additivity, additivity_stats, predicted
-from .curves import (
-    COLUMNS,
-    PATHS,
-    check_curves,
-    curves,
-    default_max_batch,
-    fast_curves,
-    grid_amounts,
-    pruned_counts,
-    reference_curves,
-    sweep,
-)
+from .curves import COLUMNS, PATHS, check_curves, curves, grid_amounts, without_head
 from .distortion import distortion, register_distortion, unregister_distortion
 from .distortion import identity as distortion_identity
 from .distortion import names as distortions
 from .knapsack import solve
 from .refine import refine
+from .sweep import default_max_batch, fast_curves, pruned_counts, reference_curves, sweep
 
 __all__ = ["COLUMNS", "PATHS", "additivity", "additivity_stats", "check_curves", "curves",
            "default_max_batch", "distortion", "distortion_identity", "distortions", "fast_curves", "grid_amounts",
            "predicted", "pruned_counts", "reference_curves", "refine", "register_distortion",
-           "solve", "sweep", "unregister_distortion"]
+           "solve", "sweep", "unregister_distortion", "without_head"]

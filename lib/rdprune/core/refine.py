@@ -18,8 +18,9 @@ from . import batch as B
 from . import distortion as D
 from . import masks as M
 from .allocators import Layers, validate
-from .curves import grid_amounts, sweep
+from .curves import grid_amounts
 from .knapsack import solve
+from .sweep import sweep
 
 
 def refine(model: nn.Module, calib: torch.Tensor, amounts: dict[str, float], target: float,

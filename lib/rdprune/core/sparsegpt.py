@@ -24,9 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import batch as B
 from . import masks as M
-from .criteria import register_criterion
+from .criteria import layer_inputs, register_criterion
 
 BLOCK = 128
 DAMP = 0.01
@@ -35,52 +34,23 @@ DAMP = 0.01
 def hessians(model: nn.Module, calib, names, batch: int = 256) -> dict[str, torch.Tensor]:
     """Σ x xᵀ over every input row x that each named layer's weight multiplies on ``calib``
     (float64; a convolution's rows are its patches, per group: shape (groups, c, c))."""
-    calib = B.gather(calib)
-    B.check(calib)
     layers = M.prunable(model)
-    wanted = set(names)
-    ptr = {k: layers[k].weight.untyped_storage().data_ptr() for k in names}
-    out: dict[str, torch.Tensor] = {}
 
-    def read(name, op, args, flops):
-        if name not in wanted:
-            return
+    def gram(name, x, conv):
         module = layers[name]
-        tensors = [a for a in args if isinstance(a, torch.Tensor)]
-        if "convolution" in str(op):
-            if not isinstance(module, nn.Conv2d):
-                raise ValueError(f"sparsegpt handles 2-d convolutions and matrices; {name!r} is "
-                                 f"a {type(module).__name__}")
-            x = tensors[0].double()
-            g = module.groups
-            cols = F.unfold(x, module.kernel_size, module.dilation, module.padding,
-                            module.stride)  # (N, C·kh·kw, L), channels grouped in order
-            cols = cols.view(x.shape[0], g, -1, cols.shape[-1]).permute(1, 0, 3, 2)
-            cols = cols.reshape(g, -1, cols.shape[-1])
-            h = cols.transpose(1, 2) @ cols
-        else:
-            is_w = [t.untyped_storage().data_ptr() == ptr[name] for t in tensors]
-            mats = [(t, w) for t, w in zip(tensors, is_w) if t.dim() >= 2]
-            if len(mats) != 2:
-                return
-            (a, a_is_w), (b, _) = mats[-2], mats[-1]
-            x = b.double().t() if a_is_w else a.double()
+        if not conv:
             x = x.reshape(-1, x.shape[-1])
-            h = (x.t() @ x)[None]
-        out[name] = out[name] + h if name in out else h
-
-    was = model.training
-    dev = next(model.parameters()).device
-    try:
-        for chunk in B.split(B.to(calib, dev), batch):
-            M.weight_reads(model, chunk, read)
-    finally:
-        model.train(was)
-    missing = [k for k in names if k not in out]
-    if missing:
-        raise ValueError(f"layers {missing[:5]} are never read by a matmul or convolution on the "
-                         "calibration batch; sparsegpt needs each weight's inputs")
-    return out
+            return (x.t() @ x)[None]
+        if not isinstance(module, nn.Conv2d):
+            raise ValueError(f"sparsegpt handles 2-d convolutions and matrices; {name!r} is a "
+                             f"{type(module).__name__}")
+        g = module.groups
+        cols = F.unfold(x, module.kernel_size, module.dilation, module.padding,
+                        module.stride)  # (N, C·kh·kw, L), channels grouped in order
+        cols = cols.view(x.shape[0], g, -1, cols.shape[-1]).permute(1, 0, 3, 2)
+        cols = cols.reshape(g, -1, cols.shape[-1])
+        return cols.transpose(1, 2) @ cols
+    return layer_inputs(model, calib, list(names), gram, batch=batch, who="sparsegpt")
 
 
 def _rows(module: nn.Module, weight: torch.Tensor, groups: int) -> torch.Tensor:

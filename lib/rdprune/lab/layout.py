@@ -170,3 +170,16 @@ def weight_type(name: str) -> str:
         if any(p in name for p in parts):
             return role
     return "other"
+
+
+def pyplot():
+    """matplotlib's pyplot and seaborn, with the figures' theme set."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    sns.set_theme(style="whitegrid", context="notebook")
+    return plt, sns
+
+
+def n_seeds(df) -> int:
+    """How many seeds a results table holds (1 without a ``seed`` column)."""
+    return int(df["seed"].nunique()) if "seed" in df and len(df) else 1

@@ -21,23 +21,14 @@ from .layout import (  # noqa: F401 - plots' API
     PLOT_SHARE,
     WEIGHT_TYPES,
     keep_plot_area,
+    n_seeds,
+    pyplot,
     shade_blocks,
     short_count,
     short_names,
     thin_labels,
     weight_type,
 )
-
-
-def _plt():
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-    sns.set_theme(style="whitegrid", context="notebook")
-    return plt, sns
-
-
-def _n_seeds(df: pd.DataFrame) -> int:
-    return int(df["seed"].nunique()) if "seed" in df and len(df) else 1
 
 
 def _layer_order(curves: pd.DataFrame) -> list[str]:
@@ -47,7 +38,7 @@ def _layer_order(curves: pd.DataFrame) -> list[str]:
 def rd_curves(curves: pd.DataFrame, layers: list[str] | None = None, title: str | None = None):
     """Log distortion against amount, one line per layer (colour runs from the first layer to
     the last)."""
-    plt, sns = _plt()
+    plt, sns = pyplot()
     names = layers or _layer_order(curves)
     df = curves[curves["layer"].isin(names) & (curves["distortion"] > 0)]
     fig, ax = plt.subplots(figsize=(9, 5.5))
@@ -74,7 +65,7 @@ def rd_curves_by_type(curves: pd.DataFrame, title: str | None = None):
     """One panel per weight role (:func:`weight_type`), a line per layer coloured from the first
     block to the last: do the qkv projections of every block behave alike, and are MLP weights
     cheaper to prune than attention's?"""
-    plt, sns = _plt()
+    plt, sns = pyplot()
     names = _layer_order(curves)
     roles = {k: weight_type(k) for k in names}
     shown = [r for r, _ in WEIGHT_TYPES + (("other", ()),) if r in roles.values()]
@@ -113,7 +104,7 @@ def rd_heatmap(curves: pd.DataFrame, title: str | None = None):
     """Layer × amount heat-map of log10 distortion (blank where the distortion is 0; an amount
     at which every layer's distortion is 0, such as 0 itself, is left out). Layers carry their
     :func:`short_names`; with more layers than lines fit, every k-th is labelled."""
-    plt, sns = _plt()
+    plt, sns = pyplot()
     names = _layer_order(curves)
     table = curves.pivot_table(index="layer", columns="amount", values="distortion",
                                aggfunc="first").reindex(names)
@@ -144,7 +135,7 @@ def allocation_bars(amounts_by_method: Mapping[str, Mapping[str, float]], model,
     bars, layers in forward order on alternating bands per block. The x labels are the layers'
     :func:`short_names` with their weight counts (every k-th layer's when there are more than
     fit); the figure keeps a notebook's width and gives the bars more than half its height."""
-    plt, sns = _plt()
+    plt, sns = pyplot()
     every = M.prunable(model)
     layers = {k: every[k] for k in M.forward_order(model)}
     short = short_names(layers)
@@ -172,7 +163,7 @@ def additivity_scatter(df: pd.DataFrame, title: str | None = None):
     """Log–log predicted (sum of single-layer curves) against measured joint distortion, with the
     identity line; the Pearson correlation of the logs is in the title. A ``model`` column, when
     present, colours the points by architecture."""
-    plt, sns = _plt()
+    plt, sns = pyplot()
     from ..core.additivity import additivity_stats
     ok = df[(df["predicted"] > 0) & (df["actual"] > 0)]
     fig, ax = plt.subplots(figsize=(6.2, 5.6))
@@ -208,7 +199,7 @@ def accuracy_vs_sparsity(table: pd.DataFrame, reference: pd.DataFrame | None = N
     the table has one). ``reference``: the papers' numbers in wide form
     (``rdprune.reproduce.paper_numbers("RD", wide=True)``); its sparsity/top-1 pairs are drawn in
     a separate panel, labelled by dataset and model, because they are not comparable with ours."""
-    plt, sns = _plt()
+    plt, sns = pyplot()
     ref = _reference_points(reference) if reference is not None else None
     ncols = 2 if ref is not None and len(ref) else 1
     fig, axes = plt.subplots(1, ncols, figsize=(8.5 * ncols, 5.2), squeeze=False)
@@ -216,7 +207,7 @@ def accuracy_vs_sparsity(table: pd.DataFrame, reference: pd.DataFrame | None = N
     dense = table[table["method"] == "dense"]
     runs = table[table["method"] != "dense"]
     style = "schedule" if "schedule" in runs.columns and runs["schedule"].nunique() > 1 else None
-    seeds = _n_seeds(runs)
+    seeds = n_seeds(runs)
     if seeds > 1:  # the mean over seeds at each target, its standard deviation as a band
         sns.lineplot(runs.sort_values("target"), x="target", y="top1", hue="method", style=style,
                      markers=True, dashes=True, ax=ax, estimator="mean", errorbar="sd",
@@ -249,9 +240,9 @@ def perplexity_vs_sparsity(results: pd.DataFrame, dense: float | None = None,
     method, line style per within-layer ``criterion``; with several seeds, against the target
     (achieved sparsities differ a little per seed), means and ± one sd bands. ``dense``: the
     unpruned model's perplexity, dotted."""
-    plt, sns = _plt()
+    plt, sns = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
-    seeds = _n_seeds(results)
+    seeds = n_seeds(results)
     x = "target" if seeds > 1 else "sparsity"
     style = "criterion" if "criterion" in results else None
     sns.lineplot(results, x=x, y="perplexity", hue="method", style=style, markers=True,
@@ -271,11 +262,11 @@ def perplexity_vs_sparsity(results: pd.DataFrame, dense: float | None = None,
 def arena(results: pd.DataFrame, value: str, title: str | None = None):
     """One panel per within-layer criterion: ``value`` (top-1, or perplexity on a log scale)
     against the target sparsity, a line per allocator (means, ± one sd band over seeds)."""
-    plt, sns = _plt()
+    plt, sns = pyplot()
     crits = list(dict.fromkeys(results.criterion))
     fig, axes = plt.subplots(1, len(crits), figsize=(4.2 * len(crits) + 2.2, 4.4), sharey=True,
                              squeeze=False)
-    seeds = _n_seeds(results)
+    seeds = n_seeds(results)
     for ax, c in zip(axes[0], crits):
         sns.lineplot(results[results.criterion == c], x="target", y=value, hue="method",
                      style="method", markers=True, dashes=False, ax=ax,
@@ -304,93 +295,6 @@ def _reference_points(wide: pd.DataFrame) -> pd.DataFrame:
                          "schedule": wide["schedule"].replace("", "unstated")})
 
 
-def search_trace(trace: pd.DataFrame, title: str | None = None):
-    """JointPruning search (:func:`rdprune.jointpruning.search`'s trace), one panel per quantity
-    against the v-update: held-out loss (the 2N-sample mean during the search, and each vector
-    re-scored with the final supernet), FLOPs / full, mean width ratio, blocks and input side.
-    The returned vector (``best``) is starred."""
-    plt, _ = _plt()
-    cols = [("loss", "held-out loss"), ("flops_ratio", "FLOPs / full network"),
-            ("width", "mean width ratio"), ("depth", "blocks run"), ("resolution", "input side (px)")]
-    fig, axes = plt.subplots(1, len(cols), figsize=(3.4 * len(cols), 3.5))
-    best = trace[trace["best"].astype(bool)] if "best" in trace else trace.iloc[0:0]
-    for ax, (col, label) in zip(axes, cols):
-        ax.plot(trace["iteration"], trace[col], marker=".", lw=1.2,
-                label="during search (2N-sample mean)" if col == "loss" else None)
-        y = "val_loss" if col == "loss" and "val_loss" in trace else col
-        if y != col:
-            ax.plot(trace["iteration"], trace[y], marker=".", lw=1.2,
-                    label="re-scored with the final supernet")
-        ax.scatter(best["iteration"], best[y], marker="*", s=180, color="crimson", zorder=5,
-                   label="returned vector" if col == "loss" else None)
-        ax.set_xlabel("v-update")
-        ax.set_ylabel(label)
-        if col == "loss":
-            ax.legend(fontsize=7, frameon=False)
-    fig.suptitle(title or "JointPruning search trace", y=1.02)
-    fig.tight_layout()
-    return fig
-
-
-def method_scatter(df: pd.DataFrame, panels, *, hue: str = "method", dense: float | None = None,
-                   title: str | None = None):
-    """One scatter panel per ``(x, y, xlabel, ylabel)`` of ``panels``, a colour and marker per
-    ``hue`` value (the comparison figures); ``dense`` draws the unpruned top-1 as a dotted line
-    on panels whose y is a top-1 column."""
-    plt, sns = _plt()
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.8), squeeze=False)
-    order = list(dict.fromkeys(df[hue]))
-    seeds = _n_seeds(df)
-    colours = dict(zip(order, sns.color_palette(n_colors=len(order))))
-    for i, (ax, (x, y, xlabel, ylabel)) in enumerate(zip(axes[0], panels)):
-        shown = df
-        if seeds > 1:  # means over seeds, with ± one standard deviation as error bars
-            keys = [hue, "target"] if "target" in df else [hue]
-            g = df.groupby(keys, sort=False)[[x, y]]
-            shown, sd = g.mean().reset_index(), g.std().reset_index()
-            for h, part in shown.groupby(hue, sort=False):
-                err = sd[sd[hue] == h]
-                ax.errorbar(part[x], part[y], xerr=err[x], yerr=err[y], fmt="none",
-                            ecolor=colours[h], elinewidth=1.2, capsize=3, alpha=0.8)
-            ylabel = f"{ylabel} (mean ± sd, {seeds} seeds)"
-        sns.scatterplot(shown, x=x, y=y, hue=hue, style=hue, hue_order=order, style_order=order,
-                        palette=colours, s=110, ax=ax, legend=i == len(panels) - 1)
-        if dense is not None and "top1" in y:
-            ax.axhline(dense, color="k", ls=":", lw=1, label="dense")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-    axes[0, -1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    if title:
-        fig.suptitle(title, y=1.02)
-    fig.tight_layout()
-    return fig
-
-
-def selection_order(traces: Mapping[str, pd.DataFrame], layers: list[str] | None = None,
-                    title: str | None = None):
-    """HBGS/HBGTS layer selection: for each method's trace (:func:`rdprune.hbgs.prune`), which
-    wrapped conv (y, forward order) lost filters in which round (x); circles prune output
-    filters, crosses input channels."""
-    plt, _ = _plt()
-    names = layers or list(dict.fromkeys(l for t in traces.values() for l in t["layer"]))
-    pos = {n: i for i, n in enumerate(names)}
-    fig, axes = plt.subplots(1, len(traces), figsize=(4.2 * len(traces), 0.25 * len(names) + 2),
-                             sharey=True, squeeze=False)
-    for ax, (method, t) in zip(axes[0], traces.items()):
-        for side, marker in (("out", "o"), ("in", "x")):
-            g = t[t["side"] == side]
-            ax.scatter(g["round"], g["layer"].map(pos), marker=marker, s=28, label=f"{side} side")
-        ax.set_title(method)
-        ax.set_xlabel("round")
-        ax.set_yticks(range(len(names)))
-        ax.set_yticklabels(names, fontsize=7)
-    axes[0, 0].invert_yaxis()  # shared: the first layer on top
-    axes[0, 0].legend(fontsize=7, frameon=False)
-    fig.suptitle(title or "Which layer each greedy round pruned", y=1.02)
-    fig.tight_layout()
-    return fig
-
-
 def save(fig, folder: str | Path, name: str) -> list[Path]:
     """Write ``fig`` as ``<folder>/<name>.png`` (150 dpi) and ``.svg``; returns both paths."""
     folder = Path(folder)
@@ -401,16 +305,5 @@ def save(fig, folder: str | Path, name: str) -> list[Path]:
     return paths
 
 
-def pruning_time(results: pd.DataFrame, title: str | None = None):
-    """Each method's pruning wall time (``prune_seconds``, mean over seeds) per target, as bars on
-    a log scale; returns (figure, the table drawn)."""
-    plt, _ = _plt()
-    fig, ax = plt.subplots(figsize=(8, 4))
-    timing = results.pivot_table(index="method", columns="target", values="prune_seconds",
-                                 sort=False)
-    timing.plot.bar(ax=ax, logy=True)
-    ax.set_ylabel("pruning wall time (s, log; mean over seeds)")
-    ax.set_title(title or "Pruning time")
-    ax.legend(title="removed", frameon=False)
-    fig.tight_layout()
-    return fig, timing
+# the structured methods' figures live in their own module; rp.plots is the one door
+from .structured_plots import method_scatter, pruning_time, search_trace, selection_order  # noqa: E402,F401

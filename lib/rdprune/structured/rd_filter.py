@@ -38,9 +38,10 @@ from tqdm.auto import tqdm
 from ..core import distortion as D
 from ..core import masks as M
 from ..core.allocators import register_allocator
-from ..core.curves import default_max_batch, grid_amounts
+from ..core.curves import grid_amounts
 from ..core.downstream import Downstream
 from ..core.knapsack import DEFAULT_MAX_STATES, Table
+from ..core.sweep import default_max_batch
 from ..util import check_choice, check_target, state_hash
 from . import surgery as S
 from .surgery import BUDGETS, removed  # removed: channels a group loses at an amount
