@@ -25,3 +25,12 @@ def env_threads():
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", old)))
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def small_search():
+    """The smallest budget of each allocator that searches (evo, rd+evo: generations; atp: β
+    trials), for tests that run every registered allocator on large models: what they check
+    (targets met, refusals) holds at any budget."""
+    return {"evo": dict(generations=1, offspring=2), "rd+evo": dict(generations=1, offspring=2),
+            "atp": dict(trials=2)}

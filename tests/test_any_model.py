@@ -37,12 +37,13 @@ def test_flops_come_from_the_calibration_sample_without_input_size(resnet18):
     assert amounts  # allocate(calib=) was enough for a FLOPs budget
 
 
-def test_every_mask_allocator_meets_a_flops_target_on_a_torchvision_model(resnet18):
+def test_every_mask_allocator_meets_a_flops_target_on_a_torchvision_model(resnet18, small_search):
     x = torch.randn(2, 3, 16, 16)
     curves = rp.rd.curves(resnet18, x, grid=5, cache=False, progress=False)  # remembers x
     for method in A.names(structured=False):
         net = copy.deepcopy(resnet18)
-        amounts = rp.allocate(method, net, 0.5, "flops", curves=curves, calib=x)
+        amounts = rp.allocate(method, net, 0.5, "flops", curves=curves, calib=x,
+                              **small_search.get(method, {}))
         M.apply(net, amounts)
         assert M.flops(net) <= 0.5 * sum(M.layer_flops(net).values()) * (1 + 1e-9), method
 

@@ -133,7 +133,7 @@ def test_prunable_weights_and_their_flops(case):
     assert sum(flops.values()) <= counter.get_total_flops() // 2 * (1 + 1e-9)
 
 
-def test_fast_curves_equal_the_reference_and_every_allocator_meets_a_flops_target(case):
+def test_fast_curves_equal_the_reference_and_every_allocator_meets_a_flops_target(case, small_search):
     name, net, x = case
     curves = rp.rd.curves(net, x, grid=3, cache=False, progress=False)
     layers = list(M.prunable(net))
@@ -156,7 +156,8 @@ def test_fast_curves_equal_the_reference_and_every_allocator_meets_a_flops_targe
     flops, layers = M.layer_flops(net), M.prunable(net)
     total = sum(flops.values())
     for method in A.names(structured=False):
-        amounts = rp.allocate(method, net, 0.5, "flops", curves=curves, calib=x)
+        amounts = rp.allocate(method, net, 0.5, "flops", curves=curves, calib=x,
+                              **small_search.get(method, {}))
         # what M.flops counts after M.apply (tested elsewhere): density x dense, per layer
         kept = sum(flops[k] * (1 - M.n_pruned(a, layers[k].weight.numel())
                                / layers[k].weight.numel()) for k, a in amounts.items())
