@@ -67,9 +67,10 @@ def _fill(layers, amounts):
 
 # ----------------------------------------------------------------------------- AlphaPruning
 def spectrum(weight: torch.Tensor) -> torch.Tensor:
-    """Eigenvalues of WᵀW, ascending (squared singular values; a convolution as (out, in·k·k))."""
-    w = weight.detach().double().reshape(weight.shape[0], -1)
-    return torch.linalg.svdvals(w).square().sort().values
+    """Eigenvalues of WᵀW, ascending (squared singular values in float32, as the authors compute
+    them, returned in float64; a convolution as (out, in·k·k))."""
+    w = weight.detach().float().reshape(weight.shape[0], -1)
+    return torch.linalg.svdvals(w).double().square().sort().values
 
 
 def hill_alpha(eigs: torch.Tensor, i: int) -> float:
@@ -126,7 +127,7 @@ def _alphapruning(model, target, budget, *, layers, exclude=(), epsilon: float =
                   xmin: str = "peak", blocks: Callable | None = None):
     if not 0 <= epsilon < 1:
         raise ValueError(f"epsilon must be in [0, 1), got {epsilon}")
-    a = np.array([alphas(model, [k], xmin)[k] for k in layers.names])
+    a = np.array(list(alphas(model, layers.names, xmin).values()))
     if np.isnan(a).any():  # a matrix too small to fit: the mean of the others
         a = np.where(np.isnan(a), np.nanmean(a) if (~np.isnan(a)).any() else 0.0, a)
     index, nb = _groups(layers.names, blocks)
