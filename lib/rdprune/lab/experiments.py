@@ -46,6 +46,7 @@ class Setup:
     test_loader: object
     denses: dict
     dense: pd.DataFrame
+    model: str = ""
 
     def header(self) -> str:
         """One Markdown line: the model, its dense top-1 (a language model: perplexity) over the
@@ -75,7 +76,7 @@ def setup(model: str, dataset: str, recipe: str, seeds, *, out_dir, eval_subset=
                                      progress=progress) for seed in seeds}
     dense = pd.DataFrame([dict(seed=seed, **train.evaluate(net, test_loader))
                           for seed, net in denses.items()]).set_index("seed", drop=False)
-    return Setup(out, f"{model} on {dataset}", test_loader, denses, dense)
+    return Setup(out, f"{model} on {dataset}", test_loader, denses, dense, model)
 
 
 def calibrations(s: Setup, dataset: str, n: int) -> dict:
@@ -131,7 +132,7 @@ def zero_shot_table(s: Setup, dataset: str, methods, targets, *, criteria=("magn
     data = s.test_loader.dataset
     size = ({"n_tokens": data.numel()} if "perplexity" in s.dense else {"n_test": len(data)})
     rows = (pd.concat(tables, ignore_index=True).drop(columns=["schedule", "round"])
-            .assign(model=s.label.split(" on ")[0], dataset=dataset, **size))
+            .assign(model=s.model, dataset=dataset, **size))
     return rows, curves
 
 
