@@ -1,7 +1,7 @@
 """How many fine-tuning steps per round does a preset need before the iterative curves stop
 moving? Notebook 03's iterative part (RD and LAMP; ``--preset full``: rounds of 50 % of the
 remaining weights up to 90 %; ``--preset paper_regime``: on to 95.5 and 98.85 %; all 10,000
-test images, every setting from ``presets.NOTEBOOKS[preset]``) rerun at each of ``--steps``
+test images, every other setting the notebook's under ``--preset``) rerun at each of ``--steps``
 fine-tuning steps per round with learning-rate schedule ``--schedule``, on the same dense
 models. A budget has converged when doubling it moves no round's top-1 by more than two standard
 errors of one top-1 on the test images (0.6 points near 0.9 on 10,000), and leaves RD-minus-LAMP
@@ -25,17 +25,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from rdprune.lab import pipeline
-from rdprune.lab.presets import NOTEBOOKS
+from rdprune.lab import pipeline, reproduce
 
 ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = "03_rd_vs_baselines"
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="full", choices=[k for k, v in NOTEBOOKS.items()
-                                                         if "_skip" not in v["03_rd_vs_baselines"]])
+    p.add_argument("--preset", default="full", choices=[k for k, v in reproduce.PRESETS.items()
+                                                         if "_skip" not in v.get(NOTEBOOK, {})])
     p.add_argument("--steps", type=int, nargs="+", default=[120, 240])
     p.add_argument("--schedule", default="cosine", choices=["constant", "cosine"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -43,7 +43,7 @@ def main():
     p.add_argument("--recipe", default=None, help="the dense models' recipe (default: the "
                    "full preset's, now 'long')")
     args = p.parse_args()
-    nb = {**NOTEBOOKS[args.preset]["*"], **NOTEBOOKS[args.preset]["03_rd_vs_baselines"]}
+    nb = reproduce.parameters(NOTEBOOK, args.preset)
     methods = args.methods or nb["iterative_methods"]
     recipe = args.recipe or nb["recipe"]
     # one file per dense recipe: the quick models' rows keep the name they were first written

@@ -81,13 +81,24 @@ def test_notebook_is_thin(path):
     assert len(lines) <= 65, f"{path.stem}: {len(lines)} code lines; move a harness to the lab"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_defaults_are_the_quick_preset(path):
-    """Preset parameters live in reproduce.PRESETS; the notebooks' defaults mirror 'quick'."""
-    defaults = reproduce.declared(path)
-    quick = reproduce.parameters(path.stem, "quick")
-    assert {k: defaults[k] for k in quick if k in defaults} == \
-        {k: v for k, v in quick.items() if k in defaults}
+@pytest.mark.parametrize("preset", list(reproduce.PRESETS))
+def test_a_preset_holds_only_what_it_changes(preset):
+    """A value is written once: the notebooks' parameters cells are the quick preset, and any
+    other preset names only parameters a notebook declares, each with a value of its own."""
+    assert reproduce.PRESETS["quick"] == {}
+    decl = {p.stem: reproduce.declared(p) for p in NOTEBOOKS}
+    for stem, layer in reproduce.PRESETS[preset].items():
+        assert stem == "*" or stem in decl, f"{preset}: no notebook {stem}"
+        own = list(decl.values()) if stem == "*" else [decl[stem]]
+        for key, value in layer.items():
+            if key.startswith("_"):  # the preset's instructions (_skip)
+                continue
+            holders = [d for d in own if key in d]
+            assert holders, f"{preset}/{stem}: no notebook declares {key}"
+            assert any(d[key] != value for d in holders), \
+                f"{preset}/{stem}: {key}={value!r} is already the notebooks' own value"
+    p = reproduce.parameters("03_rd_vs_baselines", preset)
+    assert set(decl["03_rd_vs_baselines"]) <= set(p)  # the notebook's own values fill the rest
 
 
 def test_paper_numbers_table():

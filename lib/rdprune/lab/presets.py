@@ -1,26 +1,24 @@
 """Every preset, written once: how the zoo is trained (:data:`RECIPES`), how a pruning schedule runs
-(:data:`SCHEDULES`), the CLI's comparison defaults (:data:`BASELINES`) and the notebooks'
-parameters (:data:`NOTEBOOKS`). The CLI, :mod:`.pipeline`, :mod:`.reproduce` and the notebooks read
-these; a test keeps each notebook's ``parameters`` cell equal to ``NOTEBOOKS["quick"]``.
+(:data:`SCHEDULES`), the CLI's comparison defaults (:data:`BASELINES`) and what the notebooks'
+presets change (:data:`NOTEBOOKS`). A notebook's own ``parameters`` cell is its ``quick`` preset;
+the other presets hold only what they change, so no value is written twice.
 
 What "quick" means, in each place:
-- a **recipe** ``quick``: 2 epochs of AdamW, minutes on a laptop CPU (ResNet-20 ≥ 90 % top-1 on
-  Fashion-MNIST; the MobileNets 600 steps of 64, about 0.64 epoch, and the transformers their
-  own, :data:`_PER_MODEL`); ``smoke`` trains for seconds (tests); ``paper`` is the RD authors'
-  CIFAR recipe (AdamW lr 3e-4, batch 100, 50k steps for ResNets and the MobileNets, 20k VGG-16,
-  80k DenseNet);
+- a **recipe** ``quick``: 2 epochs of AdamW (ResNet-20 ≥ 90 % top-1 on Fashion-MNIST; the
+  MobileNets 600 steps of 64, about 0.64 epoch, and the transformers their own,
+  :data:`_PER_MODEL`); ``smoke`` trains for seconds (tests); ``paper`` is the RD authors' CIFAR
+  recipe (AdamW lr 3e-4, batch 100, 50k steps for ResNets and the MobileNets, 20k VGG-16, 80k
+  DenseNet);
 - a **schedule** ``quick`` (``prune`` and ``baselines``): 256 calibration images, a 51-point grid,
   200 fine-tuning steps per round; ``paper``: the authors' 1024 images, 101 points, worst-case
   distortion and 80k/40k/60k fine-tuning steps;
-- the **notebooks'** ``quick``: half that calibration set (128 images, a 21-point grid) and
-  2,000 test images, one seed, so that all seven notebooks finish in about 90 minutes on a
-  2-core CPU (07, the transformers, another 20 minutes the first time, to train vit_tiny and
-  lm_tiny; docs/reproducibility.md has the measured times);
+- the **notebooks'** ``quick`` (their parameters cells): 128 calibration images, a 21-point grid,
+  2,000 test images and one seed, sized so that a CPU runs every notebook in one sitting
+  (docs/reproducibility.md has the measured times);
 - the **notebooks'** ``full``: the RD comparison (01-03) on all 10,000 test images; notebook 03
   over 3 seeds, each from a 10-epoch dense model (recipe ``long``) with 480 fine-tuning steps
-  per iterative round, the rate decayed to zero in each (``cosine``), about 75 minutes on a
-  2-core CPU (docs/reproducibility.md); 04-07 are skipped with the reason (their seeds lists
-  work, 3 seeds cost hours more);
+  per iterative round, the rate decayed to zero in each (``cosine``); 04-08 are skipped with the
+  reason (their seeds lists work; 3 seeds cost hours more on a CPU);
 - ``paper_regime``: notebook 03 iterated to 95.5 and 98.85 % sparsity, RD against LAMP, 3 seeds
   from 10-epoch dense models, a 101-point grid and 240 cosine steps per round.
 """
@@ -52,10 +50,9 @@ RECIPES = {
     "paper": Recipe(lr=3e-4, batch_size=100, steps=50_000),
 }
 # (recipe, model) -> changes: the paper recipe's dense training per architecture; the byte-level
-# language model counts steps of 32 windows (an epoch of its corpus is about 2,640 of them;
-# 850 steps take about 10 minutes on a 2-core CPU); the MobileNets' quick recipe is shorter
-# (their CIFAR variants keep 28 px through the first stages: about 1.4 s per step of 64 for V2
-# on a 2-core CPU)
+# language model counts steps of 32 windows (an epoch of its corpus is about 2,640 of them);
+# the MobileNets' quick recipe is shorter (their CIFAR variants keep 28 px through the first
+# stages, so a step of 64 costs about 5 ResNet-20 steps)
 _PER_MODEL = {("quick", "mobilenet_v2"): dict(batch_size=64, steps=600),
               ("quick", "mobilenet_v1"): dict(batch_size=64, steps=600),
               ("smoke", "mobilenet_v2"): dict(batch_size=32, steps=10),
@@ -129,93 +126,48 @@ BASELINES = dict(model="resnet20", dataset="fashion_mnist", recipe="quick",
                  calib_n=SCHEDULES["quick"].calib_n, grid=SCHEDULES["quick"].grid, refine=0)
 
 # ----------------------------------------------------------------------------- notebooks
-_DIMS = [["channel"], ["channel", "depth"], ["channel", "depth", "resolution"]]
-_HBGS = ["HBGS", "HBGS-B", "HBGTS", "HBGTS-B"]
-_UNIFORM = ["omp", "backward", "random"]
-_COMPARED = ["rd", "rd_filter", "HBGS-B", "HBGTS-B", "jointpruning", "uniform_width", "l1_filter"]
-_COMPARED_ALL = _COMPARED[:2] + _HBGS + _COMPARED[4:]
-# notebook 04, per model: a MobileNetV2 step costs about 5 ResNet-20 steps, so its quick
-# search and retraining are shorter (its part of the quick run: within 15 minutes)
-_RETRAIN_BATCH = {"*": 128, "mobilenet_v1": 64, "mobilenet_v2": 64}
-_SUPERNET_STEPS = {"*": 120, "mobilenet_v2": 80}
-_RETRAIN_STEPS = {"*": 150, "mobilenet_v2": 100}
-_MOBILENETS = dict(model=["resnet20", "mobilenet_v1", "mobilenet_v2"], widths=[0.75, 0.5, 0.25])
+_WIDTHS = [0.75, 0.5, 0.25]  # the MobileNet width multipliers
+_COMPARED_ALL = ["rd", "rd_filter", "HBGS", "HBGS-B", "HBGTS", "HBGTS-B", "jointpruning",
+                 "uniform_width", "l1_filter"]
 
-# notebook 07: vit_tiny (zero-shot top-1) and lm_tiny (perplexity, magnitude and Wanda)
-_TRANSFORMERS = dict(model="vit_tiny", targets=[0.5, 0.6, 0.7, 0.8, 0.9],
-                     methods=["rd", "lamp", "global", "erk", "uniform", "owl"], refine=4,
-                     lm_model="lm_tiny", lm_targets=[0.5, 0.6, 0.7, 0.8],
-                     lm_methods=["uniform", "owl", "lamp", "rd"], criteria=["magnitude", "wanda"],
-                     lm_calib_n=32, n_configs=30, lm_eval_windows=512, seeds=[0],
-                     _needs=["transformers"])  # lm_tiny is Hugging Face's GPT-2
+# what a notebook needs beyond the base install (lm_tiny is Hugging Face's GPT-2)
+NEEDS = {"07_transformers": ["transformers"], "08_arena": ["transformers"]}
 
-# notebook 08: every allocator x criterion on a CNN, a ViT and the byte-level GPT-2, zero-shot
-_ARENA = dict(model=["resnet20", "vit_tiny", "lm_tiny"], targets=[0.5, 0.7],
-              methods=["uniform", "erk", "lamp", "owl", "alphapruning", "atp", "dlp", "rd", "evo",
-                       "rd+evo"], refine=2, criteria=["magnitude", "wanda", "sparsegpt"],
-              focus=["rd", "rd+evo", "evo", "alphapruning", "owl"],
-              evo={"generations": 8, "offspring": 8}, calib_n={"*": 64, "lm_tiny": 16}, grid=11,
-              distortion={"*": "mse", "lm_tiny": "kl"}, lm_dataset="pystdlib", seeds=[0],
-              eval_subset=1000, _needs=["transformers"])
-
-# Preset → {"*": parameters for every notebook, "<notebook stem>": its own}. Later wins.
+# Preset → {"*": for every notebook that declares the key, "<notebook stem>": its own; later
+# wins} on top of each notebook's own ``parameters`` cell, which *is* the quick preset: a value
+# is written in one place. ``_skip`` leaves a notebook out of a preset's run (with the reason)
+# unless ``--only`` names it.
 NOTEBOOKS: dict[str, dict[str, dict]] = {
-    "quick": {  # minutes on a 2-core CPU; Fashion-MNIST ships offline
-        "*": dict(dataset="fashion_mnist", model="resnet20", recipe="quick", calib_n=128, grid=21,
-                  eval_subset=2000,
-                  distortion="mse", seed=0, device="auto"),
-        "01_rd_curves": dict(targets=[0.8, 0.9, 0.95]),
-        "02_additivity": dict(model=["lenet5", "resnet20"], targets=[0.8, 0.9, 0.95], n_configs=30,
-                              max_amount=0.5),
-        "03_rd_vs_baselines": dict(seeds=[0], targets=[0.5, 0.6, 0.7, 0.8, 0.9],
-                                   iterative_methods=["rd", "lamp"], iterative_target=0.9,
-                                   per_round=0.5, visit=[], finetune_steps=30, refine=0),
-        # 04-06: FLOPs / parameter *reductions*; ResNet-20 quick checkpoint, short CPU budgets
-        "04_jointpruning": dict(model=["resnet20", "mobilenet_v2"], seeds=[0], targets=[0.5, 0.7],
-                                widths=[0.5], dims=_DIMS, supernet_steps=_SUPERNET_STEPS,
-                                search_steps=12, samples=4, retrain_steps=_RETRAIN_STEPS,
-                                retrain_batch=_RETRAIN_BATCH),
-        "05_hbgs": dict(seeds=[0], targets=[0.4, 0.6], methods=_HBGS, uniform_selectors=_UNIFORM, k=16,
-                        selection_n=128, round_finetune_steps=5, finetune_steps=30),
-        "06_comparison": dict(seeds=[0], targets=[0.5, 0.7], methods=_COMPARED, k=0.25, selection_n=96,
-                              round_finetune_steps=5, filter_grid=None, supernet_steps=120, search_steps=12, samples=4,
-                              finetune_steps=40, latency_batch=256, latency_repeats=5),
-        "07_transformers": _TRANSFORMERS,
-        "08_arena": _ARENA,
-    },
-    # 3 seeds and all 10,000 test images for the RD paper's comparison (notebooks 01-03), about
-    # 75 minutes on a 2-core CPU. 04-07 are skipped with the reason: 04 (3 seeds, ResNet-20 and
-    # both MobileNets) with --only 04, 05-06 with -p seeds "[0, 1, 2]" (about 2 hours more).
+    # the notebooks' parameters cells: one seed, 128 calibration images, a 21-point grid and
+    # 2,000 test images (docs/reproducibility.md has the measured times)
+    "quick": {},
+    # 3 seeds and all 10,000 test images for the RD paper's comparison (notebooks 01-03). 04-08
+    # are skipped with the reason: 04 (3 seeds, ResNet-20 and both MobileNets) with --only 04,
+    # 05-06 with -p seeds "[0, 1, 2]".
     "full": {
-        "*": dict(dataset="fashion_mnist", model="resnet20", recipe="quick", calib_n=128, grid=21,
-                  eval_subset=None, distortion="mse", seed=0, device="auto"),
-        "01_rd_curves": dict(targets=[0.8, 0.9, 0.95]),
-        "02_additivity": dict(model=["lenet5", "resnet20"], targets=[0.8, 0.9, 0.95], n_configs=60,
-                              max_amount=0.5),
+        "*": dict(eval_subset=None),
+        "02_additivity": dict(n_configs=60),
         # 10-epoch dense models and 480 cosine fine-tuning steps per round: from the 2-epoch
         # quick models every budget up to 480 kept gaining (the fine-tune was still training the
         # dense model); from 10 epochs, doubling 240 to 480 (and 480 to 960) moved no round by
         # more than the test-set noise (docs/results/full/finetune_budget_cosine*.csv,
         # docs/results.md "RD against LAMP"); 480 is the doubling past the first budget that met it
-        "03_rd_vs_baselines": dict(seeds=[0, 1, 2], targets=[0.5, 0.6, 0.7, 0.8, 0.9],
-                                   recipe="long", iterative_methods=["rd", "lamp"],
-                                   iterative_target=0.9, per_round=0.5, finetune_steps=480,
-                                   finetune_schedule="cosine", refine=0),
-        "04_jointpruning": dict(_MOBILENETS, seeds=[0, 1, 2], targets=[0.5, 0.7], dims=_DIMS,
-                                supernet_steps=120, search_steps=12, samples=4,
-                                retrain_steps=150, retrain_batch=_RETRAIN_BATCH,  # full budgets
+        "03_rd_vs_baselines": dict(seeds=[0, 1, 2], recipe="long", finetune_steps=480,
+                                   finetune_schedule="cosine"),
+        "04_jointpruning": dict(widths=_WIDTHS, model=["resnet20", "mobilenet_v1", "mobilenet_v2"],
+                                seeds=[0, 1, 2], supernet_steps=120, retrain_steps=150,
                                 _skip="not in the full preset (3 seeds of ResNet-20 and both "
                                 "MobileNets take hours on a CPU); run it with: python -m rdprune "
                                 "reproduce --preset full --only 04"),
-        **{stem: dict(_skip="not in the full preset (3 seeds of notebooks 04-06 take about 2 "
-                            "hours more on a CPU); run it with: python -m rdprune reproduce --preset full --only "
+        **{stem: dict(_skip="not in the full preset (3 seeds of notebooks 05-06 take hours on a "
+                            "CPU); run it with: python -m rdprune reproduce --preset full --only "
                             + stem[:2] + " -p seeds \"[0, 1, 2]\"")
            for stem in ("05_hbgs", "06_comparison")},
-        "07_transformers": dict(_TRANSFORMERS, _skip="not in the full preset yet (one seed of "
-                                "it is the quick preset); run it with: python -m rdprune "
-                                "reproduce --preset full --only 07 -p seeds \"[0, 1, 2]\""),
-        "08_arena": dict(_ARENA, seeds=[0, 1, 2], targets=[0.5, 0.6, 0.7, 0.8],
-                         evo={"generations": 30, "offspring": 16}, eval_subset=None,
+        "07_transformers": dict(_skip="not in the full preset yet (one seed of it is the quick "
+                                "preset); run it with: python -m rdprune reproduce --preset full "
+                                "--only 07 -p seeds \"[0, 1, 2]\""),
+        "08_arena": dict(seeds=[0, 1, 2], targets=[0.5, 0.6, 0.7, 0.8],
+                         evo={"generations": 30, "offspring": 16},
                          _skip="not in the full preset's default run (three models, three "
                                "criteria, four targets and three seeds take hours on a CPU); run "
                                "it with: python -m rdprune reproduce --preset full --only 08"),
@@ -228,13 +180,11 @@ NOTEBOOKS: dict[str, dict[str, dict]] = {
     # full preset's rounds up to 90 %; benchmarks/bench_finetune_budget.py --preset paper_regime
     # checks the doubling at these sparsities.
     "paper_regime": {
-        "*": dict(dataset="fashion_mnist", model="resnet20", recipe="long", calib_n=128,
-                  grid=101, eval_subset=None, distortion="mse", seed=0, device="auto"),
+        "*": dict(recipe="long", grid=101, eval_subset=None),
         "03_rd_vs_baselines": dict(seeds=[0, 1, 2], targets=[0.9, 0.955, 0.98847],
                                    methods=["rd", "lamp", "global", "erk"],
-                                   iterative_methods=["rd", "lamp"], iterative_target=0.98847,
-                                   per_round=0.5, visit=[0.955], finetune_steps=240,
-                                   finetune_schedule="cosine", refine=0),
+                                   iterative_target=0.98847, visit=[0.955], finetune_steps=240,
+                                   finetune_schedule="cosine"),
         **{stem: dict(_skip="the paper-regime preset is notebook 03's iterative RD comparison "
                             "at 95.5 and 98.85 % sparsity")
            for stem in ("01_rd_curves", "02_additivity", "04_jointpruning", "05_hbgs",
@@ -242,29 +192,26 @@ NOTEBOOKS: dict[str, dict[str, dict]] = {
     },
     "paper": {  # the RD authors' CIFAR-10 protocol (docs/rd-authors-code.md); needs CIFAR-10, a GPU
         "*": dict(dataset="cifar10", model="resnet32", recipe="paper", calib_n=1024, grid=101,
-                  eval_subset=None,
-                  distortion="worst_case", seed=0, device="auto"),
+                  eval_subset=None, distortion="worst_case"),
         "01_rd_curves": dict(targets=[0.9, 0.955, 0.98847]),
         "02_additivity": dict(model=["resnet32", "vgg16"], targets=[0.9, 0.955, 0.98847],
                               n_configs=200, max_amount=0.8),
-        "03_rd_vs_baselines": dict(seeds=[0], targets=[0.5, 0.8, 0.9, 0.955, 0.98847],
+        "03_rd_vs_baselines": dict(targets=[0.5, 0.8, 0.9, 0.955, 0.98847],
                                    iterative_methods=["rd", "lamp", "global", "erk"],
-                                   iterative_target=0.98847, per_round=0.2, finetune_steps=None,
-                                   refine=0),
+                                   iterative_target=0.98847, per_round=0.2, finetune_steps=None),
         # JointPruning note's CPU-scale suggestion (supernet ~40 epochs, 300 v-updates, N = 8,
         # retrain ~100 epochs); HBGS slides: k = 5, 1 epoch between rounds, 63 / 95 % params
-        "04_jointpruning": dict(_MOBILENETS, model=["resnet32", "mobilenet_v1", "mobilenet_v2"],
-                                seeds=[0], targets=[0.5, 0.7], dims=_DIMS, supernet_steps=30_000,
-                                search_steps=300, samples=8, retrain_steps=40_000),
-        "05_hbgs": dict(seeds=[0], targets=[0.63, 0.95], methods=_HBGS, uniform_selectors=_UNIFORM, k=5,
-                        selection_n=1024, round_finetune_steps=390, finetune_steps=40_000),
-        "06_comparison": dict(seeds=[0], targets=[0.5, 0.7], methods=_COMPARED_ALL, k=5, selection_n=1024,
-                              round_finetune_steps=390, filter_grid=None, supernet_steps=30_000, search_steps=300,
-                              samples=8, finetune_steps=40_000, latency_batch=256,
-                              latency_repeats=20),
-        "07_transformers": dict(_TRANSFORMERS, _skip="the RD paper has no transformer protocol "
-                                "to follow; run the quick preset (07 --only) instead"),
-        "08_arena": dict(_ARENA, _skip="the arena has no paper protocol to follow; run the quick "
-                                       "or full preset (--only 08) instead"),
+        "04_jointpruning": dict(widths=_WIDTHS, model=["resnet32", "mobilenet_v1", "mobilenet_v2"],
+                                supernet_steps=30_000, search_steps=300, samples=8,
+                                retrain_steps=40_000),
+        "05_hbgs": dict(targets=[0.63, 0.95], k=5, selection_n=1024, round_finetune_steps=390,
+                        finetune_steps=40_000),
+        "06_comparison": dict(methods=_COMPARED_ALL, k=5, selection_n=1024,
+                              round_finetune_steps=390, supernet_steps=30_000, search_steps=300,
+                              samples=8, finetune_steps=40_000, latency_repeats=20),
+        "07_transformers": dict(_skip="the RD paper has no transformer protocol to follow; run "
+                                      "the quick preset (07 --only) instead"),
+        "08_arena": dict(_skip="the arena has no paper protocol to follow; run the quick or full "
+                               "preset (--only 08) instead"),
     },
 }

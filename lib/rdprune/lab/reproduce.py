@@ -1,14 +1,13 @@
 """``python -m rdprune reproduce``: execute every notebook in ``notebooks/`` with papermill.
 
-Each notebook runs with the parameters of a preset (:data:`rdprune.lab.presets.NOTEBOOKS`, the one
-place where they live; the notebooks' own defaults are the ``quick`` preset, a test keeps them in
-step) into
+Each notebook runs with the parameters of a preset: its own ``parameters`` cell (the ``quick``
+preset) with what the preset changes (:data:`rdprune.lab.presets.NOTEBOOKS`), into
 ``results/<preset>/<notebook>/``: the executed notebook, its CSVs and its figures (PNG + SVG).
 A notebook whose dataset is not available (its ``dataset`` parameter; e.g. CIFAR-10 offline) is
 skipped with the reason, a failing notebook does not stop the others, and the command exits
 non-zero naming the failures. A preset may leave a notebook out (``_skip``: the reason, e.g. the
 ``full`` preset's 04-06), which is then reported as skipped unless ``--only`` names it; a
-notebook whose optional packages are missing (``_needs``: 07 needs transformers) is skipped
+notebook whose optional packages are missing (:data:`rdprune.lab.presets.NEEDS`) is skipped
 with the install command. Parameters can be overridden: ``-p KEY VALUE`` for every notebook
 that declares KEY, ``-p NOTEBOOK:KEY VALUE`` for one (values are read as Python/JSON literals,
 else kept as strings).
@@ -26,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..util import REPO, data_dir
+from .presets import NEEDS
 from .presets import NOTEBOOKS as PRESETS
 
 NOTEBOOKS = REPO / "notebooks"
@@ -81,11 +81,16 @@ def declared(path: Path) -> dict:
     return out
 
 
-def parameters(stem: str, preset: str, overrides: dict | None = None) -> dict:
-    """Preset parameters of one notebook, with ``overrides`` ({"*": {...}, stem: {...}})."""
+def parameters(stem: str, preset: str, overrides: dict | None = None,
+               folder: str | Path | None = None) -> dict:
+    """One notebook's parameters under a preset: its ``parameters`` cell (in ``folder``, default
+    the repository's notebooks), what the preset changes, then ``overrides`` ({"*": {...},
+    stem: {...}}). Keys starting with ``_`` (``_skip``) are the preset's instructions, and
+    ``"*"`` keys a notebook does not declare are kept: :func:`run` passes only declared ones."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    out = {"preset": preset}
+    path = Path(folder or NOTEBOOKS) / f"{stem}.ipynb"
+    out = {**(declared(path) if path.is_file() else {}), "preset": preset}
     for layer in (PRESETS[preset], overrides or {}):
         out.update(layer.get("*", {}))
         out.update(layer.get(stem, {}))
@@ -93,8 +98,8 @@ def parameters(stem: str, preset: str, overrides: dict | None = None) -> dict:
 
 
 def missing(packages) -> str | None:
-    """Why a notebook cannot run: the optional packages it needs (``_needs`` in its preset)
-    that are not installed, or None."""
+    """Why a notebook cannot run: the optional packages it needs (:data:`NEEDS`) that are not
+    installed, or None."""
     import importlib.util
     absent = [p for p in packages if importlib.util.find_spec(p) is None]
     if not absent:
@@ -171,7 +176,7 @@ def run(preset: str = "quick", only: list[str] | None = None, overrides: dict | 
     rows, todo = {}, []
     for path in paths:
         out = root / path.stem
-        every = parameters(path.stem, preset, overrides)
+        every = parameters(path.stem, preset, overrides, path.parent)
         params = {k: v for k, v in every.items() if k in decl[path]}
         params["out_dir"] = str(out)
         for quiet in ("interactive", "progress"):  # a batch run: no widgets, no progress bars
@@ -180,7 +185,7 @@ def run(preset: str = "quick", only: list[str] | None = None, overrides: dict | 
         rows[path] = dict(notebook=path.stem, status="ok", seconds=0.0, output=str(out),
                           reason="")
         problem = ((None if only else every.get("_skip"))  # unless --only asked for it
-                   or missing(every.get("_needs", ()))
+                   or missing(NEEDS.get(path.stem, ()))
                    or dataset_problem(params.get("dataset", decl[path].get("dataset")),
                                       {**decl[path], **params}))
         if problem:
@@ -269,7 +274,7 @@ def _cli(args) -> int:
     if args.list:
         for p in _select(notebooks(args.notebooks), args.only):
             decl = declared(p)
-            params = {**decl, **parameters(p.stem, args.preset, parse_overrides(args.param))}
+            params = parameters(p.stem, args.preset, parse_overrides(args.param), p.parent)
             print(f"{p.stem}: " + ", ".join(f"{k}={v!r}" for k, v in params.items() if k in decl))
         return 0
     tic = time.perf_counter()
