@@ -114,3 +114,22 @@ def test_criterion_registry_refuses_bad_input():
         rp.unregister_criterion("wanda")
     with pytest.raises(ValueError, match="magnitude"):
         rp.criteria.get("nope")
+
+
+def test_one_call_reads_the_batch_once(lenet, monkeypatch):
+    """rp.prune's front, the curves, the criterion and the FLOPs count all check the batch; its
+    values are read once per call, and again only after a tensor of it changes in place."""
+    from rdprune.core import batch as B
+    reads = []
+    real = B._finite
+    calib = rp.data.calibration("fashion_mnist", n=8, seed=0)
+    monkeypatch.setattr(B, "_finite", lambda items: (reads.append(1) if items[0] is calib else 0)
+                        or real(items))
+    rp.prune(lenet, "rd", 0.5, calib=calib, grid=5, criterion="wanda")
+    assert len(reads) == 1
+    rp.prune(lenet, "lamp", 0.5, calib=calib)
+    assert len(reads) == 1
+    calib[0, 0, 0, 0] = float("nan")  # changed in place: read again, and refused
+    with pytest.raises(ValueError, match="NaN"):
+        rp.prune(lenet, "rd", 0.5, calib=calib, grid=5)
+    assert len(reads) == 2

@@ -8,12 +8,40 @@ allocation) goes through these few functions, so it never needs to know which it
 """
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 
 import torch
 from torch import nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 Batch = "torch.Tensor | tuple | dict"
+
+# Batches that passed a check, so that one call (``rp.prune`` → curves → criterion → counting)
+# reads a batch's values once: first tensor → {stamp: result}, where the stamp names every tensor
+# and its in-place version counter, so a changed tensor is read again. Kept beside the user's
+# objects, weakly, never on them; ``check_tokens`` keeps one such table per model.
+_PASSED = WeakIdKeyDictionary()
+_READABLE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _stamp(items) -> tuple | None:
+    try:
+        return tuple((id(t), t._version) for t in items)
+    except RuntimeError:  # an inference-mode tensor has no version counter: read it each time
+        return None
+
+
+def _passed(table, items):
+    stamp = _stamp(items)
+    return None if stamp is None else table.get(items[0], {}).get(stamp)
+
+
+def _remember(table, items, result):
+    stamp = _stamp(items)
+    if stamp is not None:
+        table.setdefault(items[0], {})[stamp] = result
+    return result
 
 
 def _tensors(b) -> list:
@@ -31,6 +59,9 @@ def check(b) -> int:
     (not a tensor, tuple or dict of tensors; empty; tensors disagreeing on the batch size;
     NaN or infinite values)."""
     items = _tensors(b)
+    if items and all(isinstance(t, torch.Tensor) for t in items) and \
+            (n := _passed(_PASSED, items)) is not None:
+        return n
     if not items or not all(isinstance(t, torch.Tensor) and t.dim() >= 1 for t in items):
         raise ValueError("calib must be a batch of inputs: a tensor (N, ...), a tuple of tensors "
                          "(positional inputs) or a dict of tensors (keyword inputs), batch axis "
@@ -42,9 +73,13 @@ def check(b) -> int:
     n = sizes.pop()
     if n == 0:
         raise ValueError("calib is empty: give a non-empty batch, at least one sample")
-    if any(t.is_floating_point() and not torch.isfinite(t).all() for t in items):
+    if not _finite(items):
         raise ValueError("calibration inputs contain NaN or infinite values")
-    return n
+    return _remember(_PASSED, items, n)
+
+
+def _finite(items) -> bool:
+    return all(torch.isfinite(t).all() for t in items if t.is_floating_point())
 
 
 def _ids(b):
@@ -82,10 +117,22 @@ def check_tokens(model: nn.Module, b) -> None:
     or a tuple's first item) outside ``[0, vocabulary)``, or windows longer than its context
     (``config.n_positions`` / ``max_position_embeddings``). The vocabulary is Hugging Face's
     ``get_input_embeddings()`` or ``config.vocab_size``; a model that declares neither is not
-    checked (its own error will come from inside)."""
+    checked (its own error will come from inside). A batch that passed for ``model`` is not
+    read again."""
     vocab = _vocabulary(model)
     if vocab is None:
         return
+    items = _tensors(b)
+    if not items or not all(isinstance(t, torch.Tensor) for t in items):
+        return  # not a batch: check() says so
+    table = _READABLE.setdefault(model, WeakIdKeyDictionary())
+    if _passed(table, items) == vocab:
+        return
+    _read_tokens(model, b, vocab)
+    _remember(table, items, vocab)
+
+
+def _read_tokens(model: nn.Module, b, vocab: int) -> None:
     first = b.get("input_ids") if isinstance(b, Mapping) else (b[0] if isinstance(b, tuple) and b
                                                                 else b)
     if isinstance(first, torch.Tensor) and first.is_floating_point() and \
