@@ -54,6 +54,94 @@ def _split(train_loader, val_data, val_size, calib_size, gen):
     return train_loader, val_data, next(iter(train_loader))[0][:calib_size]
 
 
+class _Vector:
+    """The searched vector: its active entries in [0, 1] coordinates ``u``, moved by a torch
+    optimizer (Adam, or heavy-ball momentum) on the estimated gradient and projected back under
+    the FLOPs target after every step (the optimizer's moments carry over the projection)."""
+
+    def __init__(self, sp, dims, target, optimizer: str, v_lr: float, sigma: float, steps: int):
+        self.sp, self.target, self.sigma, self.steps = sp, target, sigma, steps
+        self.act = sp.active(dims)
+        self.groups = [np.flatnonzero(sp.active([d])[self.act]) for d in dims]
+        self.span = (sp.hi - sp.lo)[self.act]
+        self.u = torch.zeros(int(self.act.sum()), dtype=torch.float64, requires_grad=True)
+        self.opt = (torch.optim.Adam([self.u], lr=v_lr, betas=(0.9, 0.999), eps=1e-8)
+                    if optimizer == "adam" else torch.optim.SGD([self.u], lr=v_lr, momentum=0.9))
+        self.move_to(project_vector(sp, sp.hi.copy(), target, self.act))
+
+    def move_to(self, v) -> None:
+        self.v = v
+        with torch.no_grad():
+            self.u.copy_(torch.from_numpy(((v - self.sp.lo) / (self.sp.hi - self.sp.lo))[self.act]))
+
+    def coords(self) -> np.ndarray:
+        return self.u.detach().numpy().copy()
+
+    def point(self, ua) -> np.ndarray:
+        """The full vector at coordinates ``ua`` (clipped to [0, 1]; inactive entries full)."""
+        out = self.sp.hi.copy()
+        out[self.act] = self.sp.lo[self.act] + np.clip(ua, 0, 1) * self.span
+        return out
+
+    def feasible(self, ua, fill: bool = False) -> np.ndarray:
+        return project_vector(self.sp, self.point(ua), self.target, self.act, fill=fill)
+
+    def noise(self, k: int) -> np.ndarray:
+        """Per-entry sigma at v-update ``k``: halved linearly over the search, never below one
+        unit of the entry (a channel, a block, a resolution step)."""
+        a = self.sigma * (1 - 0.5 * k / max(1, self.steps - 1))
+        return np.maximum(a, self.sp.unit[self.act] / self.span)
+
+    def step(self, g) -> None:
+        self.u.grad = torch.from_numpy(np.asarray(g, float))
+        self.opt.step()
+        self.move_to(self.feasible(self.coords(), fill=True))
+
+
+def _held_out_loss(net, sp, calib, xb, yb, cache: dict):
+    """``vector → cross-entropy`` of the supernet's sub-network on (xb, yb), its BN statistics
+    from ``calib``; memoised per configuration."""
+    def loss(v):
+        cfg = sp.config(v)
+        if cfg not in cache:
+            with torch.no_grad():
+                out = net(torch.cat([calib, xb]), cfg, k=len(calib))[len(calib):]
+                cache[cfg] = F.cross_entropy(out, yb).item()
+        return cache[cfg]
+    return loss
+
+
+def _candidate(vec: _Vector, i: int, k: int, warm: int, gen) -> np.ndarray:
+    """The structure a supernet step trains: during warm-up the full network every fourth step,
+    else a uniform random one; after it, alternately near the current vector and uniform."""
+    n = len(vec.span)
+    if i < warm:
+        return vec.sp.hi.copy() if i % 4 == 0 else \
+            vec.point(torch.rand(n, generator=gen, dtype=torch.float64).numpy())
+    e = torch.randn(n, generator=gen, dtype=torch.float64).numpy()  # drawn on every step
+    ua = vec.coords() + vec.noise(k) * e if i % 2 == 0 else \
+        torch.rand(n, generator=gen, dtype=torch.float64).numpy()
+    return vec.feasible(ua)
+
+
+def _rescore(net, sp, calib, rows, visited, xv, yv, val_batch) -> None:
+    """Every visited vector's held-out loss with the final supernet, into ``rows[...]["val_loss"]``."""
+    net.eval()
+    scores = {}
+    with torch.no_grad():
+        for row, vec in zip(rows, visited):
+            if (cfg := sp.config(vec)) not in scores:
+                scores[cfg] = sum(F.cross_entropy(net(torch.cat([calib, xb]), cfg,
+                                                      k=len(calib))[len(calib):], yb,
+                                                  reduction="sum").item()
+                                  for xb, yb in zip(xv.split(val_batch), yv.split(val_batch)))
+            row["val_loss"] = scores[cfg] / len(xv)
+
+
+TRACE = ["iteration", "step", "loss", "flops", "flops_ratio", "width", "depth", "resolution",
+         "sigma", "train_loss", "val_loss"]
+
+
 def search(model: nn.Module, train_loader, flops_target: float = 0.5, dims=DIMS,
            supernet_steps: int = 300, search_steps: int = 40, samples: int = 8, seed: int = 0, *,
            val_data=None, image_size: int | None = None, val_size: int = 500,
@@ -69,9 +157,12 @@ def search(model: nn.Module, train_loader, flops_target: float = 0.5, dims=DIMS,
     the final supernet) and best (True on the returned row). ``model``: the dense CIFAR-style
     ResNet or zoo MobileNet the supernet starts from (trained, or fresh for a supernet from scratch);
     ``train_loader``: training batches (an in-memory :class:`rdprune.data.TensorLoader`, whose
-    held-out part is split off here, or any loader with ``val_data=(x, y)``)."""
+    held-out part is split off here, or any loader with ``val_data=(x, y)``). The supernet
+    trains ``supernet_steps`` steps (AdamW at ``lr``, cosine), the first ``warmup`` of them on
+    random structures; ``search_steps`` v-updates (``optimizer`` "adam" or "momentum" at
+    ``v_lr``, gradients from ``samples`` antithetic pairs at noise ``sigma``) are spread over
+    the rest."""
     sp = space_of(model, image_size)
-    model_name = sp.model_name
     dims, target = dims_of(dims), target_macs(sp, flops_target)
     if optimizer not in ("adam", "momentum"):
         raise ValueError(f"optimizer must be 'adam' or 'momentum', not {optimizer!r}")
@@ -83,97 +174,51 @@ def search(model: nn.Module, train_loader, flops_target: float = 0.5, dims=DIMS,
     loader, (xv, yv), calib = _split(train_loader, val_data, val_size, calib_size, gen)
     net = Supernet(model, sp.full).to(dev)
     net.calib, calib = calib, calib.to(dev)
-    act = sp.active(dims)
-    groups = [np.flatnonzero(sp.active([d])[act]) for d in dims]
-    rng = (sp.hi - sp.lo)[act]
-    v = project_vector(sp, sp.hi.copy(), target, act)
-    u = ((v - sp.lo) / (sp.hi - sp.lo))[act]
-    m1, m2 = np.zeros_like(u), np.zeros_like(u)
-
-    def to_v(ua):
-        out = sp.hi.copy()
-        out[act] = sp.lo[act] + np.clip(ua, 0, 1) * rng
-        return out
-
-    def noise_scale(k):
-        a = sigma * (1 - 0.5 * k / max(1, search_steps - 1))
-        return np.maximum(a, sp.unit[act] / rng)
-
+    vec = _Vector(sp, dims, target, optimizer, v_lr, sigma, search_steps)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, supernet_steps))
     warm = int(round(warmup * supernet_steps))
     due = [warm + (k + 1) * (supernet_steps - warm) // max(1, search_steps)
            for k in range(search_steps)]
-    batches, vi, rows, ema, k, visited = _cycle(loader), 0, [], float("nan"), 0, []
-    bar = tqdm(total=supernet_steps + search_steps, desc=f"jointpruning {model_name}",
+    batches, vi, rows, visited, k, train_loss = _cycle(loader), 0, [], [], 0, None
+    bar = tqdm(total=supernet_steps + search_steps, desc=f"jointpruning {sp.model_name}",
                disable=not progress, leave=False)
     for i in range(supernet_steps + 1):
         while k < len(due) and due[k] <= i:  # ---- one v-update (self-adapted gradient step)
             net.eval()
-            sig = noise_scale(k)
+            sig = vec.noise(k)
             xb, yb = xv[vi:vi + val_batch].to(dev), yv[vi:vi + val_batch].to(dev)
             vi = vi + val_batch if vi + 2 * val_batch <= len(xv) else 0
-            batch, cache = torch.cat([calib, xb]), {}
-
-            def loss_fn(ua):
-                cfg = sp.config(project_vector(sp, to_v(ua), target, act, fill=False))
-                if cfg not in cache:
-                    with torch.no_grad():
-                        out = net(batch, cfg, k=len(calib))[len(calib):]
-                        cache[cfg] = F.cross_entropy(out, yb).item()
-                return cache[cfg]
-
-            g, losses = estimate_gradient(loss_fn, u, sig, samples, gen, groups)
-            if optimizer == "adam":
-                m1, m2 = 0.9 * m1 + 0.1 * g, 0.999 * m2 + 0.001 * g * g
-                step = (m1 / (1 - 0.9 ** (k + 1))) / (np.sqrt(m2 / (1 - 0.999 ** (k + 1))) + 1e-8)
-            else:
-                m1 = 0.9 * m1 + g
-                step = m1
-            v = project_vector(sp, to_v(np.clip(u - v_lr * step, 0, 1)), target, act)
-            u = ((v - sp.lo) / (sp.hi - sp.lo))[act]
-            cfg = sp.config(v)
-            visited.append(sp.snap(v))
+            loss = _held_out_loss(net, sp, calib, xb, yb, {})
+            g, losses = estimate_gradient(lambda ua: loss(vec.feasible(ua)), vec.coords(), sig,
+                                          samples, gen, vec.groups)
+            vec.step(g)
+            cfg = sp.config(vec.v)
+            visited.append(sp.snap(vec.v))
             rows.append(dict(iteration=k + 1, step=i, loss=float(losses.mean()),
                              flops=sp.macs(cfg), flops_ratio=sp.macs(cfg) / sp.full_macs,
-                             width=float(sp.snap(v)[:sp.nc].mean()), depth=sum(cfg.depths),
-                             resolution=cfg.resolution, sigma=float(sig.mean()), train_loss=ema))
+                             width=float(visited[-1][:sp.nc].mean()), depth=sum(cfg.depths),
+                             resolution=cfg.resolution, sigma=float(sig.mean()),
+                             train_loss=np.nan if train_loss is None else train_loss))
             k += 1
             bar.update()
             bar.set_postfix(loss=f"{rows[-1]['loss']:.3f}", refresh=False)
         if i == supernet_steps:
             break
         net.train()  # ---- one supernet step on a sampled structure
-        if i < warm:
-            cand = sp.hi.copy() if i % 4 == 0 else to_v(torch.rand(len(u), generator=gen,
-                                                                   dtype=torch.float64).numpy())
-        else:
-            e = torch.randn(len(u), generator=gen, dtype=torch.float64).numpy()
-            ua = u + noise_scale(k) * e if i % 2 == 0 else \
-                torch.rand(len(u), generator=gen, dtype=torch.float64).numpy()
-            cand = project_vector(sp, to_v(ua), target, act, fill=False)
         xb, yb = next(batches)
-        loss = F.cross_entropy(net(xb.to(dev), sp.config(cand)), yb.to(dev))
+        loss = F.cross_entropy(net(xb.to(dev), sp.config(_candidate(vec, i, k, warm, gen))),
+                               yb.to(dev))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        ema = loss.item() if ema != ema else 0.9 * ema + 0.1 * loss.item()
+        train_loss = loss.item() if train_loss is None else 0.9 * train_loss + 0.1 * loss.item()
         bar.update()
     bar.close()
-    net.eval()
-    scores, xv, yv = {}, xv.to(dev), yv.to(dev)  # ---- visited vectors re-scored, final supernet
-    with torch.no_grad():
-        for row, vec in zip(rows, visited):
-            if (cfg := sp.config(vec)) not in scores:
-                scores[cfg] = sum(F.cross_entropy(net(torch.cat([calib, xb]), cfg,
-                                                      k=len(calib))[len(calib):], yb,
-                                                  reduction="sum").item()
-                                  for xb, yb in zip(xv.split(val_batch), yv.split(val_batch)))
-            row["val_loss"] = scores[cfg] / len(xv)
+    _rescore(net, sp, calib, rows, visited, xv.to(dev), yv.to(dev), val_batch)
     pick = int(np.argmin([r["val_loss"] for r in rows])) if rows else None
-    trace = pd.DataFrame(rows, columns=["iteration", "step", "loss", "flops", "flops_ratio", "width",
-                                        "depth", "resolution", "sigma", "train_loss", "val_loss"])
+    trace = pd.DataFrame(rows, columns=TRACE)
     trace["best"] = trace.index == pick
-    vector = visited[pick] if rows else sp.snap(v)
+    vector = visited[pick] if rows else sp.snap(vec.v)
     return (vector, trace, net) if return_supernet else (vector, trace)
