@@ -12,7 +12,11 @@ are kept) and prints the changes.
 
     python benchmarks/bench_finetune_budget.py --steps 120 240 480 960 --schedule cosine
     python benchmarks/bench_finetune_budget.py --steps 120 240 480 --recipe quick
-    python benchmarks/bench_finetune_budget.py --preset paper_regime --steps 480
+    python benchmarks/bench_finetune_budget.py --preset paper_regime --steps 480 \
+        --base results/paper_regime/03_rd_vs_baselines/results.csv
+
+``--base``: a finished notebook-03 run of the same preset gives the rows of its own budget (its
+``finetune_steps``) for the seeds and methods asked, so only the doubled budget is trained here.
 
 A file is kept per schedule and dense recipe only: after changing another of the preset's
 settings (calibration, grid, per_round), write to a fresh file rather than merge into these.
@@ -41,7 +45,10 @@ def main():
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--methods", nargs="+", default=None)
     p.add_argument("--recipe", default=None, help="the dense models' recipe (default: the "
-                   "full preset's, now 'long')")
+                   "preset's)")
+    p.add_argument("--base", type=Path, default=None,
+                   help="notebook 03's results.csv from a run of --preset: its iterative rows "
+                   "are the preset's own budget, not rerun")
     args = p.parse_args()
     nb = reproduce.parameters(NOTEBOOK, args.preset)
     methods = args.methods or nb["iterative_methods"]
@@ -56,6 +63,10 @@ def main():
         kept = pd.read_csv(out)
         kept = kept[~(kept.seed.isin(args.seeds) & kept.steps.isin(args.steps)
                       & kept.method.isin(methods))]
+    if args.base is not None:
+        base = base_rows(args.base, args.seeds, methods, nb, args.schedule, recipe)
+        kept = pd.concat([kept[~(kept.seed.isin(args.seeds) & (kept.steps == nb["finetune_steps"])
+                                 & kept.method.isin(methods))], base], ignore_index=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
@@ -86,6 +97,24 @@ def main():
     df = pd.concat([kept, pd.DataFrame(rows)], ignore_index=True)
     print(df.to_string(index=False))
     print(changes(df).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+
+
+def base_rows(path: Path, seeds, methods, nb: dict, schedule: str, recipe: str) -> pd.DataFrame:
+    """The iterative rounds of a notebook-03 run (its ``results.csv``) as rows of this file, at
+    the run's own fine-tuning budget; a ValueError when the run lacks a seed or method asked."""
+    if not Path(path).is_file():
+        raise ValueError(f"--base {path}: no such file; give notebook 03's results.csv of a "
+                         "finished run of this preset")
+    run = pd.read_csv(path)
+    it = run[(run.schedule == "iterative") & run.method.isin(methods) & run.seed.isin(seeds)]
+    missing = {(m, s) for m in methods for s in seeds} - set(zip(it.method, it.seed))
+    if missing:
+        raise ValueError(f"--base {path} has no iterative rounds for {sorted(missing)}")
+    dense = run[run.method == "dense"].set_index("seed")["top1"]
+    return pd.DataFrame(dict(method=it.method, seed=it.seed, round=it["round"], target=it.target,
+                             steps=nb["finetune_steps"], schedule=schedule, recipe=recipe,
+                             dense_top1=it.seed.map(dense), top1=it.top1, n_test=it.n_test,
+                             finetune_kept=None, seconds=None, source=str(path)))
 
 
 def changes(df: pd.DataFrame) -> pd.DataFrame:
