@@ -237,6 +237,25 @@ def shared_amount(cost, cap, floor, need, offset=0.0, lo=0.0, hi=1.0, scale=1.0)
     return hi
 
 
+
+def rounded_up(layers, amounts):
+    """Amounts (one per free layer) to whole counts: clipped to [current sparsity, 1] and rounded
+    up, so that a target the amounts meet is met."""
+    floor = layers.pruned / layers.n
+    return layers.amounts(np.ceil(np.clip(amounts, floor, 1.0) * layers.n - 1e-9))
+
+
+def around_one_level(layers, target, values, width: float):
+    """OWL's and DLP's rule: ``values`` (one per free layer, higher = keep more) min-max scaled to
+    offsets in [−width, width] (none when all are equal), and amounts ``a − offset`` around the
+    one level ``a`` that meets the target, rounded up."""
+    v = np.asarray(values, float)
+    spread = v.max() - v.min()
+    offset = (v - v.min()) / spread * 2 * width - width if spread > 0 else np.zeros_like(v)
+    level = shared_amount(layers.unit * layers.n, 1.0, layers.pruned / layers.n,
+                          layers.need(target), offset=offset, lo=-1.0 - width, hi=1.0 + width)
+    return rounded_up(layers, level - offset)
+
 def _uniform_plus(layers, target, first_conv, last):
     """The model's first convolution dense, its last layer keeps ≥ 20 %, the others share one
     amount (Gale et al.'s convention, as in the LAMP authors' code)."""

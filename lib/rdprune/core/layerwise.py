@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from . import masks as M
-from .allocators import Allocation, register_allocator, shared_amount
+from .allocators import Allocation, around_one_level, register_allocator, rounded_up, shared_amount
 from .criteria import input_norms, scores
 
 
@@ -56,13 +56,6 @@ def _per_block(values, index, n_blocks):
     """Unweighted mean of ``values`` within each block, given back per layer."""
     sums = np.bincount(index, weights=values, minlength=n_blocks)
     return (sums / np.bincount(index, minlength=n_blocks))[index]
-
-
-def _fill(layers, amounts):
-    """Amounts (one per free layer) to counts, rounded up so the target is met."""
-    floor = layers.pruned / layers.n
-    a = np.clip(amounts, floor, 1.0)
-    return layers.amounts(np.ceil(a * layers.n - 1e-9))
 
 
 # ----------------------------------------------------------------------------- AlphaPruning
@@ -137,7 +130,7 @@ def _alphapruning(model, target, budget, *, layers, exclude=(), epsilon: float =
     floor = layers.pruned / layers.n
     scale = shared_amount(layers.unit * layers.n, 1.0, floor, layers.need(target), scale=factor,
                           lo=0.0, hi=1.0 / factor.min())
-    return _fill(layers, scale * factor)
+    return rounded_up(layers, scale * factor)
 
 
 # ----------------------------------------------------------------------------- ATP
@@ -152,7 +145,7 @@ def _atp_amounts(layers, target, beta, offsets):
     shift = shared_amount(layers.unit * layers.n, 1.0, floor, layers.need(target),
                           offset=-beta * offsets, lo=-1.0 - abs(beta) * np.abs(offsets).max(),
                           hi=1.0 + abs(beta) * np.abs(offsets).max())
-    return _fill(layers, shift + beta * offsets)
+    return rounded_up(layers, shift + beta * offsets)
 
 
 def _atp(model, target, budget, *, layers, calib=None, exclude=(), beta: float | None = None,
@@ -197,14 +190,7 @@ def block_unimportance(model, calib, names, statistic: str = "mean",
 def _dlp(model, target, budget, *, layers, calib, exclude=(), alpha: float = 0.15,
          statistic: str = "mean", blocks: Callable | None = None):
     u, index = block_unimportance(model, calib, layers.names, statistic, blocks)
-    r = (1 - u / u.sum())[index]
-    spread = r.max() - r.min()
-    offset = (r - r.min()) / spread * 2 * alpha - alpha if spread > 0 else np.zeros_like(r)
-    floor = layers.pruned / layers.n
-    shift = shared_amount(layers.unit * layers.n, 1.0, floor, layers.need(target), offset=offset,
-                          lo=-1.0 - alpha, hi=1.0 + alpha)
-    return Allocation(_fill(layers, shift - offset), passes=1)
-
+    return Allocation(around_one_level(layers, target, (1 - u / u.sum())[index], alpha), passes=1)
 
 register_allocator("alphapruning", _alphapruning)
 register_allocator("atp", _atp, needs_calib=True)

@@ -9,11 +9,10 @@ current sparsity). Defaults M = 5, λ = 0.08, the paper's.
 """
 from __future__ import annotations
 
-import numpy as np
 from torch import nn
 
 from . import masks as M
-from .allocators import Allocation, register_allocator, shared_amount
+from .allocators import Allocation, around_one_level, register_allocator
 from .criteria import input_norms, scores
 
 
@@ -32,16 +31,7 @@ def _owl(model, target, budget, *, layers, calib, exclude=(), m: float = 5.0, la
     if not layers.names:
         raise ValueError("owl needs matrix weights to allocate over")
     ratios = outlier_ratios(model, calib, layers.names, m)
-    d = np.array([ratios[k] for k in layers.names])
-    spread = d.max() - d.min()
-    offset = (d - d.min()) / spread * 2 * lam - lam if spread > 0 else np.zeros_like(d)
-    floor = layers.pruned / layers.n
-    cost = layers.unit * layers.n
-    need = layers.need(target)
-
-    shift = shared_amount(cost, 1.0, floor, need, offset=offset, lo=-1.0 - lam, hi=1.0 + lam)
-    return Allocation(layers.amounts(np.ceil(np.clip(shift - offset, floor, 1.0) * layers.n - 1e-9)),
+    return Allocation(around_one_level(layers, target, [ratios[k] for k in layers.names], lam),
                       passes=1)
-
 
 register_allocator("owl", _owl, needs_calib=True)
