@@ -152,6 +152,19 @@ def test_refine_keeps_budget_and_floors_and_never_gets_worse(lenet, calib, budge
         rd.refine(model, x, rp.allocate("uniform", model, 0.5), 0.7, budget)
 
 
+
+def test_refine_counts_its_passes(lenet, calib):
+    """refine's cost is reported: the reference logits and the start (2), plus, per step, every
+    neighbour within the radius of each layer's amount and the candidate measured."""
+    x = calib[:64]
+    start = rp.allocate("uniform", lenet, 0.6)
+    assert rd.refine(lenet, x, start, 0.6, grid=11, max_iter=0).passes == 2
+    one = rd.refine(lenet, x, start, 0.6, grid=11, radius=0.2, max_iter=1)
+    neighbours = sum(sum(1 for g in np.linspace(0, 1, 11) if abs(g - a) <= 0.2 + 1e-12
+                         and M.n_pruned(g, m.weight.numel()) != M.n_pruned(a, m.weight.numel()))
+                     for a, m in ((start[k], m) for k, m in M.prunable(lenet).items()))
+    assert one.passes in (2 + neighbours, 2 + neighbours + 1)  # + 1 when a candidate was tried
+
 def test_rd_allocation_uses_flops_budget(lenet, calib):
     curves = rd.curves(lenet, calib, grid=51, progress=False)
     dense = M.flops(lenet)

@@ -70,9 +70,10 @@ def allocate_and_apply(model: nn.Module, method: str, target: float, budget: str
     amounts = A.allocate(method, model, target, budget, curves=curves, exclude=exclude,
                          **extra, **options)
     if refine:
-        amounts = rd_refine(model, calib, amounts, target, budget, exclude=exclude,
+        refined = rd_refine(model, calib, amounts, target, budget, exclude=exclude,
                             grid=int(curves["amount"].nunique()), distortion=distortion,
                             max_iter=refine, progress=progress)
+        amounts = A.Allocation(refined, getattr(amounts, "passes", 0.0) + refined.passes)
     info = {"amounts": amounts, "criterion": criterion, "curves": curves}
     if entry.structured:
         return entry.apply(model, amounts), info

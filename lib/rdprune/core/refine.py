@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from . import batch as B
 from . import distortion as D
 from . import masks as M
-from .allocators import Layers, validate
+from .allocators import Allocation, Layers, validate
 from .curves import grid_amounts
 from .knapsack import solve
 from .sweep import sweep
@@ -26,7 +26,7 @@ from .sweep import sweep
 def refine(model: nn.Module, calib: torch.Tensor, amounts: dict[str, float], target: float,
            budget: str = "params", *, exclude=(), grid: int = 101, distortion: str = "mse",
            radius: float = 0.2, max_iter: int = 10, batch: int = 256, max_batch: int | None = None,
-           progress: bool = False) -> dict[str, float]:
+           progress: bool = False) -> Allocation:
     """Refine ``amounts`` (usually RD's, for ``target`` of ``budget``) on measured distortion.
 
     Each step re-linearises around the current allocation ``A``: for every layer ``l`` and every
@@ -65,6 +65,7 @@ def refine(model: nn.Module, calib: torch.Tensor, amounts: dict[str, float], tar
 
     base = pruned_at(counts)
     best = D.measure(y_refs, base, chunks, distortion)
+    passes = 2  # the reference logits and the starting allocation
     step = 1.0 / (grid - 1)
     r = float(radius)
     for _ in tqdm(range(max_iter), desc="RD refine", disable=not progress):
@@ -79,6 +80,7 @@ def refine(model: nn.Module, calib: torch.Tensor, amounts: dict[str, float], tar
                 for i, (k, opts) in enumerate(zip(layers.names, options)))
         moved = dict(sweep(base, x_all, jobs, len(options), distortion, batch, max_batch, False,
                             "", y_refs))
+        passes += sum(len(o) - 1 for o in options)
         width = max(len(o) for o in options)
         cost, dist = np.full((len(options), width), np.inf), np.full((len(options), width), np.inf)
         for i, (k, opts) in enumerate(zip(layers.names, options)):
@@ -93,8 +95,9 @@ def refine(model: nn.Module, calib: torch.Tensor, amounts: dict[str, float], tar
             continue
         trial = pruned_at(candidate)
         d = D.measure(y_refs, trial, chunks, distortion)
+        passes += 1
         if d < best:
             counts, base, best = candidate, trial, d
         else:
             r /= 2
-    return layers.amounts(counts)
+    return Allocation(layers.amounts(counts), passes=passes)
