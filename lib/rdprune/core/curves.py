@@ -110,12 +110,12 @@ def curves(model: nn.Module, calib: torch.Tensor, grid: int = GRID, distortion: 
                            cache, progress, criterion, output)
     body, kind = without_head(model, head, distortion)
     try:
-        with D.reading(output):
+        with D.reading(output):  # keyed and labelled by the whole model, head included
             out = _curves(body, calib, grid, kind, layers, method, batch, max_batch, cache,
-                          progress, criterion, output)
+                          progress, criterion, output, weights_hash=state_hash(model))
     finally:
         D.unregister_distortion(kind)  # it holds this model's Gram matrix
-    out.attrs.update(distortion=distortion, head=head, model_hash=state_hash(model))
+    out.attrs.update(distortion=distortion, head=head)
     return out
 
 
@@ -167,7 +167,7 @@ def without_head(model: nn.Module, head: str, distortion: str = "mse"):
 
 
 def _curves(model, calib, grid, distortion, layers, method, batch, max_batch, cache, progress,
-            criterion, output):
+            criterion, output, weights_hash=None):
     calib = B.gather(calib)
     D.check_inputs(model, calib, grid, distortion)
     check_choice("curve method", method, PATHS)
@@ -185,7 +185,7 @@ def _curves(model, calib, grid, distortion, layers, method, batch, max_batch, ca
     if output is not None:
         key += f"+output={output!r}" if not callable(output) else \
             f"+output={getattr(output, '__module__', '')}.{getattr(output, '__qualname__', output)}"
-    weights_hash = state_hash(model)  # once: the cache key and the curves' label
+    weights_hash = weights_hash or state_hash(model)  # once: the cache key and the label
     folder = _cache_dir(model, weights_hash, calib, int(grid), distortion, key, names) \
         if cache else None
     rank, ranks = DI.world()
