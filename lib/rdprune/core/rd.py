@@ -4,13 +4,15 @@
     add = rp.rd.additivity(model, calib, curves)        # predicted vs measured joint distortion
     choice = rp.rd.solve(costs, distortions, budget)    # the exact multiple-choice knapsack
     amounts = rp.rd.refine(model, calib, amounts, 0.9)  # our measured-distortion refinement
+    fewer = rp.rd.adaptive_curves(model, calib, [0.5, 0.7])  # an approximation: fewer amounts
     rp.rd.register_distortion("kl", per_sample_fn)      # a new measure, usable everywhere
 
 What lives where: curves and additivity in :mod:`rdprune.core.curves` (their engine in
 :mod:`rdprune.core.sweep`), measures in
 :mod:`rdprune.core.distortion`, the DP in :mod:`rdprune.core.knapsack`, refinement in
-:mod:`rdprune.core.refine`.
+:mod:`rdprune.core.refine`, the adaptive grid (an approximation) in :mod:`rdprune.core.adaptive`.
 """
+from .adaptive import adaptive_curves
 from .additivity import additivity, additivity_stats, predicted
 from .curves import COLUMNS, PATHS, check_curves, curves, grid_amounts, without_head
 from .distortion import distortion, register_distortion, unregister_distortion
@@ -20,7 +22,7 @@ from .knapsack import solve
 from .refine import refine
 from .sweep import default_max_batch, fast_curves, pruned_counts, reference_curves, sweep
 
-__all__ = ["COLUMNS", "PATHS", "additivity", "additivity_stats", "check_curves", "curves",
+__all__ = ["COLUMNS", "PATHS", "adaptive_curves", "additivity", "additivity_stats", "check_curves", "curves",
            "default_max_batch", "distortion", "distortion_identity", "distortions", "fast_curves", "grid_amounts",
            "predicted", "pruned_counts", "reference_curves", "refine", "register_distortion",
            "solve", "sweep", "unregister_distortion", "without_head"]

@@ -1,0 +1,117 @@
+"""Adaptive-grid RD curves: an approximation, opt-in (``rd.adaptive_curves``).
+
+RD's cost is layers × amounts × calibration passes, and the DP reads only a few amounts of each
+curve closely: the ones it picks and their neighbours. :func:`adaptive_curves` measures every
+layer at a coarse subset of the grid, solves the allocation at each target, then measures the
+grid points halfway between each picked amount and its nearest measured neighbours, and repeats
+until no allocation moves. The points it measures are exactly the full grid's (the same engine,
+:func:`rdprune.core.sweep.sweep`); what it gives up is the guarantee: the DP cannot pick an amount
+it never saw, so the allocation may differ from the full grid's where a curve bends between
+measured points. ``tests/test_adaptive.py`` holds it to :data:`TOLERANCE` of the full-grid
+allocation's summed distortion.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from torch import nn
+
+from ..util import state_hash
+from . import allocators as A
+from . import batch as B
+from . import distortion as D
+from . import masks as M
+from .criteria import get as criterion_entry
+from .criteria import orders as criterion_orders
+from .curves import COLUMNS, GRID, grid_amounts
+from .sweep import sweep
+
+TOLERANCE = 0.05  # the adaptive allocation's summed distortion, relative to the full grid's
+
+
+def adaptive_curves(model: nn.Module, calib, targets, budget: str = "params", *,
+                    grid: int = GRID, start: int = 11, distortion: str = "mse", exclude=(),
+                    criterion: str = "magnitude", max_rounds: int = 20, batch: int = 256,
+                    max_batch: int | None = None, progress: bool = False) -> pd.DataFrame:
+    """RD curves measured where the RD allocations at ``targets`` (of ``budget``) need them: each
+    free layer at ``start`` evenly spaced points of the ``grid``-point grid, then halfway points
+    around each picked amount until no allocation moves (or ``max_rounds``). Same columns as
+    :func:`rdprune.rd.curves`, fewer amounts per layer; give them to ``rp.allocate("rd", ...,
+    curves=...)`` or ``rp.prune(..., curves=...)``. ``attrs``: ``approximate`` ("adaptive
+    grid"), ``evaluations`` (layer × amount points measured), ``full_evaluations`` (the full
+    grid's), ``rounds``. An approximation: see the module doc."""
+    targets = [float(t) for t in np.atleast_1d(targets)]
+    for t in targets:
+        A.validate("rd", t, budget)
+    if not 2 <= int(start) <= int(grid):
+        raise ValueError(f"start must be between 2 and grid ({grid}), got {start}")
+    calib = B.gather(calib)
+    D.check_inputs(model, calib, grid, distortion)
+    criterion_entry(criterion)
+    model.eval()
+    layers = A.Layers(model, budget, exclude)
+    modules = M.prunable(model)
+    names, amounts = list(layers.names), grid_amounts(grid)
+    x_all = B.to(calib, next(model.parameters()).device)
+    orders = criterion_orders(model, criterion, x_all, names)
+    flops = M.layer_flops(model)
+    known: dict[str, dict[int, float]] = {k: {} for k in names}
+    spent = [0]  # layer × amount points measured
+
+    def measure(new: dict[str, list[int]]) -> None:
+        todo = {}
+
+        def jobs():
+            for name in names:
+                idx = sorted(set(new.get(name, ())) - set(known[name]))
+                if not idx:
+                    continue
+                module = modules[name]
+                already = int((~M.mask_of(module)).sum())
+                counts = [M.n_pruned(amounts[i], module.weight.numel()) for i in idx]
+                todo[name] = (idx, counts, already)
+                spent[0] += sum(c > already for c in counts)
+                order = orders[name] if orders else M.prune_order(module)
+                yield name, module.weight, order, [c for c in counts if c > already]
+        for name, values in sweep(model, x_all, jobs(), len(names), distortion, batch, max_batch,
+                                  progress, "RD curves (adaptive)"):
+            idx, counts, already = todo[name]
+            values = iter(values)
+            known[name].update({i: (next(values) if c > already else 0.0)
+                                for i, c in zip(idx, counts)})
+
+    def frame() -> pd.DataFrame:
+        rows = [pd.DataFrame({"layer": k, "amount": amounts[sorted(known[k])],
+                              "n_weights": modules[k].weight.numel(), "flops": flops[k],
+                              "distortion": [known[k][i] for i in sorted(known[k])]})
+                for k in names]
+        out = pd.concat(rows, ignore_index=True)[COLUMNS]
+        out.attrs.update(model_hash=state_hash(model), distortion=distortion, grid=int(grid),
+                         criterion=criterion)
+        return out
+
+    first = np.unique(np.round(np.linspace(0, grid - 1, int(start))).astype(int))
+    measure({k: list(first) for k in names})
+    rounds = 0
+    while rounds < max_rounds:
+        rounds += 1
+        curves, new = frame(), {}
+        for t in targets:
+            picked = A.allocate("rd", model, t, budget, curves=curves, exclude=exclude)
+            for k in names:
+                n, have = modules[k].weight.numel(), np.array(sorted(known[k]))
+                count = M.n_pruned(picked[k], n)
+                j = int(have[np.argmin([abs(M.n_pruned(amounts[i], n) - count) for i in have])])
+                lo, hi = have[have < j], have[have > j]
+                for other in ([lo[-1]] if len(lo) else []) + ([hi[0]] if len(hi) else []):
+                    if abs(other - j) > 1:
+                        new.setdefault(k, []).append((other + j) // 2)
+        if not new:
+            break
+        measure(new)
+    out = frame()
+    out.attrs.update(approximate="adaptive grid", rounds=rounds,
+                     evaluations=int(spent[0]),
+                     full_evaluations=len(names) * (int(grid) - 1))
+    return out
+
