@@ -55,30 +55,9 @@ def adaptive_curves(model: nn.Module, calib, targets, budget: str = "params", *,
     x_all = B.to(calib, next(model.parameters()).device)
     orders = criterion_orders(model, criterion, x_all, names)
     flops = M.layer_flops(model)
-    known: dict[str, dict[int, float]] = {k: {} for k in names}
-    spent = [0]  # layer × amount points measured
-
-    def measure(new: dict[str, list[int]]) -> None:
-        todo = {}
-
-        def jobs():
-            for name in names:
-                idx = sorted(set(new.get(name, ())) - set(known[name]))
-                if not idx:
-                    continue
-                module = modules[name]
-                already = int((~M.mask_of(module)).sum())
-                counts = [M.n_pruned(amounts[i], module.weight.numel()) for i in idx]
-                todo[name] = (idx, counts, already)
-                spent[0] += sum(c > already for c in counts)
-                order = orders[name] if orders else M.prune_order(module)
-                yield name, module.weight, order, [c for c in counts if c > already]
-        for name, values in sweep(model, x_all, jobs(), len(names), distortion, batch, max_batch,
-                                  progress, "RD curves (adaptive)"):
-            idx, counts, already = todo[name]
-            values = iter(values)
-            known[name].update({i: (next(values) if c > already else 0.0)
-                                for i, c in zip(idx, counts)})
+    weights_hash = state_hash(model)
+    known: dict[str, dict[int, float]] = {k: {} for k in names}  # layer → {grid index: distortion}
+    pending, tally = {}, dict(evaluations=0, rounds=0)
 
     def frame() -> pd.DataFrame:
         rows = [pd.DataFrame({"layer": k, "amount": amounts[sorted(known[k])],
@@ -86,15 +65,12 @@ def adaptive_curves(model: nn.Module, calib, targets, budget: str = "params", *,
                               "distortion": [known[k][i] for i in sorted(known[k])]})
                 for k in names]
         out = pd.concat(rows, ignore_index=True)[COLUMNS]
-        out.attrs.update(model_hash=state_hash(model), distortion=distortion, grid=int(grid),
+        out.attrs.update(model_hash=weights_hash, distortion=distortion, grid=int(grid),
                          criterion=criterion)
         return out
 
-    first = np.unique(np.round(np.linspace(0, grid - 1, int(start))).astype(int))
-    measure({k: list(first) for k in names})
-    rounds = 0
-    while rounds < max_rounds:
-        rounds += 1
+    def around_picks() -> dict[str, list[int]]:
+        """Grid points halfway between each picked amount and its measured neighbours."""
         curves, new = frame(), {}
         for t in targets:
             picked = A.allocate("rd", model, t, budget, curves=curves, exclude=exclude)
@@ -106,12 +82,40 @@ def adaptive_curves(model: nn.Module, calib, targets, budget: str = "params", *,
                 for other in ([lo[-1]] if len(lo) else []) + ([hi[0]] if len(hi) else []):
                     if abs(other - j) > 1:
                         new.setdefault(k, []).append((other + j) // 2)
-        if not new:
-            break
-        measure(new)
+        return new
+
+    def jobs():
+        """The engine's work, round after round, in one sweep (one trace, one dense pass): the
+        engine hands back a layer's values before it asks for the next job, so when a round's
+        jobs are done every value is in ``known`` and the next round can be planned."""
+        queue = {k: list(np.unique(np.round(np.linspace(0, grid - 1, int(start))).astype(int)))
+                 for k in names}
+        while queue:
+            for name in names:
+                idx = sorted(set(queue.get(name, ())) - set(known[name]))
+                if not idx:
+                    continue
+                module = modules[name]
+                already = int((~M.mask_of(module)).sum())
+                counts = [M.n_pruned(amounts[i], module.weight.numel()) for i in idx]
+                pending[name] = (idx, counts, already)
+                tally["evaluations"] += sum(c > already for c in counts)
+                order = orders[name] if orders else M.prune_order(module)
+                yield name, module.weight, order, [c for c in counts if c > already]
+            if tally["rounds"] == max_rounds:
+                break
+            tally["rounds"] += 1
+            queue = around_picks()
+
+    for name, values in sweep(model, x_all, jobs(), None, distortion, batch, max_batch,
+                              progress, "RD curves (adaptive)"):
+        idx, counts, already = pending[name]
+        values = iter(values)
+        known[name].update({i: (next(values) if c > already else 0.0)
+                            for i, c in zip(idx, counts)})
     out = frame()
-    out.attrs.update(approximate="adaptive grid", rounds=rounds,
-                     evaluations=int(spent[0]),
+    out.attrs.update(approximate="adaptive grid", rounds=tally["rounds"],
+                     evaluations=int(tally["evaluations"]),
                      full_evaluations=len(names) * (int(grid) - 1))
     return out
 
