@@ -186,6 +186,23 @@ class Downstream:
                     stack.append(user)
         return seen
 
+    def module_nodes(self, names) -> dict[str, fx.Node] | None:
+        """The call node of each named module (a leaf of the trace), or None when one is not
+        called exactly once: its output is then no single node to replace."""
+        found: dict[str, list] = {}
+        for node in self.nodes:
+            if node.op == "call_module" and node.target in names:
+                found.setdefault(node.target, []).append(node)
+        if set(found) != set(names) or any(len(v) != 1 for v in found.values()):
+            return None
+        return {k: v[0] for k, v in found.items()}
+
+    def sources(self, nodes: dict[str, fx.Node]) -> set[str]:
+        """The names among ``nodes`` that no other of them feeds: replacing their values covers
+        the others' inputs, which then re-run inside the cone."""
+        return {k for k, n in nodes.items()
+                if not any(n in self.descendants([o]) - {o} for o in nodes.values())}
+
     def cone(self, name: str) -> list[fx.Node]:
         """Nodes strictly downstream of layer ``name``, in execution order."""
         return self._plan(frozenset([self.layer_node[name]]))

@@ -3,7 +3,8 @@ counts of that layer (:func:`sweep`), through the layer's downstream cone when t
 (:mod:`rdprune.core.downstream`, several counts stacked into one pass), else by forward passes
 that replay what finishes before the weight is read (:mod:`rdprune.core.replay`). The fast and
 reference paths of :func:`rdprune.core.curves.curves` (:func:`fast_curves`,
-:func:`reference_curves`) and :func:`rdprune.core.refine` run on it.
+:func:`reference_curves`) and :func:`rdprune.core.refine` run on it; filter-level curves, which
+mask the outputs of several coupled modules at once, run on :func:`output_sweep`.
 """
 from __future__ import annotations
 
@@ -208,3 +209,58 @@ def reference_curves(model, x_all, names, amounts, distortion, batch, max_batch,
         if paths is not None:
             paths[name] = "reference"
         yield name, dist
+
+
+def scaled(output, scale):
+    """``output`` (``copies`` batches stacked along the batch axis) times per-copy channel
+    multipliers ``scale`` of shape (copies, channels)."""
+    c, sh = scale.shape[0], output.shape
+    view = scale.view(c, 1, sh[1], *[1] * (output.dim() - 2))
+    return (output.reshape(c, -1, *sh[1:]) * view).reshape(sh)
+
+
+@torch.no_grad()
+def output_sweep(model, x_all, jobs, distortion, batch, max_batch, progress, desc,
+                 fast: bool = True):
+    """The engine for perturbed module *outputs* (a filter group: channels zeroed at the output
+    of each module the surgery slices). ``jobs`` yields ``(label, modules, scales, counts)``:
+    ``scales(ks)`` gives {module name: (len(ks), channels) multipliers of its output}; yields
+    ``(label, distortions)``, one per count. With ``fast`` and modules each called once in the
+    trace, the modules no other feeds are replaced in the kept dense pass and only their cones
+    re-run (several counts stacked); the others, and every module otherwise, are scaled by
+    forward hooks during full passes."""
+    max_batch = max_batch or default_max_batch(next(model.parameters()).device)
+    model, x_all = D.channels_last(model, x_all)
+    chunks = B.split(x_all, batch)
+    ds = fast_plan(model, chunks[0])[0] if fast else None
+    kept = ds.run(chunks[0]) if ds is not None and len(chunks) == 1 else None
+    refs, mods = None, dict(model.named_modules())
+    for label, names, scales, counts in tqdm(jobs, desc=desc, disable=not progress):
+        if not counts:
+            yield label, []
+            continue
+        nodes = ds.module_nodes(names) if ds is not None else None
+        starts = ds.sources(nodes) if nodes is not None else set()
+        if nodes is None and refs is None:
+            refs = [B.call(model, x) for x in chunks]
+        reducer = D.Reducer(distortion, len(counts))
+        for c, x in enumerate(chunks):
+            env = (kept if kept is not None else ds.run(x)) if nodes is not None else None
+            y_ref = ds.output(env) if nodes is not None else refs[c]
+            parts, stack = [], max(1, max_batch // B.size(x))
+            for s in range(0, len(counts), stack):
+                group = counts[s:s + stack]
+                scale = scales(group)
+                hooks = [mods[k].register_forward_hook(lambda m, i, o, k=k: scaled(o, scale[k]))
+                         for k in names if k not in starts]
+                try:
+                    y = (ds.rerun_from(env, {nodes[k]: scaled(B.tile(env[nodes[k]], len(group)),
+                                                              scale[k]) for k in starts},
+                                       len(group))
+                         if nodes is not None else B.call(model, B.tile(x, len(group))))
+                finally:
+                    for h in hooks:
+                        h.remove()
+                parts.append(D.per_sample(distortion, y_ref, y))
+            reducer.add(torch.cat(parts))
+        yield label, list(reducer.value())

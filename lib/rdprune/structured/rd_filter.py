@@ -12,9 +12,10 @@ curves and knapsack over coupled output-channel groups, so RD meets HBGS and Joi
 * **Distortion** ``D_g(a)`` (``mse``/``worst_case``, :mod:`rdprune.rd`) against the unpruned model,
   only group ``g`` thinned: zeroing a channel at the output of every module the surgery slices
   (member convs *and* their BNs) equals removing it, as ReLU, pooling and residual additions keep
-  zeros zero (tested against physically pruned networks). Fast path: the dense pass is kept, the
-  group's first modules are substituted and only their downstream cones re-run
-  (:mod:`rdprune.downstream`), several amounts stacked along the batch.
+  zeros zero (tested against physically pruned networks). Measured by the core curve engine
+  (:func:`rdprune.core.sweep.output_sweep`): the dense pass is kept, the group's first modules
+  are substituted and only their downstream cones re-run, several amounts stacked along the
+  batch; full passes with the outputs masked where the trace cannot serve.
 * **Cost, linear per group.** ``n_weights``/``flops`` = params / multiply-adds saved per unit
   amount, ``n * s_g``; ``s_g`` = ``structured.count`` (``FlopCounterMode``/2, convs + linears;
   params incl. BN) of the model minus that with one channel removed by ``remove_filters``
@@ -33,15 +34,14 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from ..core import batch as B
 from ..core import distortion as D
 from ..core import masks as M
 from ..core.allocators import register_allocator
 from ..core.curves import grid_amounts
-from ..core.downstream import Downstream
 from ..core.knapsack import DEFAULT_MAX_STATES, Table
-from ..core.sweep import default_max_batch
+from ..core.sweep import output_sweep
 from ..util import check_choice, check_target, state_hash
 from . import surgery as S
 from .surgery import BUDGETS, removed  # removed: channels a group loses at an amount
@@ -93,15 +93,6 @@ def _masks(mods, points, order, ks, dev):
     return out
 
 
-def _mul(t, mask):  # copies stacked along the batch axis, times per-copy masks (copies, C)
-    c, sh = mask.shape[0], t.shape
-    return (t.reshape(c, -1, *sh[1:]) * mask.view(c, 1, sh[1], *[1] * (t.dim() - 2))).reshape(sh)
-
-
-def _tile(t, c):  # c copies along the batch axis
-    return t.repeat(c, *[1] * (t.dim() - 1))
-
-
 def curves(model: nn.Module, calib: torch.Tensor, grid: int | None = None,
            distortion: str = "mse", groups: list[str] | None = None, *, method: str = "fast",
            batch: int = 256, max_batch: int | None = None, progress: bool = True) -> pd.DataFrame:
@@ -111,7 +102,7 @@ def curves(model: nn.Module, calib: torch.Tensor, grid: int | None = None,
     every k = 0..n-1 (amount k/n); an int gives that many evenly spaced amounts in [0, 1]."""
     D.check_inputs(model, calib, 2 if grid is None else grid, distortion)
     check_choice("curve method", method, ("fast", "reference"))
-    struct, full, ds = structure(model.eval()), S.count(model), None
+    struct, full = structure(model.eval()), S.count(model)
     key = state_hash(model)
     names = list(groups or struct)
     if bad := [g for g in names if g not in struct]:
@@ -120,69 +111,29 @@ def curves(model: nn.Module, calib: torch.Tensor, grid: int | None = None,
     for g in names:
         c = S.count(S.remove_filters(model, {g: [int(struct[g][1][0])]}))
         save[g] = (full["params"] - c["params"], full["flops"] - c["flops"])
-    model, calib = D.channels_last(model, calib.to(next(model.parameters()).device))
-    max_batch = max_batch or default_max_batch(calib.device)
-    try:
-        ds = Downstream(model) if method == "fast" else None
-    except ValueError:  # not traceable by torch.fx: whole forward passes
-        ds = None
-    chunks = list(torch.split(calib, batch))
-    kept = ds.run(chunks[0]) if ds is not None and len(chunks) == 1 else None
-    with torch.no_grad():
-        refs, frames = (None if ds is not None else [model(x) for x in chunks]), []
-    for g in tqdm(names, desc="RD filter curves", disable=not progress):
-        n, order, points = struct[g]
-        amounts = np.arange(n) / n if grid is None else grid_amounts(grid)
-        ks = np.array([removed(a, n) for a in amounts])
-        todo, dist = sorted(set(int(k) for k in ks if k > 0)), dict.fromkeys(range(n), 0.0)
-        if todo:
-            dist.update(zip(todo, _distortions(model, ds, kept, refs, chunks, points, order,
-                                               todo, distortion, max_batch)))
+    x_all = B.to(B.gather(calib), next(model.parameters()).device)
+    mods, dev, plan = dict(model.named_modules()), x_all.device, {}
+
+    def jobs():
+        for g in names:
+            n, order, points = struct[g]
+            amounts = np.arange(n) / n if grid is None else grid_amounts(grid)
+            ks = np.array([removed(a, n) for a in amounts])
+            todo = sorted(set(int(k) for k in ks if k > 0))
+            plan[g] = (n, amounts, ks, todo)
+            yield g, list(points), lambda group, p=points, o=order: _masks(mods, p, o, group,
+                                                                           dev), todo
+    frames = []
+    for g, values in output_sweep(model, x_all, jobs(), distortion, batch, max_batch, progress,
+                                  "RD filter curves", fast=method == "fast"):
+        n, amounts, ks, todo = plan[g]
+        dist = dict.fromkeys(range(n), 0.0) | dict(zip(todo, values))
         frames.append(pd.DataFrame({"layer": g, "amount": amounts, "n_weights": n * save[g][0],
                                     "flops": n * save[g][1], "distortion": [dist[k] for k in ks],
                                     "filters": n, "removed": ks})[COLUMNS])
     out = pd.concat(frames, ignore_index=True)
     out.attrs.update(model_hash=key, distortion=distortion, granularity="filter")
     return out
-
-
-@torch.no_grad()
-def _distortions(model, ds, kept, refs, chunks, points, order, ks, kind, max_batch):
-    mods, starts, dev = dict(model.named_modules()), set(), chunks[0].device
-    calls, times = {}, {}
-    for node in (ds.nodes if ds is not None else []):
-        if node.op == "call_module":
-            calls[node.target] = node
-            times[node.target] = times.get(node.target, 0) + 1
-    if ds is not None and all(times.get(p) == 1 for p in points):  # points no point feeds
-        starts = {p for p in points if not any(calls[p] in ds.descendants([calls[o]]) - {calls[o]}
-                                               for o in points)}
-    else:  # a point is not called exactly once as a traced module: whole forward passes
-        ds = None
-        if refs is None:
-            with torch.no_grad():
-                refs = [model(x) for x in chunks]
-    reducer = D.Reducer(kind, len(ks))
-    for ci, x in enumerate(chunks):
-        env = (kept if kept is not None else ds.run(x)) if ds is not None else None
-        y_ref = ds.output(env) if ds is not None else refs[ci]
-        per, parts = max(1, max_batch // len(x)), []
-        for s in range(0, len(ks), per):
-            masks = _masks(mods, points, order, group := ks[s:s + per], dev)
-            hooks = [mods[p].register_forward_hook(lambda m, i, o, p=p: _mul(o, masks[p]))
-                     for p in points if p not in starts]
-            try:
-                if ds is not None:
-                    new = {calls[p]: _mul(_tile(env[calls[p]], len(group)), masks[p])
-                           for p in starts}
-                    y = ds.rerun_from(env, new, len(group))
-                else:
-                    y = model(_tile(x, len(group)))
-            finally:
-                [h.remove() for h in hooks]
-            parts.append(D.per_sample(kind, y_ref, y))
-        reducer.add(torch.cat(parts))
-    return list(reducer.value())
 
 
 # ----------------------------------------------------------------------------- allocation
