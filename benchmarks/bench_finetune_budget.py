@@ -65,8 +65,10 @@ def main():
                       & kept.method.isin(methods))]
     if args.base is not None:
         base = base_rows(args.base, args.seeds, methods, nb, args.schedule, recipe)
-        kept = pd.concat([kept[~(kept.seed.isin(args.seeds) & (kept.steps == nb["finetune_steps"])
-                                 & kept.method.isin(methods))], base], ignore_index=True)
+        if len(kept):  # the base budget's rows of these seeds and methods are replaced
+            kept = kept[~(kept.seed.isin(args.seeds) & (kept.steps == nb["finetune_steps"])
+                          & kept.method.isin(methods))]
+        kept = pd.concat([kept, base], ignore_index=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
