@@ -1,6 +1,6 @@
 """RD curves across processes: one process with 2 threads against 2 torch.distributed (gloo)
 processes with 1 thread each, and the cost-balanced split against a split by layer count, on
-this machine. ResNet-32 (random weights: only the time matters), ``--calib`` images, a
+the machine it runs on. ResNet-32 (random weights: only the time matters), ``--calib`` images, a
 ``--grid``-point grid, no cache. Wall time of the whole curve call, measured inside the run
 (process start and model build excluded), one configuration after the other on an otherwise
 idle machine. Writes benchmarks/distributed.csv.

@@ -2,7 +2,7 @@
 layers holding ``--weights`` (default 100 M) random weights, under a parameter and a FLOPs
 budget, against the plain one-global-sort reference (``allocators.global_ranking_reference``)
 when ``--reference`` is given (it needs several GB and minutes). Goal: ≤ 10 s per allocation
-on this 2-core machine. Writes benchmarks/global.csv.
+on a 2-core CPU. Writes benchmarks/global.csv.
 
     OMP_NUM_THREADS=2 python benchmarks/bench_global.py [--weights 100e6] [--reference]
 """

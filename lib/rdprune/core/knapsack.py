@@ -57,8 +57,8 @@ class Table:
             raise ValueError("every layer needs at least one allowed option")
         # Each layer's cheapest option is paid exactly; only the excess over it is binned, so
         # the binned problem is feasible whenever the real one is.
-        self.base = float(np.where(allowed, c, np.inf).min(1).sum())
-        base = np.where(allowed, c, np.inf).min(1)
+        base = np.where(allowed, c, np.inf).min(1)  # each layer's cheapest choice
+        self.base = float(base.sum())
         spare = float(max_budget) - self.base
         if spare < 0:
             raise ValueError(f"no choice fits the budget {float(max_budget):g}: the cheapest "

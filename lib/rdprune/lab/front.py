@@ -138,6 +138,8 @@ def _jointpruning(model, target, budget, calib, *, train_loader=None, finish="in
 _SUPERNET_STEPS = inspect.signature(J.search).parameters["supernet_steps"].default
 
 
+# the width baselines are one search over a closed form: a progress flag (which every method
+# takes, so callers need not tell methods apart) has nothing to show
 def _uniform_width(model, target, budget, calib, *, progress=False, **options):
     return S.uniform_width(model, target, budget, example=_one(calib), **options), {}
 
