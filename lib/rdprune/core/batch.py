@@ -32,13 +32,13 @@ def _stamp(items) -> tuple | None:
         return None
 
 
-def _passed(table, items):
+def _passed(table, items) -> tuple:
+    """(the items' stamp, what was remembered for them under it, else None)."""
     stamp = _stamp(items)
-    return None if stamp is None else table.get(items[0], {}).get(stamp)
+    return stamp, (None if stamp is None else table.get(items[0], {}).get(stamp))
 
 
-def _remember(table, items, result):
-    stamp = _stamp(items)
+def _remember(table, items, stamp, result):
     if stamp is not None:
         table.setdefault(items[0], {})[stamp] = result
     return result
@@ -58,10 +58,11 @@ def check(b) -> int:
     """The batch size; a ValueError that says what to pass when ``b`` is no batch we can read
     (not a tensor, tuple or dict of tensors; empty; tensors disagreeing on the batch size;
     NaN or infinite values)."""
-    items = _tensors(b)
-    if items and all(isinstance(t, torch.Tensor) for t in items) and \
-            (n := _passed(_PASSED, items)) is not None:
-        return n
+    items, stamp = _tensors(b), None
+    if items and all(isinstance(t, torch.Tensor) for t in items):
+        stamp, n = _passed(_PASSED, items)
+        if n is not None:
+            return n
     if not items or not all(isinstance(t, torch.Tensor) and t.dim() >= 1 for t in items):
         raise ValueError("calib must be a batch of inputs: a tensor (N, ...), a tuple of tensors "
                          "(positional inputs) or a dict of tensors (keyword inputs), batch axis "
@@ -75,7 +76,7 @@ def check(b) -> int:
         raise ValueError("calib is empty: give a non-empty batch, at least one sample")
     if not _finite(items):
         raise ValueError("calibration inputs contain NaN or infinite values")
-    return _remember(_PASSED, items, n)
+    return _remember(_PASSED, items, stamp, n)
 
 
 def _finite(items) -> bool:
@@ -126,10 +127,11 @@ def check_tokens(model: nn.Module, b) -> None:
     if not items or not all(isinstance(t, torch.Tensor) for t in items):
         return  # not a batch: check() says so
     table = _READABLE.setdefault(model, WeakIdKeyDictionary())
-    if _passed(table, items) == vocab:
+    stamp, passed = _passed(table, items)
+    if passed == vocab:
         return
     _read_tokens(model, b, vocab)
-    _remember(table, items, vocab)
+    _remember(table, items, stamp, vocab)
 
 
 def _read_tokens(model: nn.Module, b, vocab: int) -> None:

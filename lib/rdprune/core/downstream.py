@@ -200,8 +200,8 @@ class Downstream:
     def sources(self, nodes: dict[str, fx.Node]) -> set[str]:
         """The names among ``nodes`` that no other of them feeds: replacing their values covers
         the others' inputs, which then re-run inside the cone."""
-        return {k for k, n in nodes.items()
-                if not any(n in self.descendants([o]) - {o} for o in nodes.values())}
+        below = set().union(*(self.descendants([o]) - {o} for o in nodes.values()))
+        return {k for k, n in nodes.items() if n not in below}  # one walk per node
 
     def cone(self, name: str) -> list[fx.Node]:
         """Nodes strictly downstream of layer ``name``, in execution order."""
