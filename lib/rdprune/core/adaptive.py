@@ -71,9 +71,11 @@ def adaptive_curves(model: nn.Module, calib, targets, budget: str = "params", *,
 
     def around_picks() -> dict[str, list[int]]:
         """Grid points halfway between each picked amount and its measured neighbours."""
-        curves, new = frame(), {}
+        new = {}  # one DP table per round answers every target
+        solver = A.RDSolver(model, frame(), budget, exclude=exclude, min_target=min(targets),
+                            max_states=A.DEFAULT_MAX_STATES)
         for t in targets:
-            picked = A.allocate("rd", model, t, budget, curves=curves, exclude=exclude)
+            picked = solver.amounts(t)
             for k in names:
                 n, have = modules[k].weight.numel(), np.array(sorted(known[k]))
                 count = M.n_pruned(picked[k], n)
