@@ -1,6 +1,7 @@
-"""What RD's curves cost at the sizes people prune, and what each exact lever saves: Hugging Face
-GPT-2 shapes built from configs (random weights, the 50,257-token vocabulary, tied head), one
-``--grid`` of amounts, ``--samples`` sequences of ``--tokens`` tokens. For each model, on the first
+"""What RD's curves cost at the sizes people prune, and what each lever saves: Hugging Face GPT-2
+shapes built from configs (random weights, the 50,257-token vocabulary, tied head; ``--samples``
+sequences of ``--tokens`` tokens) and torchvision's ViT-B/16 and ResNet-50 (random weights,
+``--samples`` images of 224 × 224), one ``--grid`` of amounts. For each model, on the first
 ``--layers`` prunable layers (the cost is per layer, so a few stand for all; the projection to
 every layer is printed):
 
@@ -8,7 +9,11 @@ every layer is printed):
 - ``reference``: ``rd.curves(method="reference")``, one full pass per (layer, amount);
 - ``fast``: the default path (GPT-2 cannot be traced: replay of what precedes each weight);
 - ``fast+head``: the default path measured on the head's input (``head="lm_head"``: the logits'
-  squared error through the head's Gram matrix, exact).
+  squared error through the head's Gram matrix, exact; GPT-2 shapes only);
+- ``local``: ``rd.local_curves`` (with ``head="lm_head"`` on GPT-2), an approximation: each layer
+  measured at its block's output, scaled by one probe per block; always every layer (its cost is
+  not per layer), so its seconds are the whole model's; its agreement with the exact curves'
+  allocation is ``bench_local.py``'s.
 
 Each path runs in its own process, so ``peak MB`` (maximum resident memory) is its own. Printed:
 seconds, ratios to the reference measured in the same run, the largest relative difference of the
@@ -16,6 +21,8 @@ curves from the reference (exact levers: float noise), and the minutes projected
 
     python benchmarks/bench_scale.py --models 7M 30M --layers 2 --samples 8
     python benchmarks/bench_scale.py --models 124M --layers 1 --samples 32 --paths fast+head
+    python benchmarks/bench_scale.py --models 124M --samples 32 --paths pass local
+    python benchmarks/bench_scale.py --models vit_b_16 resnet50 --layers 1 --samples 8
     python benchmarks/bench_scale.py --device cuda
 """
 import argparse
@@ -25,15 +32,24 @@ import sys
 import time
 
 SHAPES = {"7M": (4, 128, 4), "30M": (6, 384, 6), "124M": (12, 768, 12)}  # blocks, width, heads
-PATHS = ("pass", "reference", "fast", "fast+head")
+VISION = ("vit_b_16", "resnet50")  # torchvision at 224 px
+PATHS = ("pass", "reference", "fast", "fast+head", "local")
 
 
-def build(name: str, tokens: int):
+def build(name: str, samples: int, tokens: int, device: str):
+    """(model, calibration batch, the head's name for head= or None)."""
+    import torch
+    torch.manual_seed(0)
+    if name in VISION:
+        import torchvision.models as tvm
+        model = getattr(tvm, name)(num_classes=1000).eval().to(device)
+        return model, torch.randn(samples, 3, 224, 224, device=device), None
     from transformers import GPT2Config, GPT2LMHeadModel
     n_layer, n_embd, n_head = SHAPES[name]
     cfg = GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=max(tokens, 128),
                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    return GPT2LMHeadModel(cfg).eval()
+    model = GPT2LMHeadModel(cfg).eval().to(device)
+    return model, torch.randint(0, cfg.vocab_size, (samples, tokens), device=device), "lm_head"
 
 
 def one(args) -> dict:
@@ -43,9 +59,7 @@ def one(args) -> dict:
     import torch
 
     import rdprune as rp
-    torch.manual_seed(0)
-    model = build(args.one_model, args.tokens).to(args.device)
-    x = torch.randint(0, model.config.vocab_size, (args.samples, args.tokens), device=args.device)
+    model, x, head = build(args.one_model, args.samples, args.tokens, args.device)
     layers = list(rp.masks.prunable(model))
     out = dict(model=args.one_model, path=args.one_path,
                params=sum(p.numel() for p in model.parameters()), all_layers=len(layers))
@@ -54,12 +68,16 @@ def one(args) -> dict:
         with torch.no_grad():
             model(x)
         out["seconds"] = time.perf_counter() - tic
+    elif args.one_path == "local":
+        rp.rd.local_curves(model, x, grid=args.grid, head=head, cache=False)
+        out["seconds"] = time.perf_counter() - tic
+        out["layers"] = len(layers)
     else:
         kw = dict(grid=args.grid, layers=layers[:args.layers], cache=False, progress=False)
         if args.one_path == "reference":
             kw["method"] = "reference"
         if args.one_path == "fast+head":
-            kw["head"] = "lm_head"
+            kw["head"] = head
         c = rp.rd.curves(model, x, **kw)
         out["seconds"] = time.perf_counter() - tic
         out["distortion"] = c["distortion"].tolist()
@@ -71,7 +89,7 @@ def one(args) -> dict:
 def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=["7M", "30M"], choices=list(SHAPES))
+    p.add_argument("--models", nargs="+", default=["7M", "30M"], choices=[*SHAPES, *VISION])
     p.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--samples", type=int, default=8)
@@ -88,7 +106,7 @@ def main():
     import pandas as pd
     rows = []
     for m in args.models:
-        for path in args.paths:
+        for path in [q for q in args.paths if not (q == "fast+head" and m in VISION)]:
             cmd = [sys.executable, __file__, "--one-model", m, "--one-path", path,
                    *[f"--{k}={v}" for k, v in (("layers", args.layers), ("samples", args.samples),
                                                ("tokens", args.tokens), ("grid", args.grid),
@@ -109,7 +127,7 @@ def main():
                        peak_MB=r["peak_mb"])
             if path != "pass":
                 row["minutes_all_layers"] = r["seconds"] / r["layers"] * r["all_layers"] / 60
-                if ref is not None:
+                if ref is not None and isinstance(r.get("distortion"), list):
                     row["x_reference"] = r["seconds"] / ref["seconds"]
                     a, b = np.array(r["distortion"]), np.array(ref["distortion"])
                     row["max_rel_diff"] = float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-30)))

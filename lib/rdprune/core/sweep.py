@@ -34,7 +34,7 @@ def pruned_counts(module, amounts):
     return int((~M.mask_of(module)).sum()), [M.n_pruned(a, n) for a in amounts]
 
 
-def _variant(like, weight, order, k):
+def variant(like, weight, order, k):
     """``weight`` with ``order[:k]`` zeroed (or, for a criterion that updates weights, the weight
     ``order(k)`` gives), in the memory format of ``like``."""
     if callable(order):
@@ -116,7 +116,7 @@ def _cone_distortions(ds, kept, chunks, module, name, weight, order, counts, dis
         parts = []
         for s in range(0, len(counts), stack):
             group = counts[s:s + stack]
-            out = ds.perturbed(env, name, module, [_variant(module.weight, weight, order, k)
+            out = ds.perturbed(env, name, module, [variant(module.weight, weight, order, k)
                                                    for k in group])
             parts.append(D.per_sample(distortion, y_ref,
                                       ds.rerun(env, name, out, copies=len(group)), len(group)))
@@ -161,7 +161,7 @@ def _passes(model, module, weight, order, counts, refs, chunks, distortion, pref
             errors = []
             with R.replaying(mine):
                 for k in counts:
-                    module.weight.copy_(_variant(original, weight, order, k))
+                    module.weight.copy_(variant(original, weight, order, k))
                     errors.append(D.per_sample(distortion, y_ref, B.call(model, x)))
             module.weight.copy_(original)
             reducer.add(torch.cat(errors))
