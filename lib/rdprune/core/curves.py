@@ -119,7 +119,7 @@ def curves(model: nn.Module, calib: torch.Tensor, grid: int = GRID, distortion: 
     return out
 
 
-def _swapped(root: nn.Module, path: str, new: nn.Module) -> nn.Module:
+def swapped(root: nn.Module, path: str, new: nn.Module) -> nn.Module:
     """A shallow copy of ``root`` whose submodule ``path`` is ``new``; every other module (and
     every parameter) is shared, the user's model is left as it is."""
     top = copy.copy(root)
@@ -163,7 +163,7 @@ def without_head(model: nn.Module, head: str, distortion: str = "mse"):
         return q.reshape(len(q), -1).mean(1)
     name = f"{distortion}@{head}"  # registered for the call (curves() removes it after)
     D.register_distortion(name, gram_error, measure.reduce)
-    return _swapped(model, head, nn.Identity()), name
+    return swapped(model, head, nn.Identity()), name
 
 
 def _curves(model, calib, grid, distortion, layers, method, batch, max_batch, cache, progress,

@@ -37,7 +37,7 @@ from . import batch as B
 from . import distortion as D
 from . import masks as M
 from .criteria import orders as criterion_orders
-from .curves import COLUMNS, GRID, _swapped, curves, without_head
+from .curves import COLUMNS, GRID, curves, swapped, without_head
 from .sweep import sweep, variant
 
 # the allocation's measured distortion may be up to (1 + TOLERANCE) × the exact curves'
@@ -253,11 +253,11 @@ def local_curves(model: nn.Module, calib, grid: int = GRID, distortion: str = "m
                 paths[f"{b}.{k}"] = local.attrs["paths"][prefix + k]
             if scale == "block":
                 twin = _pruned(block, names, {k: orders[f"{b}.{k}"] for k in names}, probes[0])
-                out = D.measure(y_refs, _swapped(body, b, twin), chunks, kind)
+                out = D.measure(y_refs, swapped(body, b, twin), chunks, kind)
                 local_chunks = B.split(x_local, batch)
                 with torch.no_grad():
                     refs = [B.call(unit, x) for x in local_chunks]
-                near = D.measure(refs, _swapped(unit, "block", twin) if prefix else twin,
+                near = D.measure(refs, swapped(unit, "block", twin) if prefix else twin,
                                  local_chunks, "mse")
                 factor = out / near if near > 0 else 1.0
                 scales.update({f"{b}.{k}": np.full(len(unscaled[f"{b}.{k}"]), factor)
