@@ -2,6 +2,7 @@
 measures fewer of them, its allocations meet the budget and stay within the stated tolerance of
 the full grid's optimum on the DP's own objective."""
 import pytest
+import torch
 
 import rdprune as rp
 from rdprune.core import adaptive
@@ -44,3 +45,24 @@ def test_adaptive_grid_refuses_bad_input(lenet):
         rp.rd.adaptive_curves(lenet, calib, [1.2])
     with pytest.raises(ValueError, match="start"):
         rp.rd.adaptive_curves(lenet, calib, [0.5], grid=11, start=12)
+
+
+def test_sampled_curves_stop_by_their_precision_and_equal_curves_on_what_they_used(lenet):
+    calib = D.calibration("fashion_mnist", n=24, seed=2)
+    every = rp.rd.sampled_curves(lenet, calib, grid=6, tol=0.0, group=8, cache=False,
+                                 progress=False)
+    assert every.attrs["samples"] == 24 and every.attrs["approximate"] == "fewer samples"
+    whole = rp.rd.curves(lenet, calib, grid=6, cache=False, progress=False)
+    torch.testing.assert_close(torch.tensor(every.distortion.to_numpy()),
+                               torch.tensor(whole.distortion.to_numpy()), rtol=1e-6, atol=1e-12)
+    loose = rp.rd.sampled_curves(lenet, calib, grid=6, tol=1e9, group=8, cache=False,
+                                 progress=False)
+    assert loose.attrs["samples"] == 16 and loose.attrs["max_rel_se"] <= 1e9
+    first = rp.rd.curves(lenet, calib[:16], grid=6, cache=False, progress=False)
+    torch.testing.assert_close(torch.tensor(loose.distortion.to_numpy()),
+                               torch.tensor(first.distortion.to_numpy()), rtol=1e-6, atol=1e-12)
+    mid = rp.rd.sampled_curves(lenet, calib, grid=6, tol=0.3, group=4, cache=False,
+                               progress=False)
+    assert mid.attrs["samples"] == 24 or mid.attrs["max_rel_se"] <= 0.3
+    with pytest.raises(ValueError, match="averaged over samples"):
+        rp.rd.sampled_curves(lenet, calib, distortion="worst_case")

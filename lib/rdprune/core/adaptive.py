@@ -1,4 +1,5 @@
-"""Adaptive-grid RD curves: an approximation, opt-in (``rd.adaptive_curves``).
+"""Adaptive RD curves, approximations, opt-in: fewer amounts (``rd.adaptive_curves``) and fewer
+calibration samples (``rd.sampled_curves``).
 
 RD's cost is layers × amounts × calibration passes, and the DP reads only a few amounts of each
 curve closely: the ones it picks and their neighbours. :func:`adaptive_curves` measures every
@@ -9,6 +10,11 @@ until no allocation moves. The points it measures are exactly the full grid's (t
 it never saw, so the allocation may differ from the full grid's where a curve bends between
 measured points. ``tests/test_adaptive.py`` holds it to :data:`TOLERANCE` of the full-grid
 allocation's summed distortion.
+
+:func:`sampled_curves` adds calibration samples a group at a time and stops once every curve
+point's standard error (from the spread of the groups' means) is below ``tol`` of its value. Its
+curves are the mean over the samples used, the same numbers ``rd.curves`` gives on those
+samples; what it gives up is the samples not used.
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ from . import distortion as D
 from . import masks as M
 from .criteria import get as criterion_entry
 from .criteria import orders as criterion_orders
-from .curves import COLUMNS, GRID, grid_amounts
+from .curves import COLUMNS, GRID, curves, grid_amounts
 from .sweep import sweep
 
 TOLERANCE = 0.05  # the adaptive allocation's summed distortion, relative to the full grid's
@@ -121,3 +127,40 @@ def adaptive_curves(model: nn.Module, calib, targets, budget: str = "params", *,
                      full_evaluations=len(names) * (int(grid) - 1))
     return out
 
+
+
+def sampled_curves(model: nn.Module, calib, grid: int = GRID, distortion: str = "mse", *,
+                   tol: float = 0.1, group: int = 8, min_groups: int = 2, **options) -> pd.DataFrame:
+    """RD curves on as few of ``calib``'s samples as their precision needs: groups of ``group``
+    samples (in order), each measured with :func:`rdprune.rd.curves` (``options`` go there),
+    until the standard error of every nonzero point's mean over the groups is at most ``tol``
+    times that mean (at least ``min_groups`` groups), or every sample is used. ``attrs``:
+    ``approximate`` ("fewer samples"), ``samples`` (used), ``of`` (given), ``max_rel_se``.
+    For a measure reduced by a mean (``mse``, ``kl``); ``worst_case`` needs every sample."""
+    calib = B.gather(calib)
+    D.check_inputs(model, calib, grid, distortion)
+    if D.check(distortion).reduce != "mean":
+        raise ValueError(f"sampled_curves needs a distortion averaged over samples; "
+                         f"{distortion!r} takes the {D.check(distortion).reduce}: use rd.curves")
+    if tol < 0 or int(group) < 1 or int(min_groups) < 2:
+        raise ValueError(f"tol must be >= 0, group >= 1 and min_groups >= 2 (got {tol}, "
+                         f"{group}, {min_groups})")
+    parts = B.split(calib, int(group))
+    means, sizes, rel = [], [], np.inf
+    for part in parts:
+        c = curves(model, part, grid, distortion, **options)
+        means.append(c["distortion"].to_numpy())
+        sizes.append(B.size(part))
+        if len(means) >= min_groups and sizes[-1] == sizes[0]:
+            m = np.stack(means)
+            mean, se = m.mean(0), m.std(0, ddof=1) / np.sqrt(len(m))
+            nonzero = mean > 0
+            rel = float((se[nonzero] / mean[nonzero]).max()) if nonzero.any() else 0.0
+            if rel <= tol:
+                break
+    out = c.copy()
+    out["distortion"] = np.average(np.stack(means), axis=0, weights=sizes)
+    out.attrs.update(c.attrs)
+    out.attrs.update(approximate="fewer samples", samples=int(sum(sizes)),
+                     of=B.size(calib), max_rel_se=rel, cache=None)
+    return out

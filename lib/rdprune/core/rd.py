@@ -6,6 +6,7 @@
     amounts = rp.rd.refine(model, calib, amounts, 0.9)  # our measured-distortion refinement
     fewer = rp.rd.adaptive_curves(model, calib, [0.5, 0.7])  # an approximation: fewer amounts
     near = rp.rd.local_curves(model, calib)             # an approximation: block outputs
+    some = rp.rd.sampled_curves(model, calib, tol=0.1)  # an approximation: fewer samples
     rp.rd.register_distortion("kl", per_sample_fn)      # a new measure, usable everywhere
 
 What lives where: curves and additivity in :mod:`rdprune.core.curves` (their engine in
@@ -14,7 +15,7 @@ What lives where: curves and additivity in :mod:`rdprune.core.curves` (their eng
 :mod:`rdprune.core.refine`, the adaptive grid and block-local curves (approximations) in
 :mod:`rdprune.core.adaptive` and :mod:`rdprune.core.local`.
 """
-from .adaptive import adaptive_curves
+from .adaptive import adaptive_curves, sampled_curves
 from .additivity import additivity, additivity_stats, predicted
 from .curves import COLUMNS, PATHS, check_curves, curves, grid_amounts, without_head
 from .distortion import distortion, register_distortion, unregister_distortion
@@ -28,4 +29,4 @@ from .sweep import default_max_batch, fast_curves, pruned_counts, reference_curv
 __all__ = ["COLUMNS", "PATHS", "adaptive_curves", "additivity", "additivity_stats", "check_curves", "curves",
            "default_max_batch", "distortion", "distortion_identity", "distortions", "fast_curves", "grid_amounts",
            "local_curves", "predicted", "pruned_counts", "reference_curves", "refine", "register_distortion",
-           "solve", "sweep", "unregister_distortion", "without_head"]
+           "sampled_curves", "solve", "sweep", "unregister_distortion", "without_head"]
