@@ -112,3 +112,19 @@ def test_bad_blocks_are_refused(lenet):
         local.local_curves(Toy(), x, scale="model", cache=False)
     with pytest.raises(ValueError, match="no blocks"):
         local.local_curves(lenet, D.calibration("fashion_mnist", n=4, seed=0), cache=False)
+
+
+def test_a_hugging_face_model_from_its_config_with_the_head_lever():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=300, n_positions=16,
+                                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    net = transformers.GPT2LMHeadModel(cfg).eval()  # no example input remembered, KV cache on
+    x = torch.randint(0, 300, (6, 16))
+    near = local.local_curves(net, x, grid=GRID, scale="layer", head="lm_head", cache=False)
+    exact = rp.rd.curves(net, x, grid=GRID, cache=False, progress=False)  # through the logits
+    assert (near.flops > 0).all() and near.attrs["blocks"] == ["transformer.h.0", "transformer.h.1"]
+    i = round(local.PROBE * (GRID - 1))
+    got, want = _by_layer(near), _by_layer(exact)
+    for k in want:
+        assert got[k][i] == pytest.approx(want[k][i], rel=1e-4), k

@@ -203,6 +203,7 @@ def local_curves(model: nn.Module, calib, grid: int = GRID, distortion: str = "m
     check_choice("scale", scale, SCALES)
     if scale == "block" and len(probes) > 1:
         raise ValueError("scale='block' reads one probe per block: give one probe amount")
+    M.remember(model, calib)  # FLOPs of a model without input_size come from this sample
     layers = M.prunable(model)
     blocks = default_blocks(model) if blocks is None else list(blocks)
     if not blocks:
