@@ -234,9 +234,7 @@ def local_curves(model: nn.Module, calib, grid: int = GRID, distortion: str = "m
     scales, paths = {}, dict(exact.attrs["paths"]) if outside else {}
     unscaled, orders = {}, {}  # layer → its block-local curve; its removal order (or None)
     try:
-        chunks = B.split(calib, batch)
-        with torch.no_grad():
-            y_refs = [B.call(body, x) for x in chunks]
+        chunks, y_refs = B.split(calib, batch), None
         for b, captured in _capture(model, calib, blocks, batch).items():
             block = model.get_submodule(b)
             unit, x_local, prefix = _bound(block, captured)
@@ -253,6 +251,9 @@ def local_curves(model: nn.Module, calib, grid: int = GRID, distortion: str = "m
                 orders[f"{b}.{k}"] = found[prefix + k] if found else None
                 paths[f"{b}.{k}"] = local.attrs["paths"][prefix + k]
             if scale == "block":
+                if y_refs is None:  # the dense output, once (scale="layer" has the engine's)
+                    with torch.no_grad():
+                        y_refs = [B.call(body, x) for x in chunks]
                 twin = _pruned(block, names, {k: orders[f"{b}.{k}"] for k in names}, probes[0])
                 out = D.measure(y_refs, swapped(body, b, twin), chunks, kind)
                 local_chunks = B.split(x_local, batch)
