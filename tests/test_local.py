@@ -1,6 +1,7 @@
 """Block-local curves (an approximation, opt-in): exact where the rest of the network is a
 scalar times the identity, exact at each block's probe when the block has one layer, within the
-stated tolerance of the exact allocation on the zoo's models, and the user's model untouched."""
+stated tolerance of the exact allocation on the zoo's transformers, and the user's model
+untouched."""
 import copy
 
 import pytest
@@ -75,8 +76,9 @@ def test_layers_outside_blocks_are_exact_and_the_model_is_untouched():
     assert not any(m._forward_pre_hooks or m._forward_hooks for m in toy.modules())
 
 
-@pytest.mark.parametrize("name,dataset,n", [("resnet20", "fashion_mnist", 16),
-                                            ("vit_tiny", "fashion_mnist", 16),
+# where the tolerance is claimed: transformers. On ResNet-20 the approximation does not serve
+# (docs/benchmarks.md: up to 1.6x the exact allocation's distortion, worse than LAMP at 50 %)
+@pytest.mark.parametrize("name,dataset,n", [("vit_tiny", "fashion_mnist", 16),
                                             ("lm_tiny", "pystdlib", 8)])
 def test_allocation_within_tolerance_of_the_exact_curves(name, dataset, n):
     pytest.importorskip("transformers") if name == "lm_tiny" else None
