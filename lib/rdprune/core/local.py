@@ -113,10 +113,11 @@ class _Bound(nn.Module):
         return self.block(*args, **kwargs)
 
 
-def _capture(model: nn.Module, calib, blocks: list[str], batch: int) -> dict:
-    """Each block's inputs on ``calib`` (one pass of the model per chunk): ``(layout, per-sample
-    tensors, constants)``. An input is per-sample when it is a tensor whose first axis has the
-    first chunk's length; everything else is bound as a constant."""
+def _capture(model: nn.Module, chunks: list, blocks: list[str]) -> tuple[dict, list]:
+    """(each block's inputs on the calibration ``chunks`` as ``(layout, per-sample tensors,
+    constants)``, the model's output per chunk), from one pass of the model per chunk. An input
+    is per-sample when it is a tensor whose first axis has the first chunk's length; everything
+    else is bound as a constant."""
     got: dict[str, list] = {b: [] for b in blocks}
 
     def hook(name):
@@ -125,11 +126,9 @@ def _capture(model: nn.Module, calib, blocks: list[str], batch: int) -> dict:
         return pre
     handles = [model.get_submodule(b).register_forward_pre_hook(hook(b), with_kwargs=True)
                for b in blocks]
-    chunks = B.split(calib, batch)
     try:
         with torch.no_grad():
-            for x in chunks:
-                B.call(model, x)
+            outputs = [B.call(model, x) for x in chunks]
     finally:
         for h in handles:
             h.remove()
@@ -151,7 +150,7 @@ def _capture(model: nn.Module, calib, blocks: list[str], batch: int) -> dict:
             parts = [(a[key[1]] if key[0] == "arg" else kw[key[1]]) for a, kw in calls]
             stacked.append(torch.cat([p.detach() for p in parts]))
         out[b] = ([key for key, _ in items], per, consts, tuple(stacked))
-    return out
+    return out, outputs
 
 
 def _stateless(value):
@@ -235,8 +234,9 @@ def local_curves(model: nn.Module, calib, grid: int = GRID, distortion: str = "m
     scales, paths = {}, dict(exact.attrs["paths"]) if outside else {}
     unscaled, orders = {}, {}  # layer → its block-local curve; its removal order (or None)
     try:
-        chunks, y_refs = B.split(calib, batch), None
-        for b, captured in _capture(model, calib, blocks, batch).items():
+        chunks = B.split(calib, batch)  # one pass of the body (no head): inputs and outputs
+        captured_all, y_refs = _capture(body, chunks, blocks)
+        for b, captured in captured_all.items():
             block = model.get_submodule(b)
             unit, x_local, prefix = _bound(block, captured)
             names = [k[len(b) + 1:] for k in layers if inside.get(k) == b]
@@ -252,9 +252,6 @@ def local_curves(model: nn.Module, calib, grid: int = GRID, distortion: str = "m
                 orders[f"{b}.{k}"] = found[prefix + k] if found else None
                 paths[f"{b}.{k}"] = local.attrs["paths"][prefix + k]
             if scale == "block":
-                if y_refs is None:  # the dense output, once (scale="layer" has the engine's)
-                    with torch.no_grad():
-                        y_refs = [B.call(body, x) for x in chunks]
                 twin = _pruned(block, names, {k: orders[f"{b}.{k}"] for k in names}, probes[0])
                 out = D.measure(y_refs, swapped(body, b, twin), chunks, kind)
                 local_chunks = B.split(x_local, batch)
