@@ -12,16 +12,29 @@ every layer is printed):
   squared error through the head's Gram matrix, exact; GPT-2 shapes only);
 - ``local``: ``rd.local_curves`` (with ``head="lm_head"`` on GPT-2), an approximation: each layer
   measured at its block's output, scaled by one probe per block; always every layer (its cost is
-  not per layer), so its seconds are the whole model's; its agreement with the exact curves'
-  allocation is ``bench_local.py``'s.
+  not per layer), so its seconds are the whole model's;
+- ``agree``: the exact-vs-approximate agreement, on every layer: the exact curves (the fast path,
+  with the head lever on GPT-2) and the block-local ones, the RD allocation from each at every
+  ``--targets`` sparsity, and each allocation's measured output distortion on the calibration
+  batch (``local ÷ exact``, held by ``rdprune.core.local.TOLERANCE``), beside LAMP's; its seconds
+  are the exact curves', ``local_seconds`` the approximate ones';
+- ``stacked``: what batching amounts through replay could save at most: the model's body (GPT-2
+  without its head) on ``grid - 1`` copies of the batch at once, against ``grid - 1`` passes of
+  one copy (a stacked replay still runs the same arithmetic after the pruned layer; only the
+  per-pass overhead can go).
 
 Each path runs in its own process, so ``peak MB`` (maximum resident memory) is its own. Printed:
-seconds, ratios to the reference measured in the same run, the largest relative difference of the
-curves from the reference (exact levers: float noise), and the minutes projected to all layers.
+seconds, ratios to the reference measured in the same run (same model, same samples), the largest
+relative difference of the curves from the reference (exact levers: float noise), the minutes
+projected to all layers, and the growth of each path's seconds with model size (÷ the first
+model's, same samples) and with calibration size (``--samples`` takes several: ÷ the first's,
+same model).
 
     python benchmarks/bench_scale.py --models 7M 30M --layers 2 --samples 8
     python benchmarks/bench_scale.py --models 124M --layers 1 --samples 32 --paths fast+head
     python benchmarks/bench_scale.py --models 124M --samples 32 --paths pass local
+    python benchmarks/bench_scale.py --models 7M 30M 124M --samples 8 --paths agree
+    python benchmarks/bench_scale.py --models 7M 30M --samples 4 8 16 --paths pass reference stacked
     python benchmarks/bench_scale.py --models vit_b_16 resnet50 --layers 1 --samples 8
     python benchmarks/bench_scale.py --device cuda
 """
@@ -33,7 +46,7 @@ import time
 
 SHAPES = {"7M": (4, 128, 4), "30M": (6, 384, 6), "124M": (12, 768, 12)}  # blocks, width, heads
 VISION = ("vit_b_16", "resnet50")  # torchvision at 224 px
-PATHS = ("pass", "reference", "fast", "fast+head", "local")
+PATHS = ("pass", "reference", "fast", "fast+head", "local", "agree", "stacked")
 
 
 def build(name: str, samples: int, tokens: int, device: str):
@@ -72,6 +85,10 @@ def one(args) -> dict:
         rp.rd.local_curves(model, x, grid=args.grid, head=head, cache=False)
         out["seconds"] = time.perf_counter() - tic
         out["layers"] = len(layers)
+    elif args.one_path == "agree":
+        out.update(agreement(model, x, head, args, tic), layers=len(layers))
+    elif args.one_path == "stacked":
+        out.update(stacked(model, x, head, args.grid - 1))
     else:
         kw = dict(grid=args.grid, layers=layers[:args.layers], cache=False, progress=False)
         if args.one_path == "reference":
@@ -86,59 +103,116 @@ def one(args) -> dict:
     return out
 
 
+def agreement(model, x, head, args, tic) -> dict:
+    """Exact and block-local curves on every layer, and per target the measured output distortion
+    of the RD allocation from each (and LAMP's)."""
+    import rdprune as rp
+    kw = dict(grid=args.grid, head=head, cache=False)
+    exact = rp.rd.curves(model, x, progress=False, **kw)
+    seconds = time.perf_counter() - tic
+    tic = time.perf_counter()
+    near = rp.rd.local_curves(model, x, **kw)
+    out = dict(seconds=seconds, local_seconds=time.perf_counter() - tic)
+    for t in args.targets:
+        picks = dict(exact=rp.allocate("rd", model, t, curves=exact),
+                     local=rp.allocate("rd", model, t, curves=near),
+                     lamp=rp.allocate("lamp", model, t))
+        d = {k: rp.rd.distortion(model, rp.masks.apply(rp.masks.clone(model), a), x, batch=8)
+             for k, a in picks.items()}
+        out[f"local/exact@{t:g}"] = d["local"] / d["exact"]
+        out[f"lamp/exact@{t:g}"] = d["lamp"] / d["exact"]
+    return out
+
+
+def stacked(model, x, head, copies: int) -> dict:
+    """Seconds of the body on ``copies`` stacked batches at once, and of one batch (best of two,
+    after a warm-up pass)."""
+    import torch
+    body = model.transformer if head else model  # GPT-2's body: the head lever removes the head
+
+    def best(inputs):
+        with torch.no_grad():
+            body(inputs[:1])
+            times = []
+            for _ in range(2):
+                tic = time.perf_counter()
+                body(inputs)
+                times.append(time.perf_counter() - tic)
+        return min(times)
+    one_copy = best(x)
+    return dict(seconds=best(torch.cat([x] * copies)), one_copy_seconds=one_copy, copies=copies)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["7M", "30M"], choices=[*SHAPES, *VISION])
     p.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
     p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--samples", type=int, default=8)
+    p.add_argument("--samples", type=int, nargs="+", default=[8])
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--grid", type=int, default=11)
+    p.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.6, 0.7])
     p.add_argument("--device", default="cpu")
     p.add_argument("--one-model", help=argparse.SUPPRESS)
     p.add_argument("--one-path", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one_model:
+        args.samples = args.samples[0]
         print(json.dumps(one(args)))
         return
     import numpy as np
     import pandas as pd
     rows = []
     for m in args.models:
-        for path in [q for q in args.paths if not (q == "fast+head" and m in VISION)]:
-            cmd = [sys.executable, __file__, "--one-model", m, "--one-path", path,
-                   *[f"--{k}={v}" for k, v in (("layers", args.layers), ("samples", args.samples),
-                                               ("tokens", args.tokens), ("grid", args.grid),
-                                               ("device", args.device))]]
-            got = subprocess.run(cmd, capture_output=True, text=True)
-            if got.returncode:
-                print(got.stderr[-2000:], file=sys.stderr)
-                raise SystemExit(f"{m} {path} failed")
-            rows.append(json.loads(got.stdout.strip().splitlines()[-1]))
-            print(f"{m:>5} {path:>10}: {rows[-1]['seconds']:8.2f} s", flush=True)
+        for n in args.samples:
+            for path in [q for q in args.paths if not (q == "fast+head" and m in VISION)]:
+                cmd = [sys.executable, __file__, "--one-model", m, "--one-path", path,
+                       f"--samples={n}", "--targets", *map(str, args.targets),
+                       *[f"--{k}={v}" for k, v in (("layers", args.layers), ("tokens", args.tokens),
+                                                   ("grid", args.grid), ("device", args.device))]]
+                got = subprocess.run(cmd, capture_output=True, text=True)
+                if got.returncode:
+                    print(got.stderr[-2000:], file=sys.stderr)
+                    raise SystemExit(f"{m} {path} failed")
+                rows.append(dict(json.loads(got.stdout.strip().splitlines()[-1]), samples=n))
+                print(f"{m:>8} {n:>4} {path:>10}: {rows[-1]['seconds']:8.2f} s", flush=True)
     df = pd.DataFrame(rows)
     table = []
-    for m, part in df.groupby("model", sort=False):
+    for (m, n), part in df.groupby(["model", "samples"], sort=False):
         by = part.set_index("path")
         ref = by.loc["reference"] if "reference" in by.index else None
         for path, r in by.iterrows():
-            row = dict(model=m, params_M=r["params"] / 1e6, path=path, seconds=r["seconds"],
-                       peak_MB=r["peak_mb"])
-            if path != "pass":
+            row = dict(model=m, params_M=r["params"] / 1e6, samples=n, path=path,
+                       seconds=r["seconds"], peak_MB=r["peak_mb"])
+            if path == "stacked":
+                row["x_separate_passes"] = r["seconds"] / (r["one_copy_seconds"] * r["copies"])
+            elif path != "pass":
                 row["minutes_all_layers"] = r["seconds"] / r["layers"] * r["all_layers"] / 60
+                if ref is not None and path != "agree":
+                    row["x_reference"] = (r["seconds"] / r["layers"]) / (ref["seconds"] / ref["layers"])
                 if ref is not None and isinstance(r.get("distortion"), list):
-                    row["x_reference"] = r["seconds"] / ref["seconds"]
                     a, b = np.array(r["distortion"]), np.array(ref["distortion"])
                     row["max_rel_diff"] = float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-30)))
-                if "pass" in by.index:
+                if "pass" in by.index and path != "agree":
                     row["x_bare_passes"] = r["seconds"] / (by.loc["pass", "seconds"]
                                                            * r["layers"] * (args.grid - 1))
+            if path == "agree":
+                row["local_seconds"] = r["local_seconds"]
+                row.update({k: r[k] for k in r.index if "/exact@" in k})
             table.append(row)
-    print(f"\n{args.samples} sequences x {args.tokens} tokens, grid {args.grid}, first {args.layers} "
-          f"layer(s), device {args.device}, torch threads as set by OMP_NUM_THREADS")
-    print(pd.DataFrame(table).round(4).to_string(index=False))
+    table = pd.DataFrame(table)
+    per_layer = table["seconds"] / df["layers"].fillna(1).to_numpy()
 
+    def first(keys):
+        return per_layer.groupby([table[k] for k in keys]).transform("first")
+    table["growth_model"] = per_layer / first(["samples", "path"])
+    table["growth_samples"] = per_layer / first(["model", "path"])
+    print(f"\nsequences (or images) x {args.tokens} tokens, grid {args.grid}, first {args.layers} "
+          f"layer(s) (local, agree: all), device {args.device}, torch threads "
+          f"{__import__('torch').get_num_threads()}; growth: seconds per layer ÷ the first model's "
+          f"(same samples, path) and ÷ the first samples' (same model, path)")
+    print(table.round(4).to_string(index=False))
 
 if __name__ == "__main__":
     main()
