@@ -57,3 +57,23 @@ def test_a_prunable_head_is_refused():
     model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
     with pytest.raises(ValueError, match="prunable"):
         rp.rd.curves(model, torch.randn(4, 8), grid=3, cache=False, head="2")
+
+
+def test_large_images_pass_one_amount_at_a_time_on_a_cpu():
+    from rdprune.core.sweep import default_max_batch
+    cpu = torch.device("cpu")
+    small, large = torch.randn(32, 1, 28, 28), torch.randn(8, 3, 224, 224)
+    assert default_max_batch(cpu, small) == default_max_batch(cpu) == 256  # zoo images unchanged
+    assert default_max_batch(cpu, large) == 1  # 8 // 1 stacks nothing: one amount per pass
+    assert default_max_batch(cpu, torch.randint(0, 9, (8, 128))) == 256  # tokens: samples
+    assert default_max_batch(torch.device("meta"), large) == 4096
+
+
+def test_fast_curves_equal_the_reference_one_amount_per_pass():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5)).eval()
+    x = torch.randn(2, 3, 224, 224)  # 224 px: the default stacks no amounts
+    kw = dict(grid=5, cache=False, progress=False)
+    fast, ref = rp.rd.curves(model, x, **kw), rp.rd.curves(model, x, method="reference", **kw)
+    np.testing.assert_allclose(fast["distortion"], ref["distortion"], rtol=1e-4, atol=1e-10)

@@ -21,11 +21,21 @@ from . import replay as R
 from .downstream import Downstream, Untraceable
 
 
-def default_max_batch(device: torch.device) -> int:
-    """Samples through a downstream part at once: 256 on a CPU (time per sample is flat up to
-    about that on 2 cores), 4096 on a GPU (a small network's pass costs about the same whatever
-    the batch; not benchmarked yet)."""
-    return 256 if torch.device(device).type == "cpu" else 4096
+def default_max_batch(device: torch.device, x=None) -> int:
+    """Samples through a downstream part at once: 4096 on a GPU (a small network's pass costs
+    about the same whatever the batch; not benchmarked yet); on a CPU, 256 samples of 28 × 28
+    pixels (time per sample is flat up to about that on 2 cores) or, for larger images ``x``, as
+    many as hold the same number of pixel values: at 224 × 224 one, so each amount is its own pass
+    (``benchmarks/bench_scale.py``: stacking ten amounts of 8 such images costs 1.1–1.3× the ten
+    passes, and made the fast path slower than the reference on ResNet-50 and ViT-B/16)."""
+    if torch.device(device).type != "cpu":
+        return 4096
+    if x is not None and B.is_images(x):
+        return max(1, CPU_VALUES // x[0].numel())
+    return 256
+
+
+CPU_VALUES = 256 * 28 * 28  # pixel values stacked through one downstream pass on a CPU
 
 
 def pruned_counts(module, amounts):
@@ -55,7 +65,7 @@ def sweep(model, x_all, jobs, total, distortion, batch, max_batch, progress, des
     single chunk, else recomputed per layer: 1/grid of the work the reference does anyway.
     Layers the trace cannot serve (:func:`fast_plan`) get full forward passes, one warning, and
     ``paths[layer]`` (when a dict is given) says ``"fast"`` or ``"reference"``."""
-    max_batch = max_batch or default_max_batch(next(model.parameters()).device)
+    max_batch = max_batch or default_max_batch(next(model.parameters()).device, x_all)
     model, x_all = D.channels_last(model, x_all)
     modules = M.prunable(model)
     chunks = B.split(x_all, batch)
@@ -229,7 +239,7 @@ def output_sweep(model, x_all, jobs, distortion, batch, max_batch, progress, des
     trace, the modules no other feeds are replaced in the kept dense pass and only their cones
     re-run (several counts stacked); the others, and every module otherwise, are scaled by
     forward hooks during full passes."""
-    max_batch = max_batch or default_max_batch(next(model.parameters()).device)
+    max_batch = max_batch or default_max_batch(next(model.parameters()).device, x_all)
     model, x_all = D.channels_last(model, x_all)
     chunks = B.split(x_all, batch)
     ds = fast_plan(model, chunks[0])[0] if fast else None
