@@ -80,6 +80,7 @@ def one(args) -> dict:
     if args.one_path == "pass":
         with torch.no_grad():
             model(x)
+        sync(x)
         out["seconds"] = time.perf_counter() - tic
     elif args.one_path == "local":
         rp.rd.local_curves(model, x, grid=args.grid, head=head, cache=False)
@@ -100,7 +101,16 @@ def one(args) -> dict:
         out["distortion"] = c["distortion"].tolist()
         out["layers"] = args.layers
     out["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if x.is_cuda:  # the accelerator's own peak, beside the process's resident memory
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
+
+
+def sync(x) -> None:
+    """Wait for the accelerator, so that the clock reads finished work (a no-op on a CPU)."""
+    import torch
+    if x.is_cuda:
+        torch.cuda.synchronize()
 
 
 def agreement(model, x, head, args, tic) -> dict:
@@ -135,8 +145,10 @@ def stacked(model, x, head, copies: int) -> dict:
             body(inputs[:1])
             times = []
             for _ in range(2):
+                sync(inputs)
                 tic = time.perf_counter()
                 body(inputs)
+                sync(inputs)
                 times.append(time.perf_counter() - tic)
         return min(times)
     one_copy = best(x)
@@ -184,7 +196,8 @@ def main():
         ref = by.loc["reference"] if "reference" in by.index else None
         for path, r in by.iterrows():
             row = dict(model=m, params_M=r["params"] / 1e6, samples=n, path=path,
-                       seconds=r["seconds"], peak_MB=r["peak_mb"])
+                       seconds=r["seconds"], peak_MB=r["peak_mb"],
+                       **({"peak_GPU_MB": r["peak_gpu_mb"]} if "peak_gpu_mb" in r else {}))
             if path == "stacked":
                 row["x_separate_passes"] = r["seconds"] / (r["one_copy_seconds"] * r["copies"])
             elif path != "pass":
