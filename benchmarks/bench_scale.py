@@ -55,8 +55,10 @@ def build(name: str, samples: int, tokens: int, device: str):
     torch.manual_seed(0)
     if name in VISION:
         import torchvision.models as tvm
-        model = getattr(tvm, name)(num_classes=1000).eval().to(device)
-        return model, torch.randn(samples, 3, 224, 224, device=device), None
+        model = getattr(tvm, name)(num_classes=1000).eval()
+        if name == "vit_b_16":  # torchvision zeroes the ViT's head: its output would be constant
+            torch.nn.init.normal_(model.heads.head.weight, std=0.02)
+        return model.to(device), torch.randn(samples, 3, 224, 224, device=device), None
     from transformers import GPT2Config, GPT2LMHeadModel
     n_layer, n_embd, n_head = SHAPES[name]
     cfg = GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=max(tokens, 128),
