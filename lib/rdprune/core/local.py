@@ -19,7 +19,8 @@ while the true gain depends on the change (how much; with ``scale="block"`` also
 Where the rest of the network is a fixed linear map times a scalar, the curves are exact
 (``tests/test_local.py``). ``tests/test_local.py`` holds the allocation's measured distortion to
 :data:`TOLERANCE` of the exact curves' allocation on the zoo's ViT and GPT-2 (on ResNet-20 it
-does not hold: one gain per residual block misses how its convolutions differ);
+does not hold: one gain per residual block misses how its convolutions differ; nor on
+torchvision's ViT-B/16 at 224 with random weights, ``benchmarks/bench_scale.py --paths agree``);
 ``benchmarks/bench_local.py`` measures the agreement and the cost.
 """
 from __future__ import annotations
