@@ -4,8 +4,8 @@ of each as a ratio measured in the same run, and, per target, the measured outpu
 the RD allocation from the block-local curves against the exact curves' (the stated tolerance is
 ``rdprune.core.local.TOLERANCE``), beside LAMP's and OWL's allocations: ``gain_kept`` is the
 share of exact RD's distortion reduction over LAMP that the block-local allocation keeps
-(1 = all of it; RD must beat LAMP for it to mean anything), for both ways of scaling the curves
-(``scale="layer"``, the default, and ``"block"``). Writes benchmarks/local.csv.
+(1 = all of it; NaN where RD does not beat LAMP), for both ways of scaling the curves
+(``scale="block"``, the default, and ``"layer"``). Writes benchmarks/local.csv.
 
     python benchmarks/bench_local.py
     python benchmarks/bench_local.py --models resnet20 vit_tiny lm_tiny gpt2_7M --grid 51
@@ -58,26 +58,42 @@ def main():
             near[scale] = rp.rd.local_curves(net, calib, scale=scale, **kw)
             seconds[scale] = time.perf_counter() - tic
         for t in args.targets:
-            picks = dict(rd=rp.allocate("rd", net, t, curves=exact),
-                         lamp=rp.allocate("lamp", net, t),
-                         owl=rp.allocate("owl", net, t, calib=calib),
-                         **{s: rp.allocate("rd", net, t, curves=c) for s, c in near.items()})
-            d = {k: rp.rd.distortion(net, rp.masks.apply(rp.masks.clone(net), a), calib)
-                 for k, a in picks.items()}
+            d, same = measured(net, calib, t, dict(rd=exact, **near), baselines=("lamp", "owl"))
             for scale in local.SCALES:
                 rows.append(dict(model=name, scale=scale, target=t, grid=args.grid,
                                  samples=len(calib), blocks=len(near[scale].attrs["blocks"]),
                                  time_ratio=seconds[scale] / t_exact, exact_s=t_exact,
-                                 local_s=seconds[scale],
-                                 same=dict(picks[scale]) == dict(picks["rd"]),
-                                 measured_ratio=d[scale] / d["rd"],
-                                 lamp_ratio=d["lamp"] / d["rd"], owl_ratio=d["owl"] / d["rd"],
-                                 gain_kept=(d["lamp"] - d[scale]) / (d["lamp"] - d["rd"]),
+                                 local_s=seconds[scale], same=same[scale],
+                                 **ratios(d, scale, ("lamp", "owl")),
                                  tolerance=local.TOLERANCE, threads=torch.get_num_threads()))
         print(pd.DataFrame(rows[-2 * len(args.targets):]).to_string(index=False), flush=True)
     df = pd.DataFrame(rows)
     df.to_csv(args.out, index=False)
     print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+def measured(net, calib, target, curves: dict, baselines=("lamp",), batch=256):
+    """At ``target``: the measured output distortion of the RD allocation from each set of
+    ``curves`` (key ``"rd"``: the exact ones) and of each baseline allocator's, and, per set,
+    whether its allocation equals the exact one."""
+    picks = {k: rp.allocate("rd", net, target, curves=c) for k, c in curves.items()}
+    picks.update({b: rp.allocate(b, net, target, **({"calib": calib} if b == "owl" else {}))
+                  for b in baselines})
+    d = {k: rp.rd.distortion(net, rp.masks.apply(rp.masks.clone(net), a), calib, batch=batch)
+         for k, a in picks.items()}
+    return d, {k: dict(picks[k]) == dict(picks["rd"]) for k in curves}
+
+
+def ratios(d: dict, key: str, baselines) -> dict:
+    """``key``'s and each baseline's measured distortion ÷ exact RD's, and ``gain_kept``: the
+    share of exact RD's reduction over LAMP that ``key`` keeps (NaN where RD does not beat LAMP
+    or the exact distortion is zero)."""
+    nan = float("nan")
+    out = dict(measured_ratio=d[key] / d["rd"] if d["rd"] > 0 else nan,
+               **{f"{b}_ratio": d[b] / d["rd"] if d["rd"] > 0 else nan for b in baselines})
+    gain = d["lamp"] - d["rd"]
+    out["gain_kept"] = (d["lamp"] - d[key]) / gain if gain > 0 else nan
+    return out
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ sequences of ``--tokens`` tokens) and torchvision's ViT-B/16 and ResNet-50 (rand
 ``--layers`` prunable layers (the cost is per layer, so a few stand for all; the projection to
 every layer is printed):
 
-- ``pass``: one bare forward pass of the calibration batch;
+- ``pass``: one bare forward pass of the calibration batch (the first call: no warm-up);
 - ``reference``: ``rd.curves(method="reference")``, one full pass per (layer, amount);
 - ``fast``: the default path (GPT-2 cannot be traced: replay of what precedes each weight);
 - ``fast+head``: the default path measured on the head's input (``head="lm_head"``: the logits'
@@ -16,8 +16,9 @@ every layer is printed):
 - ``agree``: the exact-vs-approximate agreement, on every layer: the exact curves (the fast path,
   with the head lever on GPT-2) and the block-local ones, the RD allocation from each at every
   ``--targets`` sparsity, and each allocation's measured output distortion on the calibration
-  batch (``local ÷ exact``, held by ``rdprune.core.local.TOLERANCE``), beside LAMP's; its seconds
-  are the exact curves', ``local_seconds`` the approximate ones';
+  batch (``local ÷ exact``, held by ``rdprune.core.local.TOLERANCE``), beside LAMP's, and the
+  share of RD's gain over LAMP the block-local allocation keeps (``bench_local.py``'s comparison);
+  its seconds are the exact curves', ``local_seconds`` the approximate ones';
 - ``stacked``: what batching amounts through replay could save at most: the model's body (GPT-2
   without its head) on ``grid - 1`` copies of the batch at once, against ``grid - 1`` passes of
   one copy (a stacked replay still runs the same arithmetic after the pruned layer; only the
@@ -36,6 +37,8 @@ same model).
     python benchmarks/bench_scale.py --models 7M 30M 124M --samples 8 --paths agree
     python benchmarks/bench_scale.py --models 7M 30M --samples 4 8 16 --paths pass reference stacked
     python benchmarks/bench_scale.py --models vit_b_16 resnet50 --layers 1 --samples 8
+    python benchmarks/bench_scale.py --models vit_b_16 resnet50 --layers 1 --samples 8 \
+        --paths reference fast --max-batch 256
     python benchmarks/bench_scale.py --device cuda
 """
 import argparse
@@ -85,7 +88,8 @@ def one(args) -> dict:
         sync(x)
         out["seconds"] = time.perf_counter() - tic
     elif args.one_path == "local":
-        rp.rd.local_curves(model, x, grid=args.grid, head=head, cache=False)
+        rp.rd.local_curves(model, x, grid=args.grid, head=head, cache=False,
+                           max_batch=args.max_batch)
         out["seconds"] = time.perf_counter() - tic
         out["layers"] = len(layers)
     elif args.one_path == "agree":
@@ -93,7 +97,8 @@ def one(args) -> dict:
     elif args.one_path == "stacked":
         out.update(stacked(model, x, head, args.grid - 1))
     else:
-        kw = dict(grid=args.grid, layers=layers[:args.layers], cache=False, progress=False)
+        kw = dict(grid=args.grid, layers=layers[:args.layers], cache=False, progress=False,
+                  max_batch=args.max_batch)
         if args.one_path == "reference":
             kw["method"] = "reference"
         if args.one_path == "fast+head":
@@ -119,20 +124,18 @@ def agreement(model, x, head, args, tic) -> dict:
     """Exact and block-local curves on every layer, and per target the measured output distortion
     of the RD allocation from each (and LAMP's)."""
     import rdprune as rp
-    kw = dict(grid=args.grid, head=head, cache=False)
+    from bench_local import measured, ratios
+    kw = dict(grid=args.grid, head=head, cache=False, max_batch=args.max_batch)
     exact = rp.rd.curves(model, x, progress=False, **kw)
     seconds = time.perf_counter() - tic
     tic = time.perf_counter()
     near = rp.rd.local_curves(model, x, **kw)
     out = dict(seconds=seconds, local_seconds=time.perf_counter() - tic)
-    for t in args.targets:
-        picks = dict(exact=rp.allocate("rd", model, t, curves=exact),
-                     local=rp.allocate("rd", model, t, curves=near),
-                     lamp=rp.allocate("lamp", model, t))
-        d = {k: rp.rd.distortion(model, rp.masks.apply(rp.masks.clone(model), a), x, batch=8)
-             for k, a in picks.items()}
-        out[f"local/exact@{t:g}"] = d["local"] / d["exact"]
-        out[f"lamp/exact@{t:g}"] = d["lamp"] / d["exact"]
+    for t in args.targets:  # bench_local.py's comparison, LAMP beside
+        d, _ = measured(model, x, t, dict(rd=exact, local=near), baselines=("lamp",), batch=8)
+        r = ratios(d, "local", ("lamp",))
+        out.update({f"local/exact@{t:g}": r["measured_ratio"], f"lamp/exact@{t:g}": r["lamp_ratio"],
+                    f"gain_kept@{t:g}": r["gain_kept"]})
     return out
 
 
@@ -168,6 +171,9 @@ def main():
     p.add_argument("--grid", type=int, default=11)
     p.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.6, 0.7])
     p.add_argument("--device", default="cpu")
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="samples through a downstream pass at once (amounts x samples; default: "
+                   "rdprune.core.sweep.default_max_batch)")
     p.add_argument("--one-model", help=argparse.SUPPRESS)
     p.add_argument("--one-path", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -184,7 +190,8 @@ def main():
                 cmd = [sys.executable, __file__, "--one-model", m, "--one-path", path,
                        f"--samples={n}", "--targets", *map(str, args.targets),
                        *[f"--{k}={v}" for k, v in (("layers", args.layers), ("tokens", args.tokens),
-                                                   ("grid", args.grid), ("device", args.device))]]
+                                                   ("grid", args.grid), ("device", args.device))],
+                       *([f"--max-batch={args.max_batch}"] if args.max_batch else [])]
                 got = subprocess.run(cmd, capture_output=True, text=True)
                 if got.returncode:
                     print(got.stderr[-2000:], file=sys.stderr)
@@ -192,14 +199,16 @@ def main():
                 rows.append(dict(json.loads(got.stdout.strip().splitlines()[-1]), samples=n))
                 print(f"{m:>8} {n:>4} {path:>10}: {rows[-1]['seconds']:8.2f} s", flush=True)
     df = pd.DataFrame(rows)
-    table = []
+    table, per_layer = [], []
     for (m, n), part in df.groupby(["model", "samples"], sort=False):
         by = part.set_index("path")
         ref = by.loc["reference"] if "reference" in by.index else None
         for path, r in by.iterrows():
             row = dict(model=m, params_M=r["params"] / 1e6, samples=n, path=path,
-                       seconds=r["seconds"], peak_MB=r["peak_mb"],
-                       **({"peak_GPU_MB": r["peak_gpu_mb"]} if "peak_gpu_mb" in r else {}))
+                       seconds=r["seconds"], peak_MB=r["peak_mb"])
+            if pd.notna(r.get("peak_gpu_mb")):
+                row["peak_GPU_MB"] = r["peak_gpu_mb"]
+            per_layer.append(r["seconds"] / (r["layers"] if pd.notna(r.get("layers")) else 1))
             if path == "stacked":
                 row["x_separate_passes"] = r["seconds"] / (r["one_copy_seconds"] * r["copies"])
             elif path != "pass":
@@ -214,10 +223,10 @@ def main():
                                                            * r["layers"] * (args.grid - 1))
             if path == "agree":
                 row["local_seconds"] = r["local_seconds"]
-                row.update({k: r[k] for k in r.index if "/exact@" in k})
+                row.update({k: r[k] for k in r.index if "/exact@" in k or "gain_kept@" in k})
             table.append(row)
     table = pd.DataFrame(table)
-    per_layer = table["seconds"] / df["layers"].fillna(1).to_numpy()
+    per_layer = pd.Series(per_layer, index=table.index)  # seconds per layer (pass, stacked: 1)
 
     def first(keys):
         return per_layer.groupby([table[k] for k in keys]).transform("first")
