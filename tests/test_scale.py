@@ -62,18 +62,24 @@ def test_a_prunable_head_is_refused():
 def test_large_images_pass_one_amount_at_a_time_on_a_cpu():
     from rdprune.core.sweep import default_max_batch
     cpu = torch.device("cpu")
-    small, large = torch.randn(32, 1, 28, 28), torch.randn(8, 3, 224, 224)
-    assert default_max_batch(cpu, small) == default_max_batch(cpu) == 256  # zoo images unchanged
-    assert default_max_batch(cpu, large) == 1  # 8 // 1 stacks nothing: one amount per pass
-    assert default_max_batch(cpu, torch.randint(0, 9, (8, 128))) == 256  # tokens: samples
-    assert default_max_batch(torch.device("meta"), large) == 4096
+    small, cifar = torch.randn(32, 1, 28, 28), torch.randn(32, 3, 32, 32)
+    large = torch.randn(8, 3, 224, 224)
+    # up to CIFAR's size the default is the one for any input
+    assert default_max_batch(cpu, small) == default_max_batch(cpu, cifar) == default_max_batch(cpu)
+    assert default_max_batch(cpu, torch.randint(0, 9, (8, 128))) == default_max_batch(cpu)
+    got = default_max_batch(cpu, large)
+    assert got * large[0].numel() <= default_max_batch(cpu) * cifar[0].numel()  # same values
+    assert got // len(large) <= 1  # eight such images: one amount per pass
+    assert default_max_batch(torch.device("cuda"), large) > default_max_batch(cpu)
 
 
 def test_fast_curves_equal_the_reference_one_amount_per_pass():
+    from rdprune.core.sweep import default_max_batch
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
                           nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5)).eval()
-    x = torch.randn(2, 3, 224, 224)  # 224 px: the default stacks no amounts
+    x = torch.randn(6, 3, 224, 224)
+    assert default_max_batch(torch.device("cpu"), x) // len(x) <= 1  # the default stacks none
     kw = dict(grid=5, cache=False, progress=False)
     fast, ref = rp.rd.curves(model, x, **kw), rp.rd.curves(model, x, method="reference", **kw)
     np.testing.assert_allclose(fast["distortion"], ref["distortion"], rtol=1e-4, atol=1e-10)

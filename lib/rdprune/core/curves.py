@@ -91,9 +91,9 @@ def curves(model: nn.Module, calib: torch.Tensor, grid: int = GRID, distortion: 
 
     ``batch`` calibration samples go through the network at a time; up to ``max_batch``
     samples (amounts × batch) through a layer's downstream part at once. Default
-    (:func:`rdprune.core.sweep.default_max_batch`): on a CPU 256 samples of 28 × 28 pixels (on 2
-    cores the time per sample is flat up to ~256 and grows beyond), fewer for larger images (one
-    at 224 × 224); 4096 on a GPU, where a pass of a small network costs about the same whatever
+    (:func:`rdprune.core.sweep.default_max_batch`): on a CPU 256 samples (on 2 cores the time
+    per sample is flat up to ~256 and grows beyond), fewer for images larger than 3 × 32 × 32
+    (five at 224 × 224); 4096 on a GPU, where a pass of a small network costs about the same whatever
     the batch (the GPU default is not benchmarked yet). ``criterion`` picks which weights a layer loses
     first (:mod:`rdprune.core.criteria`: ``magnitude``, the paper's, or ``wanda``); the curves
     are measured, cached and labelled (``attrs["criterion"]``) under it. ``output`` picks what

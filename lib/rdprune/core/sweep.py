@@ -23,19 +23,20 @@ from .downstream import Downstream, Untraceable
 
 def default_max_batch(device: torch.device, x=None) -> int:
     """Samples through a downstream part at once: 4096 on a GPU (a small network's pass costs
-    about the same whatever the batch; not benchmarked yet); on a CPU, 256 samples of 28 × 28
-    pixels (time per sample is flat up to about that on 2 cores) or, for larger images ``x``, as
-    many as hold the same number of pixel values: at 224 × 224 one, so each amount is its own pass
-    (``benchmarks/bench_scale.py``: stacking ten amounts of 8 such images costs 1.1–1.3× the ten
-    passes, and made the fast path slower than the reference on ResNet-50 and ViT-B/16)."""
+    about the same whatever the batch; not benchmarked yet); on a CPU, 256 samples of images up to
+    3 × 32 × 32 and of anything else (tokens), and for larger images ``x`` as many as hold the
+    same number of values: five at 3 × 224 × 224, so a batch of more than five such images
+    passes each amount on its own (stacking amounts at 224 × 224 made the fast path slower than
+    the reference: ``docs/benchmarks.md``, ``bench_scale.py --max-batch``)."""
     if torch.device(device).type != "cpu":
         return 4096
     if x is not None and B.is_images(x):
-        return max(1, CPU_VALUES // x[0].numel())
-    return 256
+        return max(1, min(CPU_SAMPLES, CPU_VALUES // x[0].numel()))
+    return CPU_SAMPLES
 
 
-CPU_VALUES = 256 * 28 * 28  # pixel values stacked through one downstream pass on a CPU
+CPU_SAMPLES = 256  # samples stacked through one downstream pass on a CPU
+CPU_VALUES = CPU_SAMPLES * 3 * 32 * 32  # and at most as many image values
 
 
 def pruned_counts(module, amounts):
